@@ -1,0 +1,188 @@
+"""Which site gets a referral: pure logic over a snapshot of the sites, no I/O.
+
+The nearest recruiting site with free capacity, by great-circle distance, that the referral has not been
+declined by. The store reserves the slot atomically; this module only proposes the site. With thousands of
+sites one routing must stay well under a millisecond, so `SiteIndex` keeps the sites as unit vectors in
+numpy arrays and ranks them all in one vectorised pass by straight-line (chord) distance through the
+Earth: it orders sites exactly as great-circle distance does, costs no trigonometry per site (about an
+eighth of haversine's time), and converts to the great-circle km only for the sites it returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from services.site_router.geo import EARTH_RADIUS_KM, FloatArray, km_to_miles
+
+
+class SiteStatus(StrEnum):
+    RECRUITING = "recruiting"
+    PAUSED = "paused"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    """What routing needs to know of a site; `open_count` counts the referrals it holds open now."""
+
+    code: str
+    lat: float
+    lon: float
+    status: str
+    capacity: int
+    open_count: int
+
+    def __post_init__(self) -> None:
+        if not (-90.0 <= self.lat <= 90.0 and -180.0 <= self.lon <= 180.0):
+            raise ValueError(f"site {self.code}: coordinates ({self.lat}, {self.lon}) out of range")
+        if self.capacity < 0 or self.open_count < 0:
+            raise ValueError(f"site {self.code}: capacity and open_count cannot be negative")
+
+    @property
+    def recruiting(self) -> bool:
+        return self.status == SiteStatus.RECRUITING
+
+    @property
+    def has_room(self) -> bool:
+        """Recruiting with a free slot: the only sites a referral may be routed to."""
+        return self.recruiting and self.open_count < self.capacity
+
+
+class RankedSite(NamedTuple):
+    site: SiteView
+    km: float
+
+
+@dataclass(frozen=True, slots=True)
+class NearbySite:
+    """One row of the public site finder."""
+
+    site: SiteView
+    km: float
+    miles: float
+
+
+def _unit_vector(lat: float, lon: float) -> tuple[float, float, float]:
+    phi, lam = math.radians(lat), math.radians(lon)
+    return math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)
+
+
+def _km_from_chord_sq(chord_sq: FloatArray) -> FloatArray:
+    """Great-circle km from squared chord length on the unit sphere: central angle = 2 asin(chord / 2)."""
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(np.sqrt(chord_sq) / 2, 1.0))
+
+
+class SiteIndex:
+    """The sites as numpy arrays, for ranking them all at once.
+
+    Build it once per change of the site list (new site, moved site); `update` refreshes one site's status
+    or counts in place, as every routing and decision changes `open_count`. Sites are held in code order,
+    so that equal distances resolve to the lowest code: the same site on every replica and every replay.
+    """
+
+    def __init__(self, sites: Iterable[SiteView]) -> None:
+        self._sites = sorted(sites, key=lambda site: site.code)
+        self._position = {site.code: i for i, site in enumerate(self._sites)}
+        if len(self._position) != len(self._sites):
+            raise ValueError("site codes must be unique")
+        xyz = np.array([_unit_vector(site.lat, site.lon) for site in self._sites], dtype=np.float64)
+        self._xyz: FloatArray = np.ascontiguousarray(xyz.reshape(-1, 3).T)  # rows x, y, z: one pass each
+        self._recruiting = np.array([site.recruiting for site in self._sites], dtype=bool)
+        self._has_room = np.array([site.has_room for site in self._sites], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+    @property
+    def sites(self) -> Sequence[SiteView]:
+        return tuple(self._sites)
+
+    def update(self, site: SiteView) -> None:
+        """Replace a known site's row; an unknown code needs a new index (KeyError)."""
+        i = self._position[site.code]
+        self._sites[i] = site
+        self._xyz[:, i] = _unit_vector(site.lat, site.lon)
+        self._recruiting[i] = site.recruiting
+        self._has_room[i] = site.has_room
+
+    def distances_km(self, lat: float, lon: float) -> FloatArray:
+        """Great-circle km from the point to every site, in index (code) order."""
+        return _km_from_chord_sq(self._chord_sq(lat, lon))
+
+    def choose(self, lat: float, lon: float, declined: Collection[str] = ()) -> RankedSite | None:
+        """The nearest site with room that has not declined; None sends the referral to the waitlist."""
+        if not self._sites:
+            return None
+        masked = np.where(self._has_room, self._chord_sq(lat, lon), np.inf)
+        masked[self._positions(declined)] = np.inf
+        best = int(np.argmin(masked))  # first minimum = lowest code among equals
+        if math.isinf(masked[best]):
+            return None
+        return RankedSite(self._sites[best], float(_km_from_chord_sq(masked[best])))
+
+    def rank(self, lat: float, lon: float, exclude_codes: Collection[str] = ()) -> list[RankedSite]:
+        """Every site but the excluded, nearest first, whatever its status (ties by code)."""
+        keep = np.ones(len(self._sites), dtype=bool)
+        keep[self._positions(exclude_codes)] = False
+        return self._ordered(self._chord_sq(lat, lon), np.flatnonzero(keep))
+
+    def nearby(self, lat: float, lon: float, limit: int = 10) -> list[NearbySite]:
+        """Recruiting sites nearest first, full or not: the public finder shows where the trial runs."""
+        if limit <= 0:
+            return []
+        chord_sq = self._chord_sq(lat, lon)
+        candidates = np.flatnonzero(self._recruiting)
+        if limit < len(candidates):
+            # Keep the `limit` nearest plus any tied with the last of them, so ties still go by code.
+            nearest = np.argpartition(chord_sq[candidates], limit - 1)[:limit]
+            candidates = candidates[chord_sq[candidates] <= chord_sq[candidates[nearest]].max()]
+        ranked = self._ordered(chord_sq, candidates)[:limit]
+        return [NearbySite(site, km, km_to_miles(km)) for site, km in ranked]
+
+    def _chord_sq(self, lat: float, lon: float) -> FloatArray:
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN included: it would rank first
+            raise ValueError(f"patient coordinates ({lat}, {lon}) out of range")
+        x, y, z = _unit_vector(lat, lon)
+        return (self._xyz[0] - x) ** 2 + (self._xyz[1] - y) ** 2 + (self._xyz[2] - z) ** 2
+
+    def _positions(self, codes: Collection[str]) -> list[int]:
+        return [self._position[code] for code in codes if code in self._position]
+
+    def _ordered(self, chord_sq: FloatArray, candidates: npt.NDArray[np.intp]) -> list[RankedSite]:
+        order = candidates[np.argsort(chord_sq[candidates], kind="stable")]
+        return [
+            RankedSite(self._sites[i], float(km))
+            for i, km in zip(order, _km_from_chord_sq(chord_sq[order]), strict=True)
+        ]
+
+
+def _as_index(sites: SiteIndex | Iterable[SiteView]) -> SiteIndex:
+    return sites if isinstance(sites, SiteIndex) else SiteIndex(sites)
+
+
+def rank_sites(
+    lat: float, lon: float, sites: SiteIndex | Iterable[SiteView], exclude_codes: Collection[str] = ()
+) -> list[RankedSite]:
+    """Sites nearest first, without the excluded codes; pass a `SiteIndex` to avoid rebuilding one."""
+    return _as_index(sites).rank(lat, lon, exclude_codes)
+
+
+def choose_site(
+    lat: float, lon: float, sites: SiteIndex | Iterable[SiteView], declined: Collection[str] = ()
+) -> RankedSite | None:
+    """The nearest recruiting site with room not in `declined`, or None; a `SiteIndex` keeps this fast."""
+    return _as_index(sites).choose(lat, lon, declined)
+
+
+def nearby(
+    lat: float, lon: float, sites: SiteIndex | Iterable[SiteView], limit: int = 10
+) -> list[NearbySite]:
+    """Recruiting sites nearest first with km and miles, for the public site finder."""
+    return _as_index(sites).nearby(lat, lon, limit)

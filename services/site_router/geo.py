@@ -1,0 +1,283 @@
+"""Postal code to coordinates, offline, and great-circle distances.
+
+The design mandates pgeocode over GeoNames data that the project ships (`geonames/`, see its NOTICE.md).
+pgeocode downloads a country's table the first time it is asked for it; here its `Nominatim` reads the
+shipped file instead, so no lookup can reach the network. Only pgeocode's loading step is replaced: the
+per-postal-code index and the query are pgeocode's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pgeocode
+
+EARTH_RADIUS_KM = 6371.0088
+"""IUGG mean Earth radius; a sphere of this radius is within about 0.5% of the ellipsoid."""
+
+KM_PER_MILE = 1.609344
+
+SHIPPED_DATA_DIR = Path(__file__).with_name("geonames")
+
+_LOOKUP_CACHE_SIZE = 100_000
+"""Distinct (country, postal code) pairs kept in memory: a few MB at most, more than a trial ever sees."""
+
+
+class GeoError(Exception):
+    """A postal code that cannot become coordinates; `reason` is shown to the clinic as given."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnknownPostalCode(GeoError):
+    """The country is supported but GeoNames has no such postal code."""
+
+
+class UnsupportedCountry(GeoError):
+    """No GeoNames table is shipped for the country."""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a postal code is: pgeocode's mean of every GeoNames place sharing the (normalised) code.
+
+    `place_name` joins those places' names (`Sydney, Parliament House, ...`); `region` is the first
+    administrative level by name (state, province, nation), as numeric admin codes mean nothing to people.
+    """
+
+    country: str
+    postal_code: str
+    latitude: float
+    longitude: float
+    place_name: str
+    region: str | None
+
+
+# --- postal code normalisation -------------------------------------------------------------------------
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _compact(code: str) -> str:
+    return _WHITESPACE.sub("", code)
+
+
+def _us(code: str) -> str:
+    """ZIP+4 (`10021-1234`, `100211234`) keeps the 5-digit ZIP; a short ZIP is not padded (no guessing)."""
+    compact = _compact(code.split("-", 1)[0])
+    return compact[:5] if len(compact) == 9 and compact.isdigit() else compact
+
+
+def _first_three(code: str) -> str:
+    """Canada: GeoNames holds the forward sortation area only (`H3Z 2Y7` -> `H3Z`)."""
+    return _compact(code)[:3]
+
+
+def _gb_outward(code: str) -> str:
+    """GB: GeoNames holds outward codes only; the inward code is always the last three characters."""
+    parts = code.split()
+    if len(parts) > 1:
+        return parts[0]
+    compact = _compact(code)
+    return compact[:-3] if len(compact) >= 5 else compact
+
+
+def _nl(code: str) -> str:
+    """Netherlands: GeoNames holds the four digits only (`1012 AB` -> `1012`)."""
+    compact = _compact(code)
+    return compact[:4] if compact[:4].isdigit() else compact
+
+
+_NORMALISERS: dict[str, Callable[[str], str]] = {"US": _us, "CA": _first_three, "GB": _gb_outward, "NL": _nl}
+
+
+def normalise_postal_code(postal_code: str, country: str) -> str:
+    """The form GeoNames holds a country's codes in; every other country: uppercase, spaces removed."""
+    code = postal_code.strip().upper()
+    return _NORMALISERS.get(country, _compact)(code)
+
+
+# --- pgeocode over the shipped files -------------------------------------------------------------------
+
+
+def _read_geonames(path: Path) -> pd.DataFrame:
+    """Read one shipped table exactly as pgeocode parses a downloaded one (same fields, types and NAs)."""
+    return pd.read_csv(
+        path,
+        sep="\t",
+        header=None,
+        names=pgeocode.DATA_FIELDS,
+        dtype={"postal_code": str},
+        na_values=pgeocode.NA_VALUES,
+        keep_default_na=False,
+        compression="gzip",
+    )
+
+
+class _ShippedNominatim(pgeocode.Nominatim):
+    """pgeocode's Nominatim whose loading step reads a shipped file; it has no path to the network.
+
+    pgeocode 0.5.0 builds its per-code index once and writes it as `<data path>-index.txt`; that file goes
+    to `index_dir` when one is given (a restart then reads it back), otherwise to a temporary directory
+    removed at once. It is published with an atomic rename so that concurrent workers never read half.
+    """
+
+    _data_path: str  # set by pgeocode's constructor from `_get_data`
+
+    def __init__(self, country: str, source: Path, index_dir: Path | None) -> None:
+        self._source = source
+        self._index_dir = index_dir
+        super().__init__(country, unique=True)
+
+    def _get_data(self, country: str) -> tuple[str, pd.DataFrame]:  # type: ignore[override]
+        """Replace pgeocode's read-else-download with a read of the shipped file."""
+        index_dir = self._index_dir or Path(tempfile.gettempdir())
+        return str(index_dir / f"{country}.txt"), _read_geonames(self._source)
+
+    def _index_postal_codes(self) -> pd.DataFrame:
+        if self._index_dir is None:
+            with tempfile.TemporaryDirectory(prefix="trialroute-geonames-") as scratch:
+                return self._build_index_in(Path(scratch))
+        cached = self._index_dir / f"{self.country}-index.txt"
+        if cached.exists():
+            return super()._index_postal_codes()
+        with tempfile.TemporaryDirectory(dir=self._index_dir, prefix=".index-") as scratch:
+            index = self._build_index_in(Path(scratch))
+            os.replace(Path(scratch) / f"{self.country}-index.txt", cached)
+        return index
+
+    def _build_index_in(self, directory: Path) -> pd.DataFrame:
+        """Run pgeocode's own indexing with the file it writes redirected into `directory`."""
+        data_path = self._data_path
+        self._data_path = str(directory / f"{self.country}.txt")
+        try:
+            return super()._index_postal_codes()
+        finally:
+            self._data_path = data_path
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class Geocoder:
+    """Postal code and country to a `Location`, from the shipped GeoNames tables only.
+
+    A country's table is loaded on its first lookup (`warm` loads them up front, e.g. at start-up, so that
+    no request pays for it). Lookups, unknown codes included, are cached in memory: a pgeocode query
+    merges over the whole country table and costs milliseconds.
+
+    `index_dir` (e.g. under `.run/`) keeps pgeocode's per-code index between runs; it is keyed by the data
+    file's digest, so a new snapshot never reads a stale index. Without it the index is rebuilt per process.
+    """
+
+    def __init__(self, data_dir: Path = SHIPPED_DATA_DIR, index_dir: Path | None = None) -> None:
+        shipped = ((path.name.removesuffix(".txt.gz"), path) for path in data_dir.glob("??.txt.gz"))
+        self._files = {country: path for country, path in shipped if country in pgeocode.COUNTRIES_VALID}
+        self._index_dir = index_dir
+        self._nominatims: dict[str, _ShippedNominatim] = {}
+        self._load_lock = threading.Lock()
+        self._lookup = functools.lru_cache(maxsize=_LOOKUP_CACHE_SIZE)(self._query)
+
+    @property
+    def supported_countries(self) -> tuple[str, ...]:
+        return tuple(sorted(self._files))
+
+    def warm(self, countries: Iterable[str] | None = None) -> None:
+        """Load countries' tables now rather than on their first lookup."""
+        for country in self.supported_countries if countries is None else countries:
+            self._nominatim(self._country(country))
+
+    def locate(self, postal_code: str, country: str) -> Location:
+        """Coordinates of a postal code; raises `GeoError` with a reason fit to show the clinic."""
+        country_code = self._country(country)
+        location = self._lookup(country_code, normalise_postal_code(postal_code, country_code))
+        if location is None:
+            raise UnknownPostalCode(f"unknown postal code '{postal_code.strip()}' for {country_code}")
+        return location
+
+    def cache_info(self) -> functools._CacheInfo:
+        return self._lookup.cache_info()
+
+    def _country(self, country: str) -> str:
+        code = country.strip().upper()
+        if code not in self._files:
+            supported = ", ".join(self.supported_countries)
+            raise UnsupportedCountry(f"country '{code}' is not supported (supported: {supported})")
+        return code
+
+    def _query(self, country: str, code: str) -> Location | None:
+        if not code:
+            return None
+        row = self._nominatim(country).query_postal_code(code)
+        if pd.isna(row["latitude"]) or pd.isna(row["longitude"]):
+            return None
+        return Location(
+            country=country,
+            postal_code=code,
+            latitude=float(row["latitude"]),
+            longitude=float(row["longitude"]),
+            place_name=str(row["place_name"]),
+            region=None if pd.isna(row["state_name"]) else str(row["state_name"]),
+        )
+
+    def _nominatim(self, country: str) -> _ShippedNominatim:
+        with self._load_lock:
+            if country not in self._nominatims:
+                self._nominatims[country] = _ShippedNominatim(
+                    country, self._files[country], self._index_dir_for(country)
+                )
+            return self._nominatims[country]
+
+    def _index_dir_for(self, country: str) -> Path | None:
+        if self._index_dir is None:
+            return None
+        path = self._index_dir / _file_digest(self._files[country])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+# --- distances ----------------------------------------------------------------------------------------
+
+
+def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance in km: what the design routes by (travel time is not known to us)."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    half_dphi = (phi2 - phi1) / 2
+    half_dlambda = math.radians(lon2 - lon1) / 2
+    a = math.sin(half_dphi) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(half_dlambda) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLike) -> FloatArray:
+    """Haversine distances in km from one point to many, vectorised (routing ranks thousands of sites)."""
+    lats_rad = np.radians(np.asarray(lats, dtype=np.float64))
+    lons_rad = np.radians(np.asarray(lons, dtype=np.float64))
+    lat_rad = math.radians(lat)
+    a = (
+        np.sin((lats_rad - lat_rad) / 2) ** 2
+        + math.cos(lat_rad) * np.cos(lats_rad) * np.sin((lons_rad - math.radians(lon)) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+
+
+def km_to_miles(km: float) -> float:
+    """Statute miles, for the public site finder in the US and GB."""
+    return km / KM_PER_MILE

@@ -1,0 +1,225 @@
+"""The FastAPI application every service is built from.
+
+Routes, background loops (consumers, relays) and readiness checks are handed in by the service's
+bootstrap; this module gives them the same health and metrics endpoints, problem+json errors, body
+limits and lifecycle. Loops start in the lifespan and stop on shutdown, never at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.observability import metrics
+from shared.problems import install_problem_handlers, problem_response
+
+log = logging.getLogger(__name__)
+
+Role = Literal["api", "consumer", "relay"]
+ALL_ROLES: frozenset[Role] = frozenset({"api", "consumer", "relay"})
+"""A process plays one or more roles: ops scale the API, the consumers and the relay separately."""
+
+Check = Callable[[], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Loop:
+    """A background loop run by the application, e.g. a consumer or an outbox relay."""
+
+    name: str
+    run: Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    """What a service's bootstrap hands to ``create_app``."""
+
+    name: str
+    title: str
+    description: str
+    routers: Sequence[APIRouter] = ()
+    loops: Sequence[Loop] = ()
+    checks: dict[str, Check] = field(default_factory=dict)
+    on_start: Sequence[Hook] = ()
+    on_stop: Sequence[Hook] = ()
+    max_body_bytes: int = 65_536
+    json_prefixes: tuple[str, ...] = ("/v1/", "/internal/")
+    state: dict[str, Any] = field(default_factory=dict)
+    openapi_tags: list[dict[str, Any]] | None = None
+
+
+def create_app(spec: ServiceSpec) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for hook in spec.on_start:
+            await hook()
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(loop.run(stop), name=loop.name) for loop in spec.loops]
+        for task in tasks:
+            task.add_done_callback(_report_crash)
+        try:
+            yield
+        finally:
+            stop.set()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=15)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for hook in spec.on_stop:
+                await hook()
+
+    app = FastAPI(
+        title=spec.title,
+        description=spec.description,
+        version="1.0",
+        lifespan=lifespan,
+        openapi_tags=spec.openapi_tags,
+    )
+    for key, value in spec.state.items():
+        setattr(app.state, key, value)
+    install_problem_handlers(app)
+    app.include_router(_ops_router(spec))
+    for router in spec.routers:
+        app.include_router(router)
+    app.add_middleware(
+        GuardMiddleware,
+        service=spec.name,
+        max_body_bytes=spec.max_body_bytes,
+        json_prefixes=spec.json_prefixes,
+    )
+    return app
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run one service process until SIGINT/SIGTERM (uvicorn stops the loops through the lifespan)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+
+
+def _ops_router(spec: ServiceSpec) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Alive: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": spec.name}
+
+    @router.get(
+        "/readyz",
+        summary="Ready: database, Kafka and the token issuer are reachable",
+        responses={503: {"description": "a dependency is unreachable"}},
+    )
+    async def readyz() -> Response:
+        results = await asyncio.gather(*(_run_check(c) for c in spec.checks.values()))
+        checks = dict(zip(spec.checks, results, strict=True))
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ready", "checks": checks})
+        return problem_response(503, "Service unavailable", "a dependency is not reachable", checks=checks)
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _run_check(check: Check) -> str:
+    try:
+        await asyncio.wait_for(check(), timeout=3)
+        return "ok"
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}"
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background loop stopped", extra={"loop": task.get_name()}, exc_info=task.exception())
+
+
+class GuardMiddleware:
+    """Refuses oversized bodies (413) and non-JSON bodies on JSON routes (415); times every request.
+
+    Pure ASGI, because it sits on every request's hot path.
+    """
+
+    def __init__(self, app: ASGIApp, *, service: str, max_body_bytes: int, json_prefixes: tuple[str, ...]):
+        self.app = app
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self.json_prefixes = json_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        refusal = self._refuse(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send_wrapper)
+        else:
+            await self.app(scope, self._limited(receive), send_wrapper)
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(self.service, scope["method"], path, status_holder["status"]).observe(
+            time.perf_counter() - started
+        )
+
+    def _refuse(self, scope: Scope) -> Response | None:
+        if scope["method"] not in {"POST", "PUT", "PATCH"}:
+            return None
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            return problem_response(
+                413,
+                "Payload too large",
+                f"the body exceeds {self.max_body_bytes} bytes",
+                instance=scope["path"],
+            )
+        if scope["path"].startswith(self.json_prefixes) and (length is None or length != "0"):
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+                return problem_response(
+                    415,
+                    "Unsupported media type",
+                    f"send application/json, not {ctype}",
+                    instance=scope["path"],
+                )
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count streamed bodies too, which carry no Content-Length."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # An HTTPException passes through FastAPI's body parsing to the problem handlers.
+                    raise HTTPException(413, f"the body exceeds {limit} bytes")
+            return message
+
+        return wrapped

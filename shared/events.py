@@ -1,0 +1,189 @@
+"""The event contract between services: one envelope, one frozen data model per event type.
+
+Consumers ignore fields they do not know (``extra="ignore"``); a breaking change is a new ``version``
+registered beside the old one, so consumers accept both while producers move.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Decision = Literal["eligible", "ineligible", "needs_review"]
+SiteDecision = Literal["accepted", "declined", "closed"]
+RecipientRole = Literal["site", "patient", "referrer"]
+
+
+class EventData(BaseModel):
+    """Base of every event payload: frozen, and tolerant of fields added by newer producers."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Referrer(EventData):
+    """The referring physician: a professional contact, not patient identity."""
+
+    name: str
+    email: str
+    phone: str | None = None
+
+
+class ReferralSnapshot(EventData):
+    """What may leave intake about a referral (see the trial's referral contract): never identity."""
+
+    clinic_id: str
+    revision: int = Field(ge=1, description="1 when submitted, +1 per amendment")
+    referral_day: date = Field(description="the day intake received the referral; ages count from it")
+    age_years: int = Field(ge=0, description="age in whole years on the referral day")
+    postal_code: str
+    country: str
+    consent_to_contact: bool
+    referrer: Referrer
+    clinical: dict[str, Any] = Field(description="the clinical block exactly as submitted")
+
+
+class ReferralSubmitted(ReferralSnapshot):
+    pass
+
+
+class ReferralAmended(ReferralSnapshot):
+    pass
+
+
+class ReferralWithdrawn(EventData):
+    clinic_id: str
+    reason: str | None = None
+
+
+class CriterionVerdict(EventData):
+    id: str
+    verdict: str
+    reason: str
+
+
+class ReferralScreened(EventData):
+    clinic_id: str
+    revision: int
+    ruleset: str
+    decision: Decision
+    score: float
+    routable: bool
+    criteria: list[CriterionVerdict]
+    age_years: int
+    postal_code: str
+    country: str
+    consent_to_contact: bool
+    referrer: Referrer
+
+
+class SiteRef(EventData):
+    code: str
+    name: str
+    city: str
+    coordinator_email: str
+    phone: str | None = None
+
+
+class ReferralRouted(EventData):
+    clinic_id: str
+    revision: int
+    site: SiteRef
+    distance_km: float
+    rank: int = Field(ge=1, description="1 for the nearest site, higher after declines or full sites")
+    decision: Decision
+    criteria_to_confirm: list[str] = Field(description="ids of criteria the site still has to confirm")
+    consent_to_contact: bool
+    referrer: Referrer
+
+
+class ReferralWaitlisted(EventData):
+    clinic_id: str
+    reason: str
+
+
+class ReferralUnroutable(EventData):
+    clinic_id: str
+    reason: str
+
+
+class ReferralSiteDecided(EventData):
+    clinic_id: str
+    site_code: str
+    decision: SiteDecision
+    reason: str | None = None
+    enrolled: bool | None = None
+
+
+class ReferralNotified(EventData):
+    recipient_role: RecipientRole
+    template: str
+    message_id: str
+    source_event_id: uuid.UUID
+
+
+EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
+    ("referral.submitted", 1): ReferralSubmitted,
+    ("referral.amended", 1): ReferralAmended,
+    ("referral.withdrawn", 1): ReferralWithdrawn,
+    ("referral.screened", 1): ReferralScreened,
+    ("referral.routed", 1): ReferralRouted,
+    ("referral.waitlisted", 1): ReferralWaitlisted,
+    ("referral.unroutable", 1): ReferralUnroutable,
+    ("referral.site_decided", 1): ReferralSiteDecided,
+    ("referral.notified", 1): ReferralNotified,
+}
+TOPICS: tuple[str, ...] = tuple(sorted({t for t, _ in EVENT_TYPES}))
+DEAD_LETTER_SUFFIX = ".dlq"
+_TYPE_OF = {model: key for key, model in EVENT_TYPES.items()}
+
+
+class UnknownEventType(ValueError):
+    """No model is registered for this (type, version): the event cannot be read."""
+
+
+class Envelope(BaseModel):
+    """The one JSON envelope every event travels in."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    producer: str
+    referral_id: uuid.UUID
+    trace: str | None = Field(default=None, description="W3C traceparent")
+    data: dict[str, Any]
+
+    @classmethod
+    def wrap(
+        cls, data: EventData, *, producer: str, referral_id: uuid.UUID, trace: str | None = None
+    ) -> Envelope:
+        """Build the envelope of a typed payload; the type and version come from the registry."""
+        event_type, version = _TYPE_OF[type(data)]
+        return cls(
+            type=event_type,
+            version=version,
+            producer=producer,
+            referral_id=referral_id,
+            trace=trace,
+            data=data.model_dump(mode="json"),
+        )
+
+    def payload(self) -> EventData:
+        """The typed data; raises UnknownEventType or pydantic.ValidationError on a bad payload."""
+        model = EVENT_TYPES.get((self.type, self.version))
+        if model is None:
+            raise UnknownEventType(f"no model for event type {self.type!r} version {self.version}")
+        return model.model_validate(self.data)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Envelope:
+        return cls.model_validate(json.loads(raw))

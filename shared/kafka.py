@@ -1,0 +1,84 @@
+"""Kafka clients built the same way everywhere: idempotent producers and manually committed consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.events import DEAD_LETTER_SUFFIX, TOPICS
+from shared.settings import KafkaSettings
+
+
+async def new_producer(kafka: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
+    """An idempotent producer (``acks=all``): a retried send never duplicates within a session."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        request_timeout_ms=int(kafka.send_timeout_s * 1000),
+    )
+    await asyncio.wait_for(producer.start(), timeout=kafka.send_timeout_s * 3)
+    return producer
+
+
+def new_consumer(kafka: KafkaSettings, *, group_id: str, topics: Iterable[str]) -> AIOKafkaConsumer:
+    """A group member that never commits on its own: offsets move only after the handling commit."""
+    return AIOKafkaConsumer(
+        *(kafka.topic(t) for t in topics),
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=group_id,
+        client_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=200,
+    )
+
+
+def all_topics() -> list[str]:
+    return [*TOPICS, *(t + DEAD_LETTER_SUFFIX for t in TOPICS)]
+
+
+async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] | None = None) -> None:
+    """Create missing topics (of the design, by default) with the configured number of partitions."""
+    wanted = {kafka.topic(n) for n in (names if names is not None else all_topics())}
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        missing = wanted - set(await admin.list_topics())
+        if missing:
+            await admin.create_topics(
+                [NewTopic(name=n, num_partitions=kafka.partitions, replication_factor=1) for n in missing]
+            )
+            await _until_led(admin, sorted(missing))
+    finally:
+        await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+    """New partitions answer NotLeader until the controller elects their leader: wait for that."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        topics = await admin.describe_topics(names)
+        if all(
+            t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in topics
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"topics without a leader after {timeout_s}s: {names}")
+
+
+async def ping(kafka: KafkaSettings, timeout_s: float = 3.0) -> None:
+    """Raise unless the broker answers a metadata request in time (used by readiness checks)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout=timeout_s)
+        await asyncio.wait_for(admin.list_topics(), timeout=timeout_s)
+    finally:
+        await admin.close()

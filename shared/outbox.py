@@ -1,0 +1,165 @@
+"""Transactional outbox: events are rows written in the same transaction as the state they describe.
+
+A relay publishes unsent rows and marks them sent. A crash between the broker's acknowledgement and the
+commit republishes the row; consumers are idempotent on the event id, so nothing is handled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import BigInteger, Column, Index, Integer, Text, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from shared.db import Database
+from shared.events import Envelope
+from shared.kafka import new_producer
+from shared.observability import metrics
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRecord(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_unsent", "published_at", "id"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    event_id: uuid.UUID = Field(unique=True)
+    topic: str
+    key: str
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    published_at: datetime | None = Field(default=None)
+    claim: str | None = Field(default=None, description="SQLite path: which relay claimed the row")
+
+
+def add_event(session: AsyncSession, envelope: Envelope) -> None:
+    """Queue an event in the caller's transaction; it is published only if that transaction commits."""
+    session.add(
+        OutboxRecord(
+            event_id=envelope.id,
+            topic=envelope.type,
+            key=str(envelope.referral_id),
+            payload=envelope.model_dump_json(),
+        )
+    )
+
+
+async def backlog(db: Database) -> int:
+    async with db.session() as session:
+        result = await session.execute(
+            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.published_at.is_(None))
+        )
+        return int(result.scalar_one())
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows in order with an idempotent producer (``acks=all``)."""
+
+    def __init__(
+        self,
+        db: Database,
+        kafka: KafkaSettings,
+        *,
+        service: str,
+        batch_size: int = 200,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        self.db = db
+        self.kafka = kafka
+        self.service = service
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._producer: AIOKafkaProducer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set; errors rebuild the producer and retry after a pause."""
+        backoff = self.poll_interval_s
+        try:
+            while not stop.is_set():
+                try:
+                    sent = await self.publish_batch()
+                    backoff = self.poll_interval_s
+                except Exception as exc:
+                    log.warning("outbox relay failed, retrying", extra={"error": type(exc).__name__})
+                    await self._drop_producer()
+                    backoff = min(backoff * 2, 5.0)
+                    sent = 0
+                if sent == 0:
+                    await _sleep_or_stop(stop, backoff)
+        finally:
+            await self._drop_producer()
+
+    async def publish_batch(self) -> int:
+        """Claim, publish and mark one batch in one transaction; returns how many were published."""
+        async with self.db.session() as session:
+            rows = await self._claim(session)
+            if not rows:
+                return 0
+            producer = await self._ensure_producer()
+            futures = [
+                await producer.send(
+                    self.kafka.topic(row.topic), value=row.payload.encode(), key=row.key.encode()
+                )
+                for row in rows
+            ]
+            # A timeout here is ambiguous (the broker may have the records): the caller rebuilds the
+            # producer and the rows stay unsent, so they are published again and deduplicated downstream.
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.kafka.send_timeout_s)
+            now = datetime.now(UTC)
+            ids = [row.id for row in rows]
+            await session.execute(
+                update(OutboxRecord).where(OutboxRecord.id.in_(ids)).values(published_at=now)  # type: ignore[union-attr]
+            )
+        metrics.outbox_published.labels(self.service).inc(len(rows))
+        return len(rows)
+
+    async def _claim(self, session: AsyncSession) -> Sequence[OutboxRecord]:
+        unsent = (
+            select(OutboxRecord)
+            .where(OutboxRecord.published_at.is_(None))  # type: ignore[union-attr]
+            .order_by(OutboxRecord.id)  # type: ignore[arg-type]
+            .limit(self.batch_size)
+        )
+        if not self.db.is_sqlite:
+            # Concurrent relays skip each other's rows instead of waiting or publishing them twice.
+            result = await session.execute(unsent.with_for_update(skip_locked=True))
+            return result.scalars().all()
+        # SQLite has no row locks: a write first takes the database's write lock for this transaction,
+        # so a second relay waits rather than reading the same rows.
+        token = uuid.uuid4().hex
+        ids = select(unsent.subquery().c.id)
+        await session.execute(update(OutboxRecord).where(OutboxRecord.id.in_(ids)).values(claim=token))  # type: ignore[union-attr]
+        result = await session.execute(
+            select(OutboxRecord).where(OutboxRecord.claim == token).order_by(OutboxRecord.id)  # type: ignore[arg-type]
+        )
+        return result.scalars().all()
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            self._producer = await new_producer(self.kafka, client_id=f"{self.service}-relay")
+        return self._producer
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=self.kafka.send_timeout_s)
+            except Exception:  # noqa: S110 - a producer that cannot stop cleanly is discarded anyway
+                pass
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

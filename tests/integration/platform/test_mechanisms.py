@@ -1,0 +1,185 @@
+"""The shared outbox and consumer loop on the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from shared.consumer import ConsumerLoop, ProcessedEvent
+from shared.db import Database
+from shared.events import Envelope, ReferralWithdrawn
+from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
+from shared.settings import KafkaSettings
+from tests.support.kafka import eventually, produce, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+class HandledEvent(SQLModel, table=True):
+    """What the test handler writes: one row per handling, so a double handling shows."""
+
+    __tablename__ = "test_handled_events"
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str
+    partition_key: str
+
+
+TABLES = [OutboxRecord.__table__, ProcessedEvent.__table__, HandledEvent.__table__]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.create_tables(TABLES)
+    yield database
+    await database.dispose()
+
+
+def withdrawn(referral_id: uuid.UUID | None = None) -> Envelope:
+    return Envelope.wrap(
+        ReferralWithdrawn(clinic_id="clinic-a", reason="test"),
+        producer="test",
+        referral_id=referral_id or uuid.uuid4(),
+    )
+
+
+async def record_handling(session: AsyncSession, envelope: Envelope, data: ReferralWithdrawn) -> None:
+    session.add(HandledEvent(event_id=str(envelope.id), partition_key=str(envelope.referral_id)))
+
+
+async def handled_count(db: Database) -> int:
+    async with db.session() as session:
+        return (await session.execute(select(func.count()).select_from(HandledEvent))).scalar_one()
+
+
+def consumer(db: Database, kafka: KafkaSettings, group: str = "g1") -> ConsumerLoop:
+    return ConsumerLoop(
+        db, kafka, service="test", group_id=group, handlers={"referral.withdrawn": record_handling}
+    )
+
+
+async def test_rolled_back_transaction_publishes_nothing(db: Database, kafka: KafkaSettings) -> None:
+    with pytest.raises(RuntimeError):
+        async with db.session() as session:
+            add_event(session, withdrawn())
+            raise RuntimeError("the state change failed")
+    relay = OutboxRelay(db, kafka, service="test")
+    assert await relay.publish_batch() == 0
+    assert await read_topic(kafka, "referral.withdrawn") == []
+
+
+async def test_committed_events_survive_a_relay_killed_mid_batch(db: Database, kafka: KafkaSettings) -> None:
+    events = [withdrawn() for _ in range(400)]
+    async with db.session() as session:
+        for envelope in events:
+            add_event(session, envelope)
+
+    first = OutboxRelay(db, kafka, service="test", batch_size=50)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    await eventually(lambda: _backlog_below(db, 400), what="the first relay to publish something")
+    task.cancel()  # killed mid-batch: no graceful stop, no final commit
+    await asyncio.gather(task, return_exceptions=True)
+    assert await backlog(db) > 0, "the kill should have left work for the second relay"
+
+    second = OutboxRelay(db, kafka, service="test", batch_size=50)
+    while await second.publish_batch():
+        pass
+    await second._drop_producer()
+    assert await backlog(db) == 0
+
+    published = {json.loads(r.value)["id"] for r in await read_topic(kafka, "referral.withdrawn")}
+    assert published == {str(e.id) for e in events}
+
+    loop = consumer(db, kafka)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: _handled_at_least(db, 400), what="all events handled")
+    await asyncio.sleep(1)
+    stop.set()
+    await task
+    assert await handled_count(db) == 400
+
+
+async def test_redelivered_event_is_handled_once(db: Database, kafka: KafkaSettings) -> None:
+    envelope = withdrawn()
+    for _ in range(3):
+        await produce(kafka, "referral.withdrawn", envelope.to_bytes(), str(envelope.referral_id).encode())
+    marker = withdrawn(envelope.referral_id)
+    await produce(kafka, "referral.withdrawn", marker.to_bytes(), str(marker.referral_id).encode())
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer(db, kafka).run(stop))
+    await eventually(lambda: _handled_at_least(db, 2), what="the marker event after the duplicates")
+    stop.set()
+    await task
+    async with db.session() as session:
+        rows = (await session.execute(select(HandledEvent.event_id))).scalars().all()
+    assert sorted(rows) == sorted([str(envelope.id), str(marker.id)])
+
+
+async def test_poison_goes_to_dead_letters_and_the_partition_moves_on(
+    db: Database, kafka: KafkaSettings
+) -> None:
+    key = str(uuid.uuid4()).encode()
+    poison = [b"not json at all", json.dumps({"type": "referral.withdrawn"}).encode()]
+    bad_data = withdrawn(uuid.UUID(key.decode())).model_copy(update={"data": {"reason": 42}})
+    for value in [*poison, bad_data.to_bytes()]:
+        await produce(kafka, "referral.withdrawn", value, key)
+    good = withdrawn(uuid.UUID(key.decode()))
+    await produce(kafka, "referral.withdrawn", good.to_bytes(), key)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer(db, kafka).run(stop))
+    await eventually(lambda: _handled_at_least(db, 1), what="the good event after the poison")
+    stop.set()
+    await task
+
+    letters = [json.loads(r.value) for r in await read_topic(kafka, "referral.withdrawn.dlq")]
+    assert [base64.b64decode(x["value_b64"]) for x in letters] == [*poison, bad_data.to_bytes()]
+    assert all(x["error"] and x["consumer"] == "g1" and x["offset"] >= 0 for x in letters)
+    assert "JSONDecodeError" in letters[0]["error"]
+    assert "clinic_id" in letters[2]["error"]
+    async with db.session() as session:
+        assert (await session.execute(select(HandledEvent.event_id))).scalars().all() == [str(good.id)]
+
+
+async def test_two_instances_of_a_group_split_the_partitions(db: Database, kafka: KafkaSettings) -> None:
+    one, two = consumer(db, kafka, "shared-group"), consumer(db, kafka, "shared-group")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(one.run(stop)), asyncio.create_task(two.run(stop))]
+
+    async def split() -> bool:
+        return bool(one.assigned) and bool(two.assigned) and len(one.assigned | two.assigned) == 6
+
+    await eventually(split, within=60, what="both members to own partitions")
+    assert not one.assigned & two.assigned
+
+    events = [withdrawn() for _ in range(60)]
+    async with db.session() as session:
+        for envelope in events:
+            add_event(session, envelope)
+    relay = OutboxRelay(db, kafka, service="test")
+    while await relay.publish_batch():
+        pass
+    await relay._drop_producer()
+    await eventually(lambda: _handled_at_least(db, 60), what="all events handled by the group")
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert await handled_count(db) == 60
+
+
+async def _backlog_below(db: Database, n: int) -> bool:
+    return await backlog(db) < n
+
+
+async def _handled_at_least(db: Database, n: int) -> bool:
+    return await handled_count(db) >= n

@@ -1,0 +1,27 @@
+# Entry points; the scripts do the work (and can be run directly).
+.PHONY: bootstrap test run bench lint up down
+
+bootstrap:
+	scripts/bootstrap.sh
+
+# PYTEST_ARGS, e.g.: make test PYTEST_ARGS='tests/unit -x'
+test:
+	scripts/test.sh $(PYTEST_ARGS)
+
+# Placeholder: starts the servers only; the services are started here once they exist.
+run: up
+
+# Placeholder until bench/ has benchmarks.
+bench:
+	@echo "bench: no benchmarks yet"
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+up:
+	deploy/local/up.sh
+
+down:
+	deploy/local/down.sh

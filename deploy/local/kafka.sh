@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# A single-node Kafka broker (KRaft: broker and controller in one JVM) for development and tests,
+# run straight from Maven-fetched jars: no Docker, no Kafka distribution to download.
+# Usage: deploy/local/kafka.sh start|stop|status|topics|bootstrap  (bootstrap prints host:port)
+# Env: TRIALROUTE_KAFKA_PORT (59092; the controller listens on the next port),
+#      TRIALROUTE_KAFKA_VERSION (4.4.0), TRIALROUTE_CACHE_DIR (~/.cache/trialroute).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CONF="$ROOT/deploy/kafka"
+VERSION="${TRIALROUTE_KAFKA_VERSION:-4.4.0}"
+PORT="${TRIALROUTE_KAFKA_PORT:-59092}"
+CONTROLLER_PORT="${TRIALROUTE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+BOOTSTRAP="127.0.0.1:$PORT"
+RUN="$ROOT/.run/kafka"
+DATA="$RUN/data" LOG="$RUN/kafka.log" PIDFILE="$RUN/kafka.pid" PROPS="$RUN/server.properties"
+# The jars live outside the checkout so that every clone on this machine (CI's too) reuses them.
+LIBS="${TRIALROUTE_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/trialroute}/kafka-$VERSION/libs"
+JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+
+fail() {  # fail MESSAGE [LOG]: say what failed and show the end of the log that explains it
+  local log="${2:-$LOG}"
+  echo "kafka.sh: FAILED: $1" >&2
+  if [[ -s $log ]]; then echo "--- last 30 lines of $log:" >&2; tail -n 30 "$log" >&2; fi
+  exit 1
+}
+
+running() {  # the pid file names a live broker started with this checkout's config (not a reused pid)
+  [[ -f $PIDFILE ]] || return 1
+  local pid; pid="$(<"$PIDFILE")"
+  [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "kafka.Kafka $PROPS"
+}
+
+check_port() {  # a broker started with another TRIALROUTE_KAFKA_PORT would make `bootstrap` lie
+  grep -q "^listeners=PLAINTEXT://$BOOTSTRAP," "$PROPS" \
+    || fail "already running with other ports ($(grep '^listeners=' "$PROPS")): stop it first" /dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+kjava() {  # run a Kafka main class or KafkaAdmin.java, logging at error level only
+  "$JAVA" -Dlog4j2.configurationFile="$CONF/log4j2.properties" -Dtrialroute.log.level=error \
+    -cp "$LIBS/*" "$@"
+}
+
+fetch() {  # resolve the broker's jars with Maven, once per version and pom.xml on this machine
+  local want; want="$(sha1sum "$CONF/pom.xml" | cut -c1-40)"
+  [[ $(cat "$LIBS/.complete" 2>/dev/null) == "$want" ]] && return 0
+  mkdir -p "$(dirname "$LIBS")" "$RUN"
+  (
+    flock 9  # two checkouts starting at once fetch only once (a subshell: the broker must not inherit fd 9)
+    [[ $(cat "$LIBS/.complete" 2>/dev/null) == "$want" ]] && exit 0
+    echo "kafka.sh: fetching Kafka $VERSION jars into $LIBS (once per machine)"
+    rm -rf "$LIBS.tmp" "$LIBS"
+    mvn -B -q -Dstyle.color=never -f "$CONF/pom.xml" -Dkafka.version="$VERSION" \
+      dependency:copy-dependencies -DoutputDirectory="$LIBS.tmp" >"$RUN/fetch.log" 2>&1 \
+      || fail "Maven could not fetch Kafka $VERSION" "$RUN/fetch.log"
+    echo "$want" >"$LIBS.tmp/.complete" && mv "$LIBS.tmp" "$LIBS"
+  ) 9>"$(dirname "$LIBS")/.lock" || exit 1
+}
+
+format() {  # KRaft refuses to start on a log dir without a cluster id: write one, only the first time
+  [[ -f $DATA/meta.properties ]] && return 0
+  mkdir -p "$DATA"
+  local id; id="$(kjava kafka.tools.StorageTool random-uuid)"
+  kjava kafka.tools.StorageTool format --cluster-id "$id" --config "$PROPS" >"$RUN/format.log" 2>&1 \
+    || fail "could not format $DATA" "$RUN/format.log"
+}
+
+start() {
+  if running; then check_port; echo "kafka.sh: already running (pid $(<"$PIDFILE")) on $BOOTSTRAP"; return 0; fi
+  for p in "$PORT" "$CONTROLLER_PORT"; do
+    port_open "$p" && fail "port $p is in use by another process (set TRIALROUTE_KAFKA_PORT)" /dev/null
+  done
+  fetch
+  mkdir -p "$RUN"
+  sed -e "s|@KAFKA_PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@LOG_DIR@|$DATA|g" \
+    "$CONF/server.properties" >"$PROPS"
+  format
+  [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"  # keep the previous run's log for post-mortems
+  # setsid: the broker outlives this script and does not get the terminal's Ctrl-C.
+  setsid "$JAVA" -Xms512m -Xmx512m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$CONF/log4j2.properties" -cp "$LIBS/*" kafka.Kafka "$PROPS" \
+    >"$LOG" 2>&1 </dev/null &
+  echo $! >"$PIDFILE"
+  local t0=$SECONDS
+  until port_open "$PORT"; do
+    running || fail "the broker exited during start-up"
+    ((SECONDS - t0 < 90)) || fail "the broker did not listen on $BOOTSTRAP within 90 s (it is still running)"
+    sleep 0.25
+  done
+  # An open port is not a ready broker: KafkaAdmin waits until it answers, then creates the topics.
+  local topics=()
+  while read -r t; do [[ -z $t || $t == \#* ]] || topics+=("$t" "$t.dlq"); done <"$CONF/topics.txt"
+  kjava "$CONF/KafkaAdmin.java" ensure "$BOOTSTRAP" 60 6 "${topics[@]}" \
+    || fail "the broker did not answer on $BOOTSTRAP, or the topics could not be created (it is still running)"
+  echo "kafka.sh: running (pid $(<"$PIDFILE")) on $BOOTSTRAP, log $LOG"
+}
+
+stop() {
+  if ! running; then rm -f "$PIDFILE"; echo "kafka.sh: not running"; return 0; fi
+  local pid; pid="$(<"$PIDFILE")"
+  kill "$pid"
+  for _ in $(seq 120); do  # a clean shutdown flushes the logs and takes a few seconds
+    kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; echo "kafka.sh: stopped"; return 0; }
+    sleep 0.25
+  done
+  echo "kafka.sh: broker did not stop within 30 s, killing it" >&2
+  kill -9 "$pid" || true
+  rm -f "$PIDFILE"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status)
+    if running; then check_port; echo "kafka.sh: running (pid $(<"$PIDFILE")) on $BOOTSTRAP"
+    else echo "kafka.sh: stopped"; exit 3; fi ;;
+  topics)
+    running || fail "the broker is not running (deploy/local/kafka.sh start)" /dev/null
+    kjava "$CONF/KafkaAdmin.java" list "$BOOTSTRAP" ;;
+  bootstrap) echo "$BOOTSTRAP" ;;
+  *) echo "usage: $0 start|stop|status|topics|bootstrap" >&2; exit 2 ;;
+esac

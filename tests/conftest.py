@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
 
+pytest_plugins = ["tests.support.auth"]
+
 
 @dataclass(frozen=True)
 class Servers:

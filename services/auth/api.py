@@ -1,0 +1,94 @@
+"""The auth service's HTTP API: the token endpoint, the JWKS and the discovery documents.
+
+The token endpoint answers in RFC 6749's error format (``{"error": "invalid_client"}``), which every
+OAuth2 client library understands; everything else answers errors as problem+json, like every service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.auth.config import AuthSettings
+from services.auth.keys import KeyRing
+from services.auth.tokens import AUTH_METHODS, GRANT_TYPE, TokenServer
+from shared.auth import Scope
+
+router = APIRouter(tags=["oauth2"])
+
+_TOKEN_REQUEST = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "required": ["grant_type"],
+                "properties": {
+                    "grant_type": {"type": "string", "enum": [GRANT_TYPE]},
+                    "scope": {"type": "string", "description": "space-separated; default: all allowed"},
+                    "resource": {"type": "string", "description": "RFC 8707: the audience wanted"},
+                    "audience": {"type": "string", "description": "same as resource (Auth0's name)"},
+                    "client_id": {"type": "string", "description": "client_secret_post only"},
+                    "client_secret": {"type": "string", "description": "client_secret_post only"},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/oauth/token",
+    summary="Issue an access token (client credentials grant)",
+    openapi_extra={"requestBody": _TOKEN_REQUEST},
+    responses={
+        200: {"description": "an RFC 9068 JWT access token: access_token, token_type, expires_in, scope"},
+        400: {"description": "RFC 6749 error: invalid_request, invalid_scope, invalid_target, ..."},
+        401: {"description": "RFC 6749 error invalid_client"},
+        429: {"description": "too many failed client authentications (problem+json, Retry-After)"},
+    },
+)
+async def issue_token(request: Request) -> Response:
+    """Client authentication: HTTP Basic (``client_secret_basic``) or form fields (``client_secret_post``)."""
+    server: TokenServer = request.app.state.oauth_server
+    return await server.token_response(request)
+
+
+@router.get("/.well-known/jwks.json", summary="The public keys that verify access tokens")
+async def jwks(request: Request) -> JSONResponse:
+    keyring: KeyRing = request.app.state.keyring
+    settings: AuthSettings = request.app.state.auth_settings
+    await keyring.refresh_if_stale()
+    # A cache may keep the set for as long as a new key waits before it signs: no token is missed.
+    return JSONResponse(
+        keyring.jwks(),
+        headers={"Cache-Control": f"public, max-age={settings.key_publish_delay_s}"},
+        media_type="application/jwk-set+json",
+    )
+
+
+@router.get("/.well-known/oauth-authorization-server", summary="RFC 8414 authorization server metadata")
+async def authorization_server_metadata(request: Request) -> dict[str, Any]:
+    return metadata(request.app.state.auth_settings)
+
+
+@router.get(
+    "/.well-known/openid-configuration",
+    summary="The same metadata, where generic OIDC resource servers look for the jwks_uri",
+)
+async def openid_configuration(request: Request) -> dict[str, Any]:
+    return metadata(request.app.state.auth_settings)
+
+
+def metadata(settings: AuthSettings) -> dict[str, Any]:
+    return {
+        "issuer": settings.issuer,
+        "token_endpoint": settings.token_url,
+        "jwks_uri": settings.jwks_url,
+        "grant_types_supported": [GRANT_TYPE],
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "scopes_supported": [s.value for s in Scope],
+        "response_types_supported": [],  # no authorization endpoint: machine clients only
+    }

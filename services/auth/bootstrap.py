@@ -1,0 +1,63 @@
+"""Wiring of the auth service: store, key ring, login throttle, authorization server, routes.
+
+The auth service has one role, the API: it consumes and publishes no events, so ``roles`` is accepted
+(every service's bootstrap takes it) and only changes anything if ``api`` is absent.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.auth import api
+from services.auth.config import AuthSettings
+from services.auth.keys import KeyRing, ensure_signing_key
+from services.auth.store import TABLES
+from services.auth.throttle import LoginThrottle, SlidingWindowThrottle
+from services.auth.tokens import TokenServer
+from shared.app import ALL_ROLES, Role, ServiceSpec
+from shared.app import create_app as create_service_app
+from shared.db import Database
+
+DESCRIPTION = (
+    "OAuth2 authorization server (client credentials grant) issuing RFC 9068 JWT access tokens signed "
+    "RS256, with rotating keys published as a JWKS. Any OIDC issuer can replace it."
+)
+
+
+def load_settings() -> AuthSettings:
+    return AuthSettings()
+
+
+def build(settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
+    db = Database(settings.database_url)
+    keyring = KeyRing(db, settings)
+    throttle = LoginThrottle(
+        by_client=SlidingWindowThrottle(settings.throttle_client_failures, settings.throttle_window_s),
+        by_address=SlidingWindowThrottle(settings.throttle_address_failures, settings.throttle_window_s),
+    )
+    server = TokenServer(db, settings, keyring, throttle)
+
+    async def start() -> None:
+        await db.create_tables(TABLES)
+        await ensure_signing_key(db, settings)
+        await keyring.refresh()
+
+    async def signing_key() -> None:
+        await keyring.refresh_if_stale()
+        keyring.signing_key()
+
+    return ServiceSpec(
+        name="auth",
+        title="trialroute auth",
+        description=DESCRIPTION,
+        routers=[api.router] if "api" in roles else [],
+        checks={"database": db.ping, "signing_key": signing_key},
+        on_start=[start],
+        on_stop=[db.dispose],
+        max_body_bytes=min(settings.max_body_bytes, 16_384),
+        state={"auth_settings": settings, "keyring": keyring, "oauth_server": server, "throttle": throttle},
+    )
+
+
+def create_app(settings: AuthSettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
+    return create_service_app(build(settings or load_settings(), roles))

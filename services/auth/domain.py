@@ -1,0 +1,152 @@
+"""The auth service's rules, as pure functions over plain data: no I/O, no clock of their own.
+
+- which scopes and which audience a client gets in a token;
+- when a signing key is published, signs, stops signing and is retired.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from shared.auth import Scope
+
+CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,99}$")
+
+
+class RegistrationError(ValueError):
+    """A client registration the rules refuse (unknown scope, no audience, two tenants...)."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered client as the rules see it; its secret only as an argon2id hash."""
+
+    client_id: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    clinic_id: str | None
+    site_code: str | None
+    enabled: bool
+    created_at: datetime
+
+
+def check_registration(
+    client_id: str,
+    scopes: Sequence[str],
+    audiences: Sequence[str],
+    clinic_id: str | None,
+    site_code: str | None,
+) -> None:
+    """Refuse a registration that could never get a useful token, or would act for two tenants."""
+    if not CLIENT_ID.match(client_id):
+        raise RegistrationError("client id: 3-100 letters, digits, '.', '_' or '-', starting alphanumeric")
+    unknown = sorted(set(scopes) - {s.value for s in Scope})
+    if unknown:
+        raise RegistrationError(f"unknown scope(s): {', '.join(unknown)}")
+    if not scopes:
+        raise RegistrationError("a client needs at least one scope")
+    if not audiences or any(not a.strip() for a in audiences):
+        raise RegistrationError("a client needs at least one audience (the services it may call)")
+    if clinic_id and site_code:
+        raise RegistrationError("a client acts for a clinic or for a site, not both")
+
+
+def grant_scopes(requested: str | None, allowed: Sequence[str]) -> str | None:
+    """The scope of the token: what was asked and is allowed (RFC 6749 §3.3), all allowed if nothing
+    was asked, ``None`` (refused) if nothing asked is allowed."""
+    if not requested or not requested.strip():
+        granted = list(allowed)
+    else:
+        wanted = set(requested.split())
+        granted = [s for s in allowed if s in wanted]
+    return " ".join(granted) or None
+
+
+class AudienceRefused(ValueError):
+    """The requested resource is not one this client may get a token for (RFC 8707 invalid_target)."""
+
+
+def choose_audience(requested: Iterable[str], allowed: Sequence[str]) -> str:
+    """The one audience of the token: the requested one if allowed, else the client's first."""
+    wanted = {r for r in requested if r}
+    if not wanted:
+        if not allowed:
+            raise AudienceRefused("the client may not get tokens for any resource")
+        return allowed[0]
+    if len(wanted) > 1:
+        raise AudienceRefused("ask for one resource per token")
+    (audience,) = wanted
+    if audience not in allowed:
+        raise AudienceRefused(f"the client may not get tokens for '{audience}'")
+    return audience
+
+
+@dataclass(frozen=True)
+class KeySchedule:
+    """A signing key's life: published from ``created_at``, signs in [signs_from, signs_until),
+    published until ``retire_at`` (when the last token it signed has expired)."""
+
+    kid: str
+    created_at: datetime
+    signs_from: datetime
+    signs_until: datetime | None = None
+    retire_at: datetime | None = None
+
+    def signs_at(self, now: datetime) -> bool:
+        return self.signs_from <= now and (self.signs_until is None or now < self.signs_until)
+
+    def published_at(self, now: datetime) -> bool:
+        return self.retire_at is None or now < self.retire_at
+
+
+def signing_kid(keys: Iterable[KeySchedule], now: datetime) -> str | None:
+    """The key that signs now: of those in their signing window, the latest to start."""
+    candidates = [k for k in keys if k.signs_at(now)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda k: (k.signs_from, k.created_at, k.kid)).kid
+
+
+def published(keys: Iterable[KeySchedule], now: datetime) -> list[KeySchedule]:
+    """The keys in the JWKS now: every key from its creation until its retirement."""
+    return sorted((k for k in keys if k.published_at(now)), key=lambda k: k.created_at)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    new_key: KeySchedule
+    ending: list[KeySchedule]
+    """Existing keys with their new ``signs_until`` and ``retire_at``."""
+    expired: list[str]
+    """Keys retired before ``now``: nothing verifies with them any more, so they can be deleted."""
+
+
+def plan_rotation(
+    keys: Sequence[KeySchedule],
+    kid: str,
+    now: datetime,
+    *,
+    publish_delay: timedelta,
+    token_lifetime: timedelta,
+    retire_leeway: timedelta,
+) -> Rotation:
+    """A new key that signs after ``publish_delay``; every other key stops signing then and is
+    retired once the tokens it signed have expired (plus leeway for clock skew)."""
+    starts = now + publish_delay
+    new_key = KeySchedule(kid=kid, created_at=now, signs_from=starts)
+    ending = []
+    for key in keys:
+        if key.retire_at is not None and key.retire_at <= now:
+            continue
+        stop = starts if key.signs_until is None else min(key.signs_until, starts)
+        stop = max(stop, key.signs_from)
+        retire = stop + token_lifetime + retire_leeway
+        if key.retire_at is not None:
+            retire = max(retire, key.retire_at)  # tokens signed under a longer lifetime still count
+        ending.append(replace(key, signs_until=stop, retire_at=retire))
+    expired = [k.kid for k in keys if k.retire_at is not None and k.retire_at <= now]
+    return Rotation(new_key=new_key, ending=ending, expired=expired)

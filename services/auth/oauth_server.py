@@ -1,0 +1,156 @@
+"""authlib's ``AuthorizationServer`` adapted, once, to FastAPI (Starlette) requests and responses.
+
+authlib ships server integrations for Flask and Django only. Its server is synchronous: it reads a
+request object, asks ``query_client`` for the client, runs the grant and the token generator, and
+answers through ``handle_response(status, body, headers)``. This adapter:
+
+- reads the form body (``application/x-www-form-urlencoded``, RFC 6749 §3.2) asynchronously and wraps
+  the request in a ``StarletteOAuth2Request``;
+- loads, before authlib runs, the client the request names (``load_client`` is async, authlib's
+  ``query_client`` is not), and serves ``query_client`` from it for the duration of the request;
+- runs authlib's token endpoint in a worker thread, so argon2 verification and RSA signing never
+  block the event loop;
+- turns authlib's answers into Starlette ``Response`` objects and its signals into callbacks
+  (``connect``); it adds one signal of its own, ``after_token_error``, for every error answer.
+
+Grants, client authentication methods, scopes and error bodies stay authlib's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import parse_qsl
+
+from authlib.oauth2 import AuthorizationServer, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Payload
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+ClientLoader = Callable[[str], Awaitable[ClientMixin | None]]
+Receiver = Callable[..., None]
+
+MAX_CLIENT_ID_LENGTH = 200
+"""Longer ids are not looked up (nothing that long is registered); they fail authentication."""
+
+_loaded_clients: ContextVar[dict[str, ClientMixin | None]] = ContextVar("loaded_clients")
+
+
+class StarletteOAuth2Payload(OAuth2Payload):
+    """The form parameters, first value of each in ``data``, every value in ``datalist``."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._datalist: defaultdict[str, list[str]] = defaultdict(list)
+        for name, value in pairs:
+            self._datalist[name].append(value)
+        self._data = {name: values[0] for name, values in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class StarletteOAuth2Request(OAuth2Request):
+    """An authlib request made from a Starlette one whose body has already been read."""
+
+    def __init__(self, request: Request, pairs: Iterable[tuple[str, str]]) -> None:
+        super().__init__(method=request.method, uri=str(request.url), headers=request.headers)
+        self.payload = StarletteOAuth2Payload(pairs)
+        self.query = dict(request.query_params)
+        self.client_host = request.client.host if request.client else None
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.query
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self.payload.data
+
+    @property
+    def named_client_id(self) -> str | None:
+        """The client id the caller claims (HTTP Basic first, then the form), before it is verified."""
+        basic_id, _ = extract_basic_authorization(self.headers)
+        return basic_id or self.payload.data.get("client_id") or None
+
+
+class FastAPIAuthorizationServer(AuthorizationServer):
+    """An authlib authorization server answering Starlette requests; see the module docstring."""
+
+    def __init__(self, load_client: ClientLoader, *, scopes_supported: list[str] | None = None) -> None:
+        super().__init__(scopes_supported=scopes_supported)
+        self._load_client = load_client
+        self._receivers: defaultdict[str, list[Receiver]] = defaultdict(list)
+
+    async def token_response(self, request: Request) -> Response:
+        """The token endpoint: read the request, prepare what authlib needs, let authlib answer."""
+        pairs = await _form_pairs(request)
+        try:
+            oauth_request = StarletteOAuth2Request(request, pairs)
+        except OAuth2Error as error:  # e.g. insecure_transport: not https, not loopback
+            return self.handle_response(*error())
+        loaded = await self.prepare(oauth_request)
+        return await run_in_threadpool(self._create_token_response, oauth_request, loaded)
+
+    async def prepare(self, request: StarletteOAuth2Request) -> dict[str, ClientMixin | None]:
+        """Asynchronous work before authlib's synchronous flow: load the client the request names.
+        Subclasses extend it (and may refuse the request by raising)."""
+        client_id = request.named_client_id
+        if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH:
+            return {}
+        return {client_id: await self._load_client(client_id)}
+
+    def _create_token_response(self, request: StarletteOAuth2Request, loaded: dict[str, Any]) -> Response:
+        token = _loaded_clients.set(loaded)
+        try:
+            return self.create_token_response(request)  # type: ignore[no-any-return]
+        finally:
+            _loaded_clients.reset(token)
+
+    # authlib's framework hooks
+
+    def query_client(self, client_id: str) -> ClientMixin | None:
+        return _loaded_clients.get({}).get(client_id)
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        if not isinstance(request, StarletteOAuth2Request):
+            raise TypeError("await token_response(request): the body must be read asynchronously first")
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: Iterable[tuple[str, str]]) -> Response:
+        content = json.dumps(body) if isinstance(body, dict | list) else body
+        return Response(content=content, status_code=status, headers=dict(headers))
+
+    def handle_error_response(self, request: OAuth2Request, error: OAuth2Error) -> Response:
+        self.send_signal("after_token_error", request=request, error=error)
+        return super().handle_error_response(request, error)  # type: ignore[no-any-return]
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        for receiver in self._receivers[name]:
+            receiver(*args, **kwargs)
+
+    def connect(self, name: str, receiver: Receiver) -> None:
+        """Call ``receiver`` on signal ``name`` (authlib's ``after_authenticate_client``, or
+        ``after_token_error``). Receivers run in the worker thread: keep them quick and thread-safe."""
+        self._receivers[name].append(receiver)
+
+
+async def _form_pairs(request: Request) -> list[tuple[str, str]]:
+    """RFC 6749 token requests are form-encoded; anything else reads as empty (and authlib says so)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        return []
+    body = await request.body()
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+    except (UnicodeDecodeError, ValueError):
+        return []

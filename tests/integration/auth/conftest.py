@@ -1,0 +1,50 @@
+"""Fixtures: the auth service running on this test's PostgreSQL database, and resource servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from services.auth.bootstrap import create_app
+from shared.db import Database
+from tests.integration.auth.helpers import RunningAuth, ServeResource, StartAuth, auth_settings, resource_app
+from tests.support.servers import loopback_socket, serve_app, url_of
+
+
+@pytest.fixture
+def start_auth(database_url: str) -> StartAuth:
+    """Start the auth service (settings overridable) on this test's database."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RunningAuth]:
+        sock = loopback_socket()
+        settings = auth_settings(database_url, url_of(sock), **overrides)
+        db = Database(database_url)
+        try:
+            async with serve_app(create_app(settings), sock=sock) as url:
+                yield RunningAuth(url, settings, db)
+        finally:
+            await db.dispose()
+
+    return start
+
+
+@pytest.fixture
+async def auth(start_auth: StartAuth) -> AsyncIterator[RunningAuth]:
+    async with start_auth() as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def serve_resource() -> ServeResource:
+    return lambda validator: serve_app(resource_app(validator))

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/bootstrap.sh
+[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || scripts/install-chromium.sh  # browser tests
 
 started=()
 # shellcheck disable=SC2317  # (cleanup is called by the trap)

@@ -98,6 +98,9 @@ class ReferralRouted(EventData):
     criteria_to_confirm: list[str] = Field(description="ids of criteria the site still has to confirm")
     consent_to_contact: bool
     referrer: Referrer
+    note: str | None = Field(
+        default=None, description="what the site has to confirm, in words (reasons and the pre-screen caveat)"
+    )
 
 
 class ReferralWaitlisted(EventData):

@@ -60,6 +60,20 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] | None = None
         await admin.close()
 
 
+async def delete_topics(kafka: KafkaSettings) -> None:
+    """Delete every topic under the settings' prefix (test isolation; refuses an empty prefix)."""
+    if not kafka.topic_prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(kafka.topic_prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
 async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
     """New partitions answer NotLeader until the controller elects their leader: wait for that."""
     deadline = asyncio.get_running_loop().time() + timeout_s

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from shared.kafka import ensure_topics
+from shared.kafka import delete_topics, ensure_topics
 from shared.settings import KafkaSettings
 
 pytest_plugins = ["tests.support.auth"]
@@ -89,10 +89,13 @@ async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
 
 
 @pytest.fixture
-async def kafka(servers: Servers) -> KafkaSettings:
-    """Kafka settings with a topic prefix of this test's own, and the design's topics created."""
-    settings = KafkaSettings(
-        bootstrap_servers=servers.kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}."
-    )
+async def kafka(servers: Servers) -> AsyncIterator[KafkaSettings]:
+    """Kafka settings with a topic prefix of this test's own, and the design's topics created.
+
+    The topics are deleted afterwards: a broker holding every test's partitions runs out of memory.
+    """
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = KafkaSettings(bootstrap_servers=servers.kafka_bootstrap, topic_prefix=prefix)
     await ensure_topics(settings)
-    return settings
+    yield settings
+    await delete_topics(settings)

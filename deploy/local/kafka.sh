@@ -79,7 +79,7 @@ start() {
   format
   [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"  # keep the previous run's log for post-mortems
   # setsid: the broker outlives this script and does not get the terminal's Ctrl-C.
-  setsid "$JAVA" -Xms512m -Xmx512m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+  setsid "$JAVA" -Xms512m -Xmx${TRIALROUTE_KAFKA_HEAP:-1536m} -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$CONF/log4j2.properties" -cp "$LIBS/*" kafka.Kafka "$PROPS" \
     >"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"

@@ -21,6 +21,9 @@ import numpy.typing as npt
 
 from services.site_router.geo import EARTH_RADIUS_KM, FloatArray, km_to_miles
 
+NEAREST_CANDIDATES = 16
+"""Sites the in-memory index proposes per routing; the database says which of them has room."""
+
 
 class SiteStatus(StrEnum):
     RECRUITING = "recruiting"
@@ -133,6 +136,23 @@ class SiteIndex:
         keep[self._positions(exclude_codes)] = False
         return self._ordered(self._chord_sq(lat, lon), np.flatnonzero(keep))
 
+    def nearest(
+        self, lat: float, lon: float, count: int, exclude_codes: Collection[str] = ()
+    ) -> list[RankedSite]:
+        """The `count` nearest sites but the excluded, whatever their status: candidates the database
+        then checks for room (this copy's counts may be stale, its order is not)."""
+        if count <= 0 or not self._sites:
+            return []
+        chord_sq = self._chord_sq(lat, lon)  # a fresh array: excluded sites are pushed to infinity in it
+        chord_sq[self._positions(exclude_codes)] = np.inf
+        if count < len(self._sites):
+            # The `count` nearest plus any tied with the last of them, so that ties still go by code.
+            bound = chord_sq[np.argpartition(chord_sq, count - 1)[:count]].max()
+            candidates = np.flatnonzero(chord_sq <= bound)
+        else:
+            candidates = np.flatnonzero(np.isfinite(chord_sq))
+        return self._ordered(chord_sq, candidates[np.isfinite(chord_sq[candidates])])[:count]
+
     def nearby(self, lat: float, lon: float, limit: int = 10) -> list[NearbySite]:
         """Recruiting sites nearest first, full or not: the public finder shows where the trial runs."""
         if limit <= 0:
@@ -186,3 +206,60 @@ def nearby(
 ) -> list[NearbySite]:
     """Recruiting sites nearest first with km and miles, for the public site finder."""
     return _as_index(sites).nearby(lat, lon, limit)
+
+
+# --- referral lifecycle at the router ---------------------------------------------------------------
+
+
+class ReferralState(StrEnum):
+    """Where a referral stands at the router (intake's timeline names the same states)."""
+
+    NOT_ROUTED = "not_routed"
+    ROUTED = "routed"
+    WAITLISTED = "waitlisted"
+    UNROUTABLE = "unroutable"
+    ACCEPTED = "accepted"
+    CLOSED = "closed"
+    WITHDRAWN = "withdrawn"
+
+
+class AssignmentState(StrEnum):
+    """One routing of a referral to a site; `routed` and `accepted` hold one of the site's slots."""
+
+    ROUTED = "routed"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    CLOSED = "closed"
+    RELEASED = "released"
+    WITHDRAWN = "withdrawn"
+
+
+ACTIVE_ASSIGNMENT_STATES = (AssignmentState.ROUTED, AssignmentState.ACCEPTED)
+FINAL_REFERRAL_STATES = frozenset({ReferralState.CLOSED, ReferralState.WITHDRAWN})
+
+PRE_SCREEN_NOTE = (
+    "Pre-screened on the study's main public criteria only; other criteria may apply and the site confirms "
+    "full eligibility."
+)
+
+
+def criteria_to_confirm(criteria: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Ids of the criteria pre-screening could not decide (verdict `unknown`): the site must check them."""
+    return [criterion_id for criterion_id, verdict, _ in criteria if verdict == "unknown"]
+
+
+def confirmation_note(criteria: Iterable[tuple[str, str, str]]) -> str:
+    """What the site has to confirm, in words: each undecided criterion with its reason, then the caveat."""
+    undecided = [f"{cid} ({reason})" for cid, verdict, reason in criteria if verdict == "unknown"]
+    prefix = f"To confirm: {'; '.join(undecided)}. " if undecided else ""
+    return prefix + PRE_SCREEN_NOTE
+
+
+def postal_area(normalised_postal_code: str) -> str:
+    """The coarse area a site may see before contact (first three characters), never the full code."""
+    return normalised_postal_code.replace(" ", "")[:3]
+
+
+def declined_by_every_site(declined: Collection[str], site_codes: Collection[str]) -> bool:
+    """Every known site has declined: no waitlist can help, the referral is unroutable."""
+    return bool(site_codes) and set(site_codes) <= set(declined)

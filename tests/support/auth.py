@@ -50,7 +50,12 @@ class Issuer:
         """Register a client once; return its secret."""
         if client_id not in self.secrets:
             self.secrets[client_id] = await create_client(
-                self.db, client_id, scopes=scopes, audiences=audiences, clinic_id=clinic_id, site_code=site_code
+                self.db,
+                client_id,
+                scopes=scopes,
+                audiences=audiences,
+                clinic_id=clinic_id,
+                site_code=site_code,
             )
         return self.secrets[client_id]
 

@@ -1,0 +1,94 @@
+"""Composition root of the site router: settings in, a FastAPI application (or its parts) out."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+import httpx
+from fastapi import FastAPI
+
+import shared.app
+from services.site_router import admin, api, consumers, finder_page
+from services.site_router.config import SiteRouterSettings
+from services.site_router.directory import SiteDirectory
+from services.site_router.geo import Geocoder
+from services.site_router.ratelimit import RateLimiter
+from services.site_router.referrals import Router
+from services.site_router.store import TABLES
+from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
+from shared.auth import TokenValidator
+from shared.consumer import ConsumerLoop
+from shared.db import Database
+from shared.kafka import ping as kafka_ping
+from shared.outbox import OutboxRelay
+
+SERVICE = "site_router"
+
+
+def load_settings() -> SiteRouterSettings:
+    return SiteRouterSettings()
+
+
+def build(
+    settings: SiteRouterSettings, roles: frozenset[Role] = ALL_ROLES, *, geocoder: Geocoder | None = None
+) -> ServiceSpec:
+    """Wire the service; pass ``geocoder`` to share one already-warm instance (tests, several apps)."""
+    db = Database(settings.database_url)
+    http = httpx.AsyncClient(timeout=5)
+    validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
+    geocoder = geocoder or Geocoder(index_dir=settings.geonames_index_dir)
+    directory = SiteDirectory()
+    router = Router(geocoder, directory)
+    loops = [Loop("site-index", partial(directory.keep_fresh, db, settings.index_refresh_s))]
+    if "consumer" in roles:
+        consumer = ConsumerLoop(
+            db,
+            settings.kafka,
+            service=SERVICE,
+            group_id=settings.consumer_group or f"trialroute-{SERVICE}",
+            handlers=consumers.handlers(router),
+        )
+        loops.append(Loop("consumer", consumer.run))
+    if "relay" in roles:
+        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=SERVICE).run))
+
+    async def warm_geocoder() -> None:
+        """Load the postal-code tables before traffic, so no request or event pays for it."""
+        await asyncio.to_thread(geocoder.warm, settings.warm_countries or None)
+
+    return ServiceSpec(
+        name=SERVICE,
+        title="trialroute site router",
+        description="Routes screened referrals to the nearest recruiting site with a free slot; site "
+        "coordinators' queues and decisions; site administration; the public site finder.",
+        # The finder's API route comes before the admin's /v1/sites/{code}, which would shadow it.
+        routers=[api.router, admin.router, finder_page.router] if "api" in roles else [],
+        loops=loops,
+        state={
+            "db": db,
+            "token_validator": validator,
+            "settings": settings,
+            "router": router,
+            "directory": directory,
+            "finder_limiter": RateLimiter(settings.finder_rate_per_minute),
+        },
+        checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
+        on_start=[partial(db.create_tables, TABLES), partial(directory.reload, db), warm_geocoder],
+        on_stop=[db.dispose, http.aclose],
+        max_body_bytes=settings.max_body_bytes,
+        openapi_tags=[
+            {"name": "public", "description": "No token: where the trial recruits"},
+            {"name": "site", "description": "Site coordinators (scope site:referrals), their own site only"},
+            {"name": "sites", "description": "Trial staff (scope sites:admin)"},
+        ],
+    )
+
+
+def create_app(
+    settings: SiteRouterSettings | None = None,
+    roles: frozenset[Role] = ALL_ROLES,
+    *,
+    geocoder: Geocoder | None = None,
+) -> FastAPI:
+    return shared.app.create_app(build(settings or load_settings(), roles, geocoder=geocoder))

@@ -1,0 +1,73 @@
+"""``trialroute sites``: the site router's staff commands (mounted by ``services/cli.py``).
+
+    trialroute sites import [FILE]     upsert sites by code (default: the shipped trial sites)
+    trialroute sites list              one line per site with its slots
+
+The import is also a plain function (``services.site_router.sites.import_sites(db, path)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.site_router import store
+from services.site_router.config import SiteRouterSettings
+from services.site_router.geo import Geocoder
+from services.site_router.sites import SEED_FILE, ImportReport, SiteImportError, import_sites
+from shared.db import Database
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Study sites (site router).", no_args_is_help=True, add_completion=False)
+
+
+async def _import(settings: SiteRouterSettings, path: Path) -> ImportReport:
+    db = Database(settings.database_url)
+    try:
+        await db.create_tables(store.TABLES)
+        return await import_sites(db, path, Geocoder(index_dir=settings.geonames_index_dir))
+    finally:
+        await db.dispose()
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[
+        Path, typer.Argument(help="sites JSON ({'sites': [...]} or a list); default: the trial's sites")
+    ] = SEED_FILE,
+) -> None:
+    """Create or update sites by code; coordinates come from their postal codes."""
+    try:
+        report = asyncio.run(_import(SiteRouterSettings(), file))
+    except SiteImportError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"created {len(report.created)} ({' '.join(report.created) or '-'}), "
+        f"updated {len(report.updated)} ({' '.join(report.updated) or '-'}), "
+        f"routed from the waitlist {report.routed_from_waitlist}"
+    )
+
+
+async def _list(settings: SiteRouterSettings) -> list[store.Site]:
+    db = Database(settings.database_url)
+    try:
+        await db.create_tables(store.TABLES)
+        async with db.session() as session:
+            return list(await store.list_sites(session))
+    finally:
+        await db.dispose()
+
+
+@app.command("list")
+def list_command() -> None:
+    """One tab-separated line per site: code, status, open/capacity, city, country."""
+    for site in asyncio.run(_list(SiteRouterSettings())):
+        typer.echo(
+            f"{site.code}\t{site.status}\t{site.open_count}/{site.capacity}\t{site.city}\t{site.country}"
+        )

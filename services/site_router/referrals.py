@@ -1,0 +1,217 @@
+"""Use cases on referrals: a screening arrives, the clinic withdraws, the site accepts, declines, closes.
+
+Each runs in the caller's transaction (the consumer loop's, or a route's ``db.session()``), locks the
+referral first and writes its events to the outbox.
+
+A re-screen (an amended referral) of a referral the router already holds:
+
+- still routable and routed: it keeps its site (no churn for the site or the patient) and
+  ``referral.routed`` is published again with the new revision, so downstream timelines show where it is;
+- no longer routable and routed or waitlisted: the slot or the waitlist place is released;
+- accepted: the site owns the outcome; the screening shown to it is updated, nothing is released;
+- waitlisted, unroutable or not routed, and routable now: routed as a new referral would be (a
+  waitlisted one keeps its place in the queue);
+- closed or withdrawn, or an older revision than the one held: ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.site_router import routing, store
+from services.site_router.directory import SiteDirectory
+from services.site_router.domain import FINAL_REFERRAL_STATES, AssignmentState, ReferralState
+from services.site_router.geo import Geocoder, GeoError, Location
+from shared.events import ReferralScreened, ReferralSiteDecided, ReferralWithdrawn, SiteDecision
+from shared.problems import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+
+Decided = tuple[store.ReferralRecord, store.Assignment]
+
+
+class Router:
+    """The referral use cases, with the geocoder and the in-memory site index they need."""
+
+    def __init__(self, geocoder: Geocoder, directory: SiteDirectory) -> None:
+        self.geocoder = geocoder
+        self.directory = directory
+
+    async def locate(self, postal_code: str, country: str) -> Location:
+        """Geocode off the event loop: an uncached lookup is a pandas query of a few milliseconds."""
+        return await asyncio.to_thread(self.geocoder.locate, postal_code, country)
+
+    # --- events ---------------------------------------------------------------------------------------
+
+    async def screened(
+        self, session: AsyncSession, referral_id: uuid.UUID, data: ReferralScreened, trace: str | None
+    ) -> None:
+        located: Location | str | None = None
+        if data.routable:
+            try:
+                located = await self.locate(data.postal_code, data.country)
+            except GeoError as exc:
+                located = exc.reason
+        referral = await store.lock_referral(session, referral_id)
+        if referral is None:
+            referral = await store.insert_referral(
+                session,
+                store.ReferralRecord(
+                    referral_id=referral_id, clinic_id=data.clinic_id, state=ReferralState.NOT_ROUTED
+                ),
+            )
+        elif referral.state in FINAL_REFERRAL_STATES or referral.revision > data.revision:
+            log.info("screening ignored", extra={"state": referral.state, "revision": data.revision})
+            return
+        referral.clinic_id, referral.revision = data.clinic_id, data.revision
+        referral.screening = data.model_dump(mode="json")
+        history = await store.assignments_of(session, referral_id)
+        current = store.active(history)
+        if not data.routable:
+            if current is not None and current.state == AssignmentState.ACCEPTED:
+                return  # the site accepted it and decides the outcome; it sees the new screening
+            await self._retire(session, referral, current, trace)
+            referral.state = ReferralState.NOT_ROUTED
+            referral.reason = f"pre-screening decision '{data.decision}' is not routed"
+            return
+        if current is not None:
+            if current.state == AssignmentState.ROUTED:
+                await routing.publish_routed(session, referral, current, trace)
+            return
+        if isinstance(located, str) or located is None:
+            await routing.mark_unroutable(session, referral, located or "not located", trace)
+            return
+        referral.latitude, referral.longitude = located.latitude, located.longitude
+        await routing.route(session, referral, self.directory.index, trace)
+
+    async def withdrawn(
+        self, session: AsyncSession, referral_id: uuid.UUID, data: ReferralWithdrawn, trace: str | None
+    ) -> None:
+        """Free the slot or the waitlist place; a withdrawal seen before the screening leaves a tombstone
+        so that the screening, when it comes, is ignored."""
+        referral = await store.lock_referral(session, referral_id)
+        if referral is None:
+            await store.insert_referral(
+                session,
+                store.ReferralRecord(
+                    referral_id=referral_id,
+                    clinic_id=data.clinic_id,
+                    state=ReferralState.WITHDRAWN,
+                    reason=data.reason,
+                ),
+            )
+            return
+        if referral.state in FINAL_REFERRAL_STATES:
+            return
+        current = store.active(await store.assignments_of(session, referral_id))
+        await self._retire(session, referral, current, trace, AssignmentState.WITHDRAWN, data.reason)
+        referral.state, referral.reason = ReferralState.WITHDRAWN, data.reason
+
+    async def _retire(
+        self,
+        session: AsyncSession,
+        referral: store.ReferralRecord,
+        current: store.Assignment | None,
+        trace: str | None,
+        state: AssignmentState = AssignmentState.RELEASED,
+        reason: str | None = None,
+    ) -> None:
+        """Take the referral off the waitlist and out of its site's queue; the freed slot goes on."""
+        if current is None and referral.state != ReferralState.WAITLISTED:
+            return
+        await store.waitlist_lock(session)
+        await store.dequeue(session, referral.referral_id)
+        if current is None:
+            return
+        await routing.release(session, current, state, reason=reason or "no longer routable")
+        await routing.drain_waitlist(session, [current.site_code], trace)
+
+    # --- site decisions -------------------------------------------------------------------------------
+
+    async def accept(self, session: AsyncSession, site_code: str, referral_id: uuid.UUID) -> Decided:
+        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+        if assignment.state == AssignmentState.ACCEPTED:
+            return referral, assignment
+        self._expect(assignment, AssignmentState.ROUTED)
+        assignment.state = AssignmentState.ACCEPTED
+        assignment.decided_at = store.utcnow()
+        referral.state = ReferralState.ACCEPTED
+        self._decided(session, referral, site_code, "accepted")
+        return referral, assignment
+
+    async def decline(
+        self, session: AsyncSession, site_code: str, referral_id: uuid.UUID, reason: str
+    ) -> Decided:
+        """Free the slot, send the referral to the next nearest site that has not declined it (or the
+        waitlist, or unroutable once every site has), and give the slot to the waitlist."""
+        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+        if assignment.state == AssignmentState.DECLINED:
+            return referral, assignment
+        self._expect(assignment, AssignmentState.ROUTED)
+        await store.waitlist_lock(session)
+        await routing.release(session, assignment, AssignmentState.DECLINED, reason=reason)
+        self._decided(session, referral, site_code, "declined", reason=reason)
+        await routing.route(session, referral, self.directory.index, None)
+        await routing.drain_waitlist(session, [site_code], None)
+        return referral, assignment
+
+    async def close(
+        self,
+        session: AsyncSession,
+        site_code: str,
+        referral_id: uuid.UUID,
+        enrolled: bool,
+        reason: str | None,
+    ) -> Decided:
+        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+        if assignment.state == AssignmentState.CLOSED and assignment.enrolled == enrolled:
+            return referral, assignment
+        self._expect(assignment, AssignmentState.ROUTED, AssignmentState.ACCEPTED)
+        await store.waitlist_lock(session)
+        await routing.release(session, assignment, AssignmentState.CLOSED, reason=reason, enrolled=enrolled)
+        referral.state, referral.reason = ReferralState.CLOSED, reason
+        self._decided(session, referral, site_code, "closed", reason=reason, enrolled=enrolled)
+        await routing.drain_waitlist(session, [site_code], None)
+        return referral, assignment
+
+    async def _site_assignment(
+        self, session: AsyncSession, site_code: str, referral_id: uuid.UUID
+    ) -> tuple[store.ReferralRecord, store.Assignment]:
+        """The referral and its latest assignment at this site; 404 when the site never had it."""
+        referral = await store.lock_referral(session, referral_id)
+        history = await store.assignments_of(session, referral_id) if referral else []
+        mine = [a for a in history if a.site_code == site_code]
+        if referral is None or not mine:
+            raise NotFound(f"no referral {referral_id} at site {site_code}")
+        return referral, mine[-1]
+
+    @staticmethod
+    def _expect(assignment: store.Assignment, *states: AssignmentState) -> None:
+        if assignment.state not in states:
+            raise Conflict(
+                f"the referral is {assignment.state} at this site",
+                state=assignment.state,
+            )
+
+    @staticmethod
+    def _decided(
+        session: AsyncSession,
+        referral: store.ReferralRecord,
+        site_code: str,
+        decision: SiteDecision,
+        *,
+        reason: str | None = None,
+        enrolled: bool | None = None,
+    ) -> None:
+        event = ReferralSiteDecided(
+            clinic_id=referral.clinic_id,
+            site_code=site_code,
+            decision=decision,
+            reason=reason,
+            enrolled=enrolled,
+        )
+        routing.publish(session, referral.referral_id, event, None)

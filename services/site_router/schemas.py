@@ -1,0 +1,145 @@
+"""Request and response bodies of the router's API (one family per resource: Create, Update, Public)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from services.site_router.domain import SiteStatus
+
+SiteCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Country = Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]{2}$")]
+
+
+class SiteCreate(BaseModel):
+    """A site as registered by trial staff; its coordinates come from the postal code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: SiteCode = Field(examples=["WCM"])
+    name: Text
+    address: Text | None = None
+    city: Text
+    region: Text | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
+    country: Country = Field(examples=["US"])
+    coordinator_email: EmailStr
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)] | None = None
+    capacity: int = Field(ge=0, le=10_000, description="referrals the site holds open at once")
+    status: SiteStatus = SiteStatus.RECRUITING
+
+
+class SiteUpdate(BaseModel):
+    """What may change on a live site; absent fields stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text | None = None
+    coordinator_email: EmailStr | None = None
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)] | None = None
+    capacity: int | None = Field(default=None, ge=0, le=10_000)
+
+
+class SitePublic(BaseModel):
+    """A site as trial staff see it, slots included."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    code: str
+    name: str
+    address: str | None
+    city: str
+    region: str | None
+    postal_code: str
+    country: str
+    latitude: float
+    longitude: float
+    coordinator_email: str
+    phone: str | None
+    capacity: int
+    open_count: int
+    status: str
+    updated_at: datetime
+
+
+class StudyCentreContact(BaseModel):
+    email: str
+    phone: str | None
+
+
+class NearbySite(BaseModel):
+    code: str
+    name: str
+    city: str
+    region: str | None
+    country: str
+    distance_km: float
+    distance_miles: float
+    contact: StudyCentreContact
+
+
+class NearbySites(BaseModel):
+    """Recruiting sites nearest the postal code, full or not: where the trial runs near the patient."""
+
+    postal_code: str = Field(description="the postal code as looked up (normalised)")
+    country: str
+    place: str
+    sites: list[NearbySite]
+
+
+class CriterionOut(BaseModel):
+    id: str
+    verdict: str
+    reason: str
+
+
+class ReferrerOut(BaseModel):
+    name: str
+    email: str
+    phone: str | None = None
+
+
+class QueueItem(BaseModel):
+    """A referral in a site's queue: what the site needs to decide, never the patient's identity."""
+
+    referral_id: uuid.UUID
+    status: str = Field(description="routed (awaiting the site's decision), accepted, declined, closed, ...")
+    routed_at: datetime
+    decided_at: datetime | None
+    rank: int
+    distance_km: float
+    age_years: int | None = Field(description="the patient's age in whole years on the referral day")
+    postal_area: str | None = Field(description="first characters of the postal code only")
+    country: str | None
+    revision: int
+    decision: str | None
+    criteria: list[CriterionOut]
+    criteria_to_confirm: list[str]
+    note: str | None
+    consent_to_contact: bool | None
+    clinic_id: str
+    referrer: ReferrerOut | None
+    reason: str | None
+    enrolled: bool | None
+
+
+class SiteQueue(BaseModel):
+    site_code: str
+    referrals: list[QueueItem]
+
+
+class DeclineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class CloseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enrolled: bool
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None

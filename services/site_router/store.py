@@ -1,0 +1,304 @@
+"""The router's own store: sites, the referrals it routes, their assignments to sites, the waitlist.
+
+Concurrency rules (several router instances, several partitions, the site API, all on one database):
+
+- a slot is reserved by one conditional UPDATE (``open_count < capacity AND status = 'recruiting'``)
+  whose row count says whether it was won: PostgreSQL re-checks the condition after waiting for a
+  concurrent writer, SQLite has one writer at a time; neither can overbook;
+- a referral is locked by writing its row first (``lock_referral``), which works on both databases;
+- whatever frees slots or puts a referral on the waitlist first takes ``waitlist_lock`` (a PostgreSQL
+  transaction advisory lock), so a slot freed while another transaction waitlists cannot go unnoticed.
+  Lock order: own referral row, then the waitlist lock, then site rows; other referrals are only taken
+  with SKIP LOCKED. That order leaves no cycle, hence no deadlock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, Integer, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel, col
+
+from services.site_router.domain import ACTIVE_ASSIGNMENT_STATES, AssignmentState, ReferralState
+from shared.consumer import ProcessedEvent
+from shared.outbox import OutboxRecord
+
+_WAITLIST_LOCK_KEY = 0x5172_0001
+"""PostgreSQL advisory lock id of the waitlist (any constant unique within this database)."""
+
+_ACTIVE_SQL = "state IN ('routed', 'accepted')"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bigint_pk() -> Any:
+    column = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    return Field(default=None, sa_column=column)
+
+
+class Site(SQLModel, table=True):
+    __tablename__ = "site"
+    __table_args__ = (
+        CheckConstraint("capacity >= 0", name="ck_site_capacity"),
+        CheckConstraint("open_count >= 0", name="ck_site_open_count"),
+        CheckConstraint("status IN ('recruiting', 'paused', 'closed')", name="ck_site_status"),
+    )
+
+    code: str = Field(primary_key=True, max_length=32)
+    name: str
+    address: str | None = None
+    city: str
+    region: str | None = None
+    postal_code: str
+    country: str = Field(max_length=2)
+    latitude: float
+    longitude: float
+    coordinator_email: str
+    phone: str | None = None
+    capacity: int = Field(description="referrals the site holds open at once")
+    open_count: int = Field(default=0, description="slots reserved by routed or accepted referrals")
+    status: str = "recruiting"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ReferralRecord(SQLModel, table=True):
+    """A referral as the router knows it: the last screening it consumed and where it stands."""
+
+    __tablename__ = "referral"
+
+    referral_id: uuid.UUID = Field(primary_key=True)
+    clinic_id: str
+    revision: int = Field(default=0, description="0 when only a withdrawal is known")
+    state: str
+    reason: str | None = None
+    screening: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    latitude: float | None = None
+    longitude: float | None = None
+    lock_version: int = Field(default=0, description="bumped by lock_referral: the write takes the lock")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Assignment(SQLModel, table=True):
+    """One routing of a referral to a site and what the site made of it."""
+
+    __tablename__ = "assignment"
+    __table_args__ = (
+        Index(
+            "uq_assignment_active",
+            "referral_id",
+            unique=True,
+            postgresql_where=text(_ACTIVE_SQL),
+            sqlite_where=text(_ACTIVE_SQL),
+        ),
+        Index("ix_assignment_site_state", "site_code", "state"),
+    )
+
+    id: int | None = _bigint_pk()
+    referral_id: uuid.UUID = Field(index=True)
+    site_code: str = Field(foreign_key="site.code")
+    rank: int
+    distance_km: float
+    state: str = AssignmentState.ROUTED
+    reason: str | None = None
+    enrolled: bool | None = None
+    routed_at: datetime = Field(default_factory=utcnow)
+    decided_at: datetime | None = None
+
+
+class WaitlistEntry(SQLModel, table=True):
+    """A referral waiting for a free slot; the id orders the queue (first in, first out)."""
+
+    __tablename__ = "waitlist"
+
+    id: int | None = _bigint_pk()
+    referral_id: uuid.UUID = Field(unique=True)
+    queued_at: datetime = Field(default_factory=utcnow)
+
+
+TABLES = [
+    Site.__table__,  # type: ignore[attr-defined]
+    ReferralRecord.__table__,  # type: ignore[attr-defined]
+    Assignment.__table__,  # type: ignore[attr-defined]
+    WaitlistEntry.__table__,  # type: ignore[attr-defined]
+    OutboxRecord.__table__,  # type: ignore[attr-defined]
+    ProcessedEvent.__table__,  # type: ignore[attr-defined]
+]
+
+_NO_SYNC = {"synchronize_session": False}
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    bind = session.bind
+    return bind is not None and bind.dialect.name == "postgresql"
+
+
+# --- locks ----------------------------------------------------------------------------------------------
+
+
+async def lock_referral(session: AsyncSession, referral_id: uuid.UUID) -> ReferralRecord | None:
+    """The referral, locked for this transaction by a write (a row lock on PostgreSQL, the write lock on
+    SQLite); None if unknown."""
+    bumped = await session.execute(
+        update(ReferralRecord)
+        .where(col(ReferralRecord.referral_id) == referral_id)
+        .values(lock_version=ReferralRecord.lock_version + 1, updated_at=utcnow())
+        .execution_options(**_NO_SYNC)
+    )
+    if bumped.rowcount == 0:  # type: ignore[attr-defined]
+        return None
+    query = select(ReferralRecord).where(col(ReferralRecord.referral_id) == referral_id)
+    return (await session.execute(query.execution_options(populate_existing=True))).scalars().first()
+
+
+async def try_lock_waitlisted(session: AsyncSession, referral_id: uuid.UUID) -> ReferralRecord | None:
+    """A waitlisted referral locked without waiting (SKIP LOCKED): another transaction may own it."""
+    query = select(ReferralRecord).where(
+        col(ReferralRecord.referral_id) == referral_id, col(ReferralRecord.state) == ReferralState.WAITLISTED
+    )
+    result = await session.execute(
+        query.with_for_update(skip_locked=True).execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def waitlist_lock(session: AsyncSession) -> None:
+    """Serialise waitlist decisions across instances; SQLite's single writer already does."""
+    if is_postgres(session):
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WAITLIST_LOCK_KEY})
+
+
+async def insert_referral(session: AsyncSession, record: ReferralRecord) -> ReferralRecord:
+    """Insert and flush at once: the insert is this transaction's first write, so it takes the lock."""
+    session.add(record)
+    await session.flush()
+    return record
+
+
+# --- slots ----------------------------------------------------------------------------------------------
+
+
+async def reserve_slot(session: AsyncSession, code: str) -> bool:
+    """Take one of the site's slots if it is recruiting and has one free; the database decides."""
+    result = await session.execute(
+        update(Site)
+        .where(
+            col(Site.code) == code,
+            col(Site.open_count) < col(Site.capacity),
+            col(Site.status) == "recruiting",
+        )
+        .values(open_count=Site.open_count + 1, updated_at=utcnow())
+        .execution_options(**_NO_SYNC)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def free_slot(session: AsyncSession, code: str) -> None:
+    await session.execute(
+        update(Site)
+        .where(col(Site.code) == code, col(Site.open_count) > 0)
+        .values(open_count=Site.open_count - 1, updated_at=utcnow())
+        .execution_options(**_NO_SYNC)
+    )
+
+
+async def codes_with_room(session: AsyncSession, codes: Collection[str]) -> set[str]:
+    result = await session.execute(
+        select(col(Site.code)).where(
+            col(Site.code).in_(list(codes)),
+            col(Site.status) == "recruiting",
+            col(Site.open_count) < col(Site.capacity),
+        )
+    )
+    return set(result.scalars().all())
+
+
+async def sites_with_room(session: AsyncSession, within: Collection[str] | None = None) -> Sequence[Site]:
+    query = select(Site).where(col(Site.status) == "recruiting", col(Site.open_count) < col(Site.capacity))
+    if within is not None:
+        query = query.where(col(Site.code).in_(list(within)))
+    return (await session.execute(query.execution_options(populate_existing=True))).scalars().all()
+
+
+async def all_site_codes(session: AsyncSession) -> set[str]:
+    return set((await session.execute(select(col(Site.code)))).scalars().all())
+
+
+async def get_site(session: AsyncSession, code: str, *, lock: bool = False) -> Site | None:
+    query = select(Site).where(col(Site.code) == code).execution_options(populate_existing=True)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalars().first()
+
+
+async def list_sites(session: AsyncSession) -> Sequence[Site]:
+    return (await session.execute(select(Site).order_by(col(Site.code)))).scalars().all()
+
+
+# --- assignments ----------------------------------------------------------------------------------------
+
+
+async def assignments_of(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[Assignment]:
+    query = select(Assignment).where(col(Assignment.referral_id) == referral_id).order_by(col(Assignment.id))
+    return (await session.execute(query)).scalars().all()
+
+
+def active(assignments: Sequence[Assignment]) -> Assignment | None:
+    return next((a for a in assignments if a.state in ACTIVE_ASSIGNMENT_STATES), None)
+
+
+def declined_codes(assignments: Sequence[Assignment]) -> set[str]:
+    return {a.site_code for a in assignments if a.state == AssignmentState.DECLINED}
+
+
+async def site_queue(
+    session: AsyncSession, site_code: str, states: Collection[str], limit: int, offset: int
+) -> Sequence[tuple[Assignment, ReferralRecord]]:
+    query = (
+        select(Assignment, ReferralRecord)
+        .join(ReferralRecord, col(ReferralRecord.referral_id) == col(Assignment.referral_id))
+        .where(col(Assignment.site_code) == site_code, col(Assignment.state).in_(list(states)))
+        .order_by(col(Assignment.routed_at), col(Assignment.id))
+        .limit(limit)
+        .offset(offset)
+    )
+    return [(a, r) for a, r in (await session.execute(query)).all()]
+
+
+# --- waitlist -------------------------------------------------------------------------------------------
+
+
+async def enqueue(session: AsyncSession, referral_id: uuid.UUID) -> None:
+    """Join the waitlist at its end, unless already on it (a referral keeps its place)."""
+    exists = await session.execute(
+        select(col(WaitlistEntry.id)).where(col(WaitlistEntry.referral_id) == referral_id)
+    )
+    if exists.first() is None:
+        session.add(WaitlistEntry(referral_id=referral_id))
+        await session.flush()
+
+
+async def dequeue(session: AsyncSession, referral_id: uuid.UUID) -> None:
+    await session.execute(
+        delete(WaitlistEntry)
+        .where(col(WaitlistEntry.referral_id) == referral_id)
+        .execution_options(**_NO_SYNC)
+    )
+
+
+async def waitlist(session: AsyncSession, limit: int, after_id: int = 0) -> Sequence[tuple[int, uuid.UUID]]:
+    """Waiting referrals, oldest first, from after `after_id` (a page of the FIFO queue)."""
+    query = (
+        select(col(WaitlistEntry.id), col(WaitlistEntry.referral_id))
+        .where(col(WaitlistEntry.id) > after_id)
+        .order_by(col(WaitlistEntry.id))
+        .limit(limit)
+    )
+    return [(int(i or 0), r) for i, r in (await session.execute(query)).all()]

@@ -10,6 +10,8 @@ apply.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -35,6 +37,7 @@ __all__ = [
     "StudySettings",
     "Verdict",
     "assess",
+    "input_hash",
     "whole_years",
 ]
 
@@ -204,6 +207,15 @@ class Assessment:
 def whole_years(born: date, on: date) -> int:
     """Age in completed years on a day; someone born on 29 February turns a year older on 1 March."""
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def input_hash(inp: ScreeningInput) -> str:
+    """SHA-256 of the input in canonical JSON (sorted keys, absent fields as null), so that the same
+    facts sent twice, in any key order, are recognised as the same input."""
+    canonical = json.dumps(
+        inp.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def assess(inp: ScreeningInput, ruleset: Ruleset, settings: StudySettings) -> Assessment:

@@ -1,0 +1,84 @@
+"""Wiring: settings, rule set, store, consumer, relay and API into one application.
+
+The rule set and the study settings are resolved here, once, so that a version that is not packaged
+or a setting the engine refuses stops the process at start-up instead of at the first referral.
+Run one process with every role, or scale them apart (``roles``): the API, the consumers (up to one
+per partition) and the relay.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import httpx
+from fastapi import FastAPI
+
+import shared.app
+from services.eligibility import api
+from services.eligibility.config import EligibilitySettings
+from services.eligibility.consumers import EligibilityHandlers
+from services.eligibility.store import TABLES
+from shared.app import ALL_ROLES, Check, Loop, Role, ServiceSpec
+from shared.auth import TokenValidator
+from shared.consumer import ConsumerLoop
+from shared.db import Database
+from shared.kafka import ping as kafka_ping
+from shared.outbox import OutboxRelay
+
+NAME = "eligibility"
+
+
+def load_settings() -> EligibilitySettings:
+    return EligibilitySettings()
+
+
+def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
+    ruleset = settings.load_ruleset()
+    study = settings.study(ruleset)
+    db = Database(settings.database_url)
+    http = httpx.AsyncClient(timeout=5)
+    validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
+    loops = []
+    if "consumer" in roles:
+        handlers = EligibilityHandlers(ruleset, study).mapping()
+        consumer = ConsumerLoop(
+            db,
+            settings.kafka,
+            service=NAME,
+            group_id=settings.consumer_group or f"trialroute-{NAME}",
+            handlers=handlers,
+        )
+        loops.append(Loop("consumer", consumer.run))
+    if "relay" in roles:
+        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
+    checks: dict[str, Check] = {"database": db.ping, "kafka": partial(kafka_ping, settings.kafka)}
+    if "api" in roles:
+        checks["issuer"] = validator.check  # only the API validates tokens
+    return ServiceSpec(
+        name=NAME,
+        title="trialroute eligibility",
+        description="Pre-screens referrals against the study's published criteria "
+        f"(rule set {ruleset.version}) and answers who may read an assessment.",
+        routers=[api.router] if "api" in roles else [],
+        loops=loops,
+        state={
+            "db": db,
+            "token_validator": validator,
+            "settings": settings,
+            "ruleset": ruleset,
+            "study": study,
+        },
+        checks=checks,
+        on_start=[partial(db.create_tables, TABLES)],
+        on_stop=[db.dispose, http.aclose],
+        max_body_bytes=settings.max_body_bytes,
+        openapi_tags=[
+            {"name": "assessments", "description": "Assessments of referrals, one per revision"},
+            {"name": "rulesets", "description": "The criteria referrals are screened against"},
+        ],
+    )
+
+
+def create_app(settings: EligibilitySettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
+    """The application; ``uvicorn --factory services.eligibility.bootstrap:create_app`` serves it."""
+    return shared.app.create_app(build(settings or load_settings(), roles))

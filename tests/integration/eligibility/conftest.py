@@ -1,0 +1,147 @@
+"""Eligibility on the real broker and database: events in, assessments and ``referral.screened`` out."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy import func, select
+
+from services.eligibility.bootstrap import build
+from services.eligibility.config import EligibilitySettings
+from services.eligibility.store import AssessmentRow
+from shared.app import Role, ServiceSpec
+from shared.db import Database
+from shared.events import Envelope, ReferralAmended, ReferralSubmitted, Referrer, SiteRef
+from shared.kafka import all_topics
+from shared.outbox import OutboxRecord
+from shared.settings import KafkaSettings
+from tests.support.kafka import produce, read_topic
+from tests.unit.eligibility.test_referral import EXAMPLE
+
+DAY = date(2026, 11, 10)
+CLINIC = "clinic-a"
+
+
+def clinical(**changes: Any) -> dict[str, Any]:
+    """The example referral's clinical block with top-level fields replaced."""
+    return {**copy.deepcopy(EXAMPLE["clinical"]), **changes}
+
+
+def referral(
+    referral_id: uuid.UUID,
+    *,
+    revision: int = 1,
+    clinic_id: str = CLINIC,
+    age: int = 58,
+    block: dict[str, Any] | None = None,
+    trace: str | None = None,
+) -> Envelope:
+    """A ``referral.submitted`` (revision 1) or ``referral.amended`` envelope, as intake sends it."""
+    model = ReferralSubmitted if revision == 1 else ReferralAmended
+    data = model(
+        clinic_id=clinic_id,
+        revision=revision,
+        referral_day=DAY,
+        age_years=age,
+        postal_code="10021",
+        country="US",
+        consent_to_contact=True,
+        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org"),
+        clinical=block if block is not None else clinical(),
+    )
+    return Envelope.wrap(data, producer="intake", referral_id=referral_id, trace=trace)
+
+
+def site(code: str) -> SiteRef:
+    return SiteRef(code=code, name=f"Site {code}", city="New York", coordinator_email=f"{code}@site.example")
+
+
+async def publish(kafka: KafkaSettings, envelope: Envelope) -> None:
+    """Onto the event's own (prefixed) topic, keyed by the referral id as every producer does."""
+    await produce(kafka, envelope.type, envelope.to_bytes(), str(envelope.referral_id).encode())
+
+
+async def screened(kafka: KafkaSettings, referral_id: uuid.UUID | None = None) -> list[Envelope]:
+    """The ``referral.screened`` events now on the topic, of one referral if given."""
+    events = [Envelope.from_bytes(r.value or b"") for r in await read_topic(kafka, "referral.screened")]
+    return [e for e in events if referral_id is None or e.referral_id == referral_id]
+
+
+async def dead_letters(kafka: KafkaSettings, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(r.value or b"{}") for r in await read_topic(kafka, f"{topic}.dlq")]
+
+
+async def stored(db: Database, referral_id: uuid.UUID) -> list[AssessmentRow]:
+    async with db.session() as session:
+        result = await session.execute(
+            select(AssessmentRow).where(AssessmentRow.referral_id == referral_id).order_by(AssessmentRow.id)  # type: ignore[arg-type]
+        )
+        return list(result.scalars().all())
+
+
+async def outbox_rows(db: Database) -> int:
+    async with db.session() as session:
+        return int((await session.execute(select(func.count()).select_from(OutboxRecord))).scalar_one())
+
+
+async def consumed(kafka: KafkaSettings, group: str, topic: str) -> bool:
+    """Whether ``group`` has committed every record now on ``topic``: proof it handled them all."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        name = kafka.topic(topic)
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+        ends = await consumer.end_offsets(tps)
+        return all([(await consumer.committed(tp) or 0) >= ends[tp] for tp in tps])
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def kafka(kafka: KafkaSettings) -> AsyncIterator[KafkaSettings]:
+    """The shared fixture's topics, deleted after the test: every test makes 108 partitions, and a
+    broker that keeps every run's partitions runs out of memory."""
+    yield kafka
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([kafka.topic(t) for t in all_topics()])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(database_url: str, kafka: KafkaSettings) -> EligibilitySettings:
+    return EligibilitySettings(
+        database_url=database_url, kafka=kafka, consumer_group=f"eligibility-{uuid.uuid4().hex[:8]}"
+    )
+
+
+@pytest.fixture
+async def service(settings: EligibilitySettings) -> AsyncIterator[ServiceSpec]:
+    """The service's own consumer and relay loops, as its bootstrap wires them, running as tasks."""
+    roles: frozenset[Role] = frozenset({"consumer", "relay"})
+    spec = build(settings, roles)
+    for hook in spec.on_start:
+        await hook()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(loop.run(stop), name=loop.name) for loop in spec.loops]
+    try:
+        yield spec
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+        for hook in spec.on_stop:
+            await hook()

@@ -1,0 +1,261 @@
+"""deploy/k8s: validated offline against the Kubernetes schemas that kubernetes-validate ships, and
+checked against the code (settings, commands, topics). Strimzi's custom resources have no schema
+there, so their structure is checked by hand."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from shared.kafka import all_topics
+from shared.settings import KafkaSettings
+from tests.unit.deploy import facts
+
+pytestmark = pytest.mark.unit
+
+KUBERNETES_VERSION = "1.37.0"  # the newest schemas kubernetes-validate 1.37.0 ships
+STRIMZI = "kafka.strimzi.io/v1"
+
+DOCS = facts.load_k8s()
+KUSTOMIZATION = yaml.safe_load((facts.K8S_DIR / "kustomization.yaml").read_text())
+
+
+def _of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in DOCS if d["kind"] == kind}
+
+
+DEPLOYMENTS = _of_kind("Deployment")
+CONFIGMAPS = _of_kind("ConfigMap")
+SECRETS = _of_kind("Secret")
+K8S_SERVICES = _of_kind("Service")
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _serves(deployment: dict[str, Any]) -> str:
+    service = facts.served_service(_container(deployment)["args"])
+    assert service is not None
+    return service
+
+
+BY_SERVICE = {_serves(d): d for d in DEPLOYMENTS.values()}
+
+
+def _env(deployment: dict[str, Any]) -> dict[str, str]:
+    """What the container's environment holds: its envFrom ConfigMaps and Secrets, then its env."""
+    env: dict[str, str] = {}
+    container = _container(deployment)
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= CONFIGMAPS[source["configMapRef"]["name"]]["data"]
+        else:
+            env |= SECRETS[source["secretRef"]["name"]]["stringData"]
+    env |= {e["name"]: e["value"] for e in container.get("env", [])}
+    return env
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(facts.k8s_resource_files())
+    on_disk = {p for p in facts.K8S_DIR.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    assert listed == on_disk
+    assert KUSTOMIZATION["namespace"] == "trialroute"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [d for d in DOCS if not d["apiVersion"].startswith("kafka.strimzi.io/")],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
+def test_core_manifests_validate_against_the_kubernetes_schemas(doc: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
+
+
+def test_every_service_has_a_deployment_service_autoscaler_and_budget() -> None:
+    assert sorted(BY_SERVICE) == sorted(facts.SERVICES)
+    hpas, pdbs = _of_kind("HorizontalPodAutoscaler"), _of_kind("PodDisruptionBudget")
+    for name, deployment in DEPLOYMENTS.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert "replicas" not in deployment["spec"], f"{name}: the autoscaler owns the replica count"
+        port_names = {p["name"] for p in _container(deployment)["ports"]}
+        service = K8S_SERVICES[name]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+        hpa = hpas[name]
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        # A consumer beyond the topics' partitions would idle; two replicas let a drain keep one.
+        assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= KafkaSettings().partitions
+        pdb = pdbs[name]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+@pytest.mark.parametrize("service", facts.SERVICES)
+def test_deployments_run_a_real_trialroute_command_from_the_one_image(service: str) -> None:
+    container = _container(BY_SERVICE[service])
+    assert "command" not in container, "the image's entrypoint is trialroute"
+    facts.check_trialroute_command(container["args"])
+    assert container["image"] in {image["name"] for image in KUSTOMIZATION["images"]}
+
+
+@pytest.mark.parametrize("service", facts.SERVICES)
+def test_deployments_are_hardened(service: str) -> None:
+    deployment = BY_SERVICE[service]
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security.get("privileged", False) is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    resources = container["resources"]
+    for resource in ("cpu", "memory"):
+        # The schema types quantities as int-or-string; the API server also wants requests <= limits.
+        assert _quantity(resources["requests"][resource]) <= _quantity(resources["limits"][resource])
+    # The only writable places: emptyDirs at /tmp and, for the site router, its runtime directory.
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts.values()) <= empty_dirs
+    assert "/tmp" in mounts
+    if service == "site_router":
+        runtime_dir = _env(deployment).get(
+            "SITE_ROUTER_RUNTIME_DIR", facts.dockerfile_env()["SITE_ROUTER_RUNTIME_DIR"]
+        )
+        assert any(runtime_dir.startswith(path + "/") for path in mounts)
+
+
+@pytest.mark.parametrize("service", facts.SERVICES)
+def test_probes_readiness_readyz_liveness_healthz(service: str) -> None:
+    container = _container(BY_SERVICE[service])
+    port_names = {p["name"] for p in container["ports"]}
+    assert {p["containerPort"] for p in container["ports"]} == {int(facts.dockerfile_env()["AUTH_PORT"])}
+    expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
+    for probe, path in expected.items():
+        assert container[probe]["httpGet"]["path"] == path, probe
+        assert container[probe]["httpGet"]["port"] in port_names, probe
+
+
+@pytest.mark.parametrize("service", facts.SERVICES)
+def test_environment_is_read_by_the_service(service: str) -> None:
+    env = _env(BY_SERVICE[service])
+    unknown = set(env) - facts.env_read_by(service)
+    assert not unknown, f"{service} is given variables its settings do not read: {sorted(unknown)}"
+    assert facts.devstack_env(service) <= set(env) | set(facts.dockerfile_env())
+
+
+def test_every_configmap_and_secret_is_used_and_read() -> None:
+    used = {
+        next(iter(source.values()))["name"]
+        for deployment in DEPLOYMENTS.values()
+        for source in _container(deployment).get("envFrom", [])
+    }
+    assert used == set(CONFIGMAPS) | set(SECRETS)
+    for doc in [*CONFIGMAPS.values(), *SECRETS.values()]:
+        keys = set(doc.get("data", {})) | set(doc.get("stringData", {}))
+        assert keys <= facts.env_read_by(None), doc["metadata"]["name"]
+
+
+def test_secrets_in_the_repository_are_placeholders() -> None:
+    for name, secret in SECRETS.items():
+        assert "data" not in secret, f"{name}: only readable placeholders (stringData) belong here"
+        for key, value in secret["stringData"].items():
+            assert "CHANGE-ME" in value, f"{name}: {key} looks like a real secret"
+
+
+def test_services_reach_auth_kafka_intake_and_postgres_by_their_service_names() -> None:
+    env = {service: _env(d) for service, d in BY_SERVICE.items()}
+    issuer = env["auth"]["AUTH_ISSUER"]
+    assert all(e["OAUTH_ISSUER"] == issuer for e in env.values())
+    assert _resolves(issuer)
+    assert _resolves(env["notifier"]["NOTIFIER_INTAKE_URL"])
+    assert env["auth"]["AUTHLIB_INSECURE_TRANSPORT"] == "1"
+
+    kafka = _of_kind("Kafka")
+    (cluster,) = kafka
+    listener_ports = {listener["port"] for listener in kafka[cluster]["spec"]["kafka"]["listeners"]}
+    for e in env.values():
+        host, port = e["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)
+        assert host == f"{cluster}-kafka-bootstrap" and int(port) in listener_ports
+
+    postgres = K8S_SERVICES["postgres"]
+    assert postgres["spec"]["type"] == "ExternalName"
+    databases = set()
+    for service, e in env.items():
+        url = make_url(e[f"{service.upper()}_DATABASE_URL"])
+        assert (url.drivername, url.host) == ("postgresql+asyncpg", "postgres")
+        assert url.port in {p["port"] for p in postgres["spec"]["ports"]}
+        databases.add(url.database)
+    assert len(databases) == len(facts.SERVICES), "a service never reads another's database"
+
+
+_SUFFIXES = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def _quantity(value: str | int) -> float:
+    """A Kubernetes resource quantity as a number; fails on anything else (e.g. `512MB`)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(m|k|M|G|Ki|Mi|Gi)?", str(value))
+    assert match, f"not a resource quantity: {value!r}"
+    return float(match.group(1)) * _SUFFIXES[match.group(2) or ""]
+
+
+def _resolves(url: str) -> bool:
+    """True if the URL names an in-namespace Service on one of its ports."""
+    parts = urlsplit(url)
+    service = K8S_SERVICES.get(parts.hostname or "")
+    return service is not None and parts.port in {p["port"] for p in service["spec"]["ports"]}
+
+
+# --- Strimzi ----------------------------------------------------------------------------------------
+
+
+def test_kafka_is_kraft_with_a_node_pool() -> None:
+    kafkas, pools = _of_kind("Kafka"), _of_kind("KafkaNodePool")
+    (cluster,) = kafkas
+    spec = kafkas[cluster]["spec"]
+    assert kafkas[cluster]["apiVersion"] == STRIMZI
+    # kafka.strimzi.io/v1 has no ZooKeeper, and replicas and storage live in the node pools.
+    assert "zookeeper" not in spec
+    assert not {"replicas", "storage"} & set(spec["kafka"])
+    assert spec["kafka"]["config"]["auto.create.topics.enable"] is False
+    assert "topicOperator" in spec["entityOperator"]
+    assert pools
+    roles = set()
+    for pool in pools.values():
+        assert pool["apiVersion"] == STRIMZI
+        assert pool["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+        assert pool["spec"]["replicas"] >= 1
+        assert pool["spec"]["storage"]["type"] in {"jbod", "persistent-claim", "ephemeral"}
+        roles |= set(pool["spec"]["roles"])
+    assert roles == {"controller", "broker"}
+
+
+def test_every_topic_and_dead_letter_topic_is_a_kafka_topic() -> None:
+    topics = _of_kind("KafkaTopic")
+    (cluster,) = _of_kind("Kafka")
+    brokers = sum(
+        p["spec"]["replicas"] for p in _of_kind("KafkaNodePool").values() if "broker" in p["spec"]["roles"]
+    )
+    names = {t["spec"].get("topicName", name) for name, t in topics.items()}
+    assert names == set(all_topics())
+    for name, topic in topics.items():
+        assert topic["apiVersion"] == STRIMZI
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), f"{name}: not a valid resource name"
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+        assert topic["spec"]["partitions"] == KafkaSettings().partitions == 6
+        assert 1 <= topic["spec"]["replicas"] <= brokers

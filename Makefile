@@ -8,8 +8,9 @@ bootstrap:
 test:
 	scripts/test.sh $(PYTEST_ARGS)
 
-# Placeholder: starts the servers only; the services are started here once they exist.
-run: up
+# The whole system: Kafka, a mailbox and every service as its own process (Ctrl-C stops all).
+run: bootstrap
+	.venv/bin/trialroute run
 
 # Placeholder until bench/ has benchmarks.
 bench:

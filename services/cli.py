@@ -1,0 +1,133 @@
+"""The ``trialroute`` command: serve a service, run the whole system, and the ops and staff tools."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.auth.cli import app as clients_app
+from services.eligibility.cli import app as screen_app
+from services.site_router.cli import app as sites_app
+from shared.app import ALL_ROLES, Role
+from shared.app import serve as serve_app
+from shared.dead_letters import list_dead_letters, replay
+from shared.kafka import ensure_topics
+from shared.observability import configure_logging
+from shared.settings import KafkaSettings
+
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+
+app = typer.Typer(
+    help="trialroute: referrals to the UCART123 trial, from clinic to study site.", no_args_is_help=True
+)
+app.add_typer(screen_app)
+app.add_typer(clients_app, name="clients", help="OAuth2 clients and signing keys (auth service).")
+app.add_typer(sites_app, name="sites", help="Study sites (site router).")
+dead_letters_app = typer.Typer(help="Dead letters: records no consumer could handle.", no_args_is_help=True)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")],
+    role: Annotated[
+        list[str] | None, typer.Option(help="api, consumer, relay or all (repeatable); default all")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="default: the service's setting")] = None,
+    port: Annotated[int | None, typer.Option(help="default: the service's setting")] = None,
+) -> None:
+    """Run one service process playing the given roles (how ops scale one part)."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    roles = _roles(role or ["all"])
+    bootstrap = importlib.import_module(f"services.{service}.bootstrap")
+    settings = bootstrap.load_settings()
+    configure_logging(service)
+    serve_app(bootstrap.create_app(settings, roles), host or settings.host, port or settings.port)
+
+
+def _roles(values: list[str]) -> frozenset[Role]:
+    if "all" in values:
+        return ALL_ROLES
+    unknown = set(values) - set(ALL_ROLES)
+    if unknown:
+        raise typer.BadParameter(f"unknown role(s) {sorted(unknown)}; use api, consumer, relay or all")
+    return frozenset(values)  # type: ignore[arg-type]
+
+
+@app.command()
+def topics() -> None:
+    """Create the design's topics and their dead-letter topics (idempotent)."""
+    asyncio.run(ensure_topics(KafkaSettings()))
+    typer.echo("topics ready")
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(topic: Annotated[str, typer.Argument(help="e.g. referral.submitted")]) -> None:
+    """Print each dead letter of TOPIC as one JSON line (error, consumer, partition, offset)."""
+    for letter in asyncio.run(list_dead_letters(KafkaSettings(), topic)):
+        typer.echo(json.dumps(letter))
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    topic: Annotated[str, typer.Argument(help="e.g. referral.submitted")],
+    offset: Annotated[
+        list[int] | None, typer.Option(help="dead-letter offsets to replay; default all")
+    ] = None,
+) -> None:
+    """Publish dead letters of TOPIC again to the topic they came from (consumers skip handled ones)."""
+    kafka = KafkaSettings()
+    letters = asyncio.run(list_dead_letters(kafka, topic))
+    if offset:
+        letters = [x for x in letters if x["dlq_offset"] in set(offset)]
+    typer.echo(f"replayed {asyncio.run(replay(kafka, letters))} record(s)")
+
+
+@app.command()
+def run(
+    run_dir: Annotated[Path, typer.Option(help="data, logs and mail of this run")] = Path(".run"),
+) -> None:
+    """Run the whole system: Kafka, the mailbox and every service as its own process."""
+    from services.devstack.run import run_system
+
+    run_system(run_dir)
+
+
+@app.command()
+def demo(
+    intake_url: str = "http://127.0.0.1:8001",
+    auth_url: str = "http://127.0.0.1:8000",
+    credentials: Annotated[Path, typer.Option(help="written by `trialroute run`")] = Path(
+        ".run/demo-credentials.json"
+    ),
+) -> None:
+    """Against the running system: submit sample referrals as a clinic and watch them go through."""
+    from services.devstack.demo import run_demo
+
+    raise typer.Exit(run_demo(intake_url, auth_url, credentials))
+
+
+@app.command()
+def mailbox(
+    smtp_port: int = 1025,
+    http_port: int = 8025,
+    directory: Annotated[Path, typer.Option(help="where messages are kept")] = Path(".run/mail"),
+) -> None:
+    """A local SMTP server that keeps every message, with a web page to read them."""
+    from services.devstack.mailbox import run_mailbox
+
+    asyncio.run(run_mailbox(directory, smtp_port, http_port))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

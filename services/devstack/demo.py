@@ -1,0 +1,168 @@
+"""``trialroute demo``: a clinic's day against the running system, watched live.
+
+It does what a partner clinic's integration does: obtain a token, submit referrals, follow them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SETTLED = {
+    "notified",
+    "not_routed",
+    "unroutable",
+    "waitlisted",
+    "accepted",
+    "declined",
+    "closed",
+    "withdrawn",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    label: str
+    postal_code: str
+    country: str
+    changes: dict[str, Any]
+
+
+SAMPLES = [
+    Sample("eligible, New York", "10021", "US", {}),
+    Sample("eligible, Boston, Spanish", "02134", "US", {"patient.preferred_language": "es"}),
+    Sample("eligible, Houston, no consent", "77005", "US", {"patient.consent_to_contact": False}),
+    Sample("ineligible: ECOG 3", "33606", "US", {"clinical.ecog": 3}),
+    Sample(
+        "needs review: CD123 by IHC",
+        "M5V 2T6",
+        "CA",
+        {"clinical.cd123": {"positive": True, "method": "immunohistochemistry"}},
+    ),
+    Sample("no site can take it", "00000", "US", {}),
+]
+
+
+def referral(sample: Sample, today: date) -> dict[str, Any]:
+    """The example referral of the trial's contract, with this sample's changes and fresh dates."""
+    body: dict[str, Any] = {
+        "clinic_reference": f"DEMO-{uuid.uuid4().hex[:8].upper()}",
+        "patient": {
+            "given_name": "Demo",
+            "family_name": "Patient",
+            "date_of_birth": "1968-03-14",
+            "sex": "female",
+            "email": "demo.patient@example.com",
+            "preferred_language": "en",
+            "postal_code": sample.postal_code,
+            "country": sample.country,
+            "consent_to_contact": True,
+        },
+        "referrer": {"name": "Dr. Ana Smith", "email": "asmith@clinic.example.org"},
+        "clinical": {
+            "diagnosis": "aml",
+            "disease_status": "relapsed",
+            "marrow_blast_percent": 23.5,
+            "cd123": {"positive": True, "method": "flow_cytometry"},
+            "cns_leukemia": False,
+            "ecog": 1,
+            "organ_function": {
+                "assessed_on": (today - timedelta(days=5)).isoformat(),
+                "bone_marrow": "adequate",
+                "renal": "adequate",
+                "hepatic": "adequate",
+                "pulmonary": "adequate",
+                "cardiac": "adequate",
+            },
+            "prior_therapy": {
+                "gene_or_cell_therapy": False,
+                "allogeneic_sct_count": 1,
+                "last_anti_cd20_on": "never",
+            },
+            "active_infection": False,
+            "donor_identified": True,
+            "transplant_strategy_defined": True,
+        },
+    }
+    body = copy.deepcopy(body)
+    for path, value in sample.changes.items():
+        section, key = path.split(".")
+        body[section][key] = value
+    return body
+
+
+def run_demo(intake_url: str, auth_url: str, credentials: Path, timeout_s: float = 90) -> int:
+    secret = json.loads(credentials.read_text())["demo-clinic"]
+    with httpx.Client(timeout=10) as http:
+        token = (
+            http.post(
+                f"{auth_url}/oauth/token",
+                data={"grant_type": "client_credentials", "audience": "intake"},
+                auth=("demo-clinic", secret),
+            )
+            .raise_for_status()
+            .json()["access_token"]
+        )
+        http.headers["Authorization"] = f"Bearer {token}"
+        ids: dict[str, str] = {}
+        for sample in SAMPLES:
+            response = http.post(
+                f"{intake_url}/v1/referrals",
+                json=referral(sample, date.today()),
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+            )
+            response.raise_for_status()
+            ids[sample.label] = response.json()["id"]
+            print(f"submitted  {sample.label:32} {ids[sample.label]}")
+        views = _follow(http, intake_url, ids, timeout_s)
+    print()
+    print(table(views))
+    return 0 if all(v.get("status") in SETTLED for v in views.values()) else 1
+
+
+def _follow(
+    http: httpx.Client, intake_url: str, ids: dict[str, str], timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    """Poll each referral, printing every change of status, until all settle and their emails are in."""
+    started = time.monotonic()
+    seen: dict[str, str] = {}
+    views: dict[str, dict[str, Any]] = {}
+    while time.monotonic() - started < timeout_s:
+        for label, rid in ids.items():
+            view = http.get(f"{intake_url}/v1/referrals/{rid}").raise_for_status().json()
+            views[label] = view
+            if view["status"] != seen.get(label):
+                elapsed = time.monotonic() - started
+                print(f"[{elapsed:5.1f}s] {label:32} {seen.get(label, '—')} → {view['status']}")
+                seen[label] = view["status"]
+        if all(_settled(v) for v in views.values()):
+            break
+        time.sleep(0.5)
+    return views
+
+
+def _settled(view: dict[str, Any]) -> bool:
+    if view["status"] not in SETTLED:
+        return False
+    return view["status"] != "notified" or len(view.get("notifications", [])) >= 2
+
+
+def table(views: dict[str, dict[str, Any]]) -> str:
+    header = f"{'referral':32} {'status':12} {'decision':13} {'site':24} {'km':>7} {'emails':>6}"
+    lines = [header, "-" * len(header)]
+    for label, view in views.items():
+        decision = (view.get("decision") or {}).get("decision", "—")
+        site = view.get("site") or {}
+        km = f"{site['distance_km']:.0f}" if site else "—"
+        name = (site.get("name") or "—")[:24]
+        emails = len(view.get("notifications", []))
+        lines.append(f"{label:32} {view['status']:12} {decision:13} {name:24} {km:>7} {emails:>6}")
+    return "\n".join(lines)

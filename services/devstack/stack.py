@@ -1,0 +1,206 @@
+"""The whole system on one machine: every service its own process, each on its own store.
+
+``trialroute run`` uses it with SQLite files and the default ports; the end-to-end and fault suites use
+it with PostgreSQL databases, free ports and a topic prefix of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.auth.registry import ClientExists, create_client, rotate_secret
+from services.devstack.processes import ServiceProcess, trialroute_argv
+from shared.auth import Scope
+from shared.db import Database
+from shared.kafka import ensure_topics
+from shared.settings import KafkaSettings
+
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+DEFAULT_PORTS = {
+    "auth": 8000,
+    "intake": 8001,
+    "eligibility": 8002,
+    "site_router": 8003,
+    "notifier": 8004,
+    "mail_http": 8025,
+    "smtp": 1025,
+}
+SEED_SITES = Path(__file__).resolve().parent.parent / "site_router" / "seed" / "sites.json"
+
+
+@dataclass(frozen=True)
+class DemoClient:
+    client_id: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    clinic_id: str | None = None
+    site_code: str | None = None
+
+
+def demo_clients(site_codes: list[str]) -> list[DemoClient]:
+    """A clinic, a coordinator per site, ops, and the notifier's own service client."""
+    clients = [
+        DemoClient(
+            "demo-clinic",
+            (Scope.REFERRALS_WRITE, Scope.REFERRALS_READ, Scope.ASSESSMENTS_READ),
+            ("intake", "eligibility"),
+            clinic_id="demo-clinic",
+        ),
+        DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake")),
+        DemoClient("notifier", (Scope.CONTACT_READ,), ("intake",)),
+    ]
+    clients += [
+        DemoClient(
+            f"coordinator-{code.lower()}",
+            (Scope.SITE_REFERRALS, Scope.ASSESSMENTS_READ),
+            ("site_router", "eligibility"),
+            site_code=code,
+        )
+        for code in site_codes
+    ]
+    return clients
+
+
+@dataclass
+class StackConfig:
+    run_dir: Path = Path(".run")
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    database_urls: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    with_mailbox: bool = True
+    environment: str = "development"
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Extra environment per service, e.g. faster retries in tests."""
+
+    def database_url(self, service: str) -> str:
+        default = f"sqlite+aiosqlite:///{(self.run_dir / 'data' / f'{service}.db').resolve()}"
+        return self.database_urls.get(service, default)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+
+class Stack:
+    """Start, seed, watch and stop the services of one system."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.credentials: dict[str, str] = {}
+        self.processes: dict[str, ServiceProcess] = {}
+
+    def start(self) -> None:
+        """Topics, mailbox, auth, demo clients and sites, then the four pipeline services."""
+        asyncio.run(ensure_topics(self.config.kafka))
+        if self.config.with_mailbox:
+            self._start(
+                "mailbox",
+                trialroute_argv(
+                    "mailbox",
+                    "--smtp-port",
+                    str(self.config.ports["smtp"]),
+                    "--http-port",
+                    str(self.config.ports["mail_http"]),
+                    "--directory",
+                    str(self.config.run_dir / "mail"),
+                ),
+                {},
+                f"{self.config.url('mail_http')}/healthz",
+            )
+        self._start_service("auth")
+        self.credentials = asyncio.run(self._seed_clients())
+        self._import_sites()
+        for service in ("intake", "eligibility", "site_router", "notifier"):
+            self._start_service(service)
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+
+    def _start_service(self, service: str) -> None:
+        argv = trialroute_argv("serve", service, "--port", str(self.config.ports[service]))
+        self._start(service, argv, self.service_env(service), f"{self.config.url(service)}/healthz")
+
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str], health: str) -> None:
+        process = ServiceProcess(name, argv, env, self.config.run_dir / "logs" / f"{name}.log", health)
+        self.processes[name] = process
+        process.start()
+        process.wait_healthy()
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """Everything a service reads, as environment variables: what a deployment would set."""
+        c = self.config
+        prefix = service.upper() + "_"
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": c.kafka.bootstrap_servers,
+            "KAFKA_TOPIC_PREFIX": c.kafka.topic_prefix,
+            "OAUTH_ISSUER": c.url("auth"),
+            f"{prefix}DATABASE_URL": c.database_url(service),
+            f"{prefix}PORT": str(c.ports[service]),
+            f"{prefix}ENVIRONMENT": c.environment,
+        }
+        if service == "auth":
+            env["AUTH_ISSUER"] = c.url("auth")
+        if service == "notifier":
+            env |= {
+                "NOTIFIER_CLIENT_ID": "notifier",
+                "NOTIFIER_CLIENT_SECRET": self.credentials.get("notifier", ""),
+                "NOTIFIER_INTAKE_URL": c.url("intake"),
+                "NOTIFIER_SITE_REFERRAL_URL": f"{c.url('site_router')}/v1/site/referrals",
+                "NOTIFIER_SMTP_HOST": "127.0.0.1",
+                "NOTIFIER_SMTP_PORT": str(c.ports["smtp"]),
+            }
+        if service == "site_router":
+            env["SITE_ROUTER_RUNTIME_DIR"] = str((c.run_dir / "site_router").resolve())
+        return env | c.service_env.get(service, {})
+
+    async def _seed_clients(self) -> dict[str, str]:
+        """Register the demo clients (or give them new secrets) and keep the secrets in the run dir."""
+        db = Database(self.config.database_url("auth"))
+        secrets: dict[str, str] = {}
+        try:
+            for client in demo_clients(site_codes()):
+                try:
+                    secrets[client.client_id] = await create_client(
+                        db,
+                        client.client_id,
+                        scopes=client.scopes,
+                        audiences=client.audiences,
+                        clinic_id=client.clinic_id,
+                        site_code=client.site_code,
+                    )
+                except ClientExists:
+                    secrets[client.client_id] = await rotate_secret(db, client.client_id)
+        finally:
+            await db.dispose()
+        path = self.config.run_dir / "demo-credentials.json"
+        path.write_text(json.dumps(secrets, indent=2))
+        path.chmod(0o600)
+        return secrets
+
+    def _import_sites(self) -> None:
+        env = self.service_env("site_router")
+        process = ServiceProcess(
+            "sites-import",
+            trialroute_argv("sites", "import", str(SEED_SITES)),
+            env,
+            self.config.run_dir / "logs" / "site_router.log",
+        )
+        process.start()
+        assert process.process is not None
+        if process.process.wait(timeout=120) != 0:
+            raise RuntimeError(f"importing the study sites failed:\n{process.tail()}")
+
+
+def site_codes() -> list[str]:
+    return [site["code"] for site in json.loads(SEED_SITES.read_text())["sites"]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,226 @@
+"""Intake's HTTP routes: parse, call one command or query, answer. Errors are problem+json."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from services.intake.domain import Status
+from services.intake.handlers import Commands
+from services.intake.idempotency import REPLAYED_HEADER, Outcome
+from services.intake.openapi import REFERRAL_EXAMPLE, problems
+from services.intake.queries import Queries
+from services.intake.schemas import (
+    EXAMPLE_ID,
+    AmendmentCreate,
+    ContactPublic,
+    ReferralCreate,
+    ReferralPage,
+    ReferralPublic,
+    ReferralReceipt,
+    WithdrawalCreate,
+)
+from shared.auth import Principal, Scope, require
+
+router = APIRouter()
+
+IDEMPOTENCY_RULES = (
+    "**Idempotency-Key** (optional, recommended; 1-255 printable ASCII characters, e.g. a UUID). "
+    "Keys are scoped to your OAuth client and remembered for at least 24 hours. "
+    "Retrying with the same key and the same body returns the first response (same status and body, "
+    "plus `Idempotent-Replayed: true`) and does nothing again. The same key with a different body "
+    "is refused with 422. A retry while the first request is still being processed gets 409 with "
+    "`Retry-After`: retry later with the same key. Only successful responses are remembered: after an "
+    "error (4xx) the key is free again."
+)
+
+Writer = Annotated[Principal, Depends(require(Scope.REFERRALS_WRITE))]
+Reader = Annotated[Principal, Depends(require(Scope.REFERRALS_READ))]
+ContactReader = Annotated[Principal, Depends(require(Scope.CONTACT_READ))]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="makes a retry safe; see the rules in the operation's description",
+        examples=["5f0c8c64-2d4b-4d0e-8d1e-7a0a4e2f9b10"],
+    ),
+]
+TraceParent = Annotated[
+    str | None, Header(alias="traceparent", description="W3C trace context, carried into the events")
+]
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$")
+
+
+def _trace(value: str | None) -> str | None:
+    """A malformed trace header is dropped, never a reason to refuse a referral."""
+    return value if value and len(value) <= 512 and _TRACEPARENT.match(value) else None
+
+
+ReferralId = Annotated[uuid.UUID, Path(description="the id intake gave the referral", examples=[EXAMPLE_ID])]
+
+
+def _commands(request: Request) -> Commands:
+    return request.app.state.commands  # type: ignore[no-any-return]
+
+
+def _queries(request: Request) -> Queries:
+    return request.app.state.queries  # type: ignore[no-any-return]
+
+
+CommandsDep = Annotated[Commands, Depends(_commands)]
+QueriesDep = Annotated[Queries, Depends(_queries)]
+
+
+def respond(outcome: Outcome) -> JSONResponse:
+    headers = dict(outcome.headers)
+    if outcome.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+def _receipt(status: int, description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "model": ReferralReceipt,
+            "description": description,
+            "headers": {
+                "Location": {"description": "the referral's URL", "schema": {"type": "string"}},
+                REPLAYED_HEADER: {
+                    "description": "`true` when this is the stored response of an earlier request",
+                    "schema": {"type": "string"},
+                },
+            },
+        }
+    }
+
+
+@router.post(
+    "/v1/referrals",
+    tags=["referrals"],
+    status_code=202,
+    response_model=None,
+    summary="Submit a referral",
+    description="Scope `referrals:write` (clinic token; the clinic is the token's `clinic_id`). "
+    "The referral is stored and screened asynchronously: follow it at `Location`. An open referral "
+    "(not withdrawn or closed) with the same `clinic_reference` from the same clinic is refused with "
+    "409 naming its id (`existing_id`). `study` may be left out (this deployment's study is used); "
+    "another study is a 422. The body is at most 64 KiB of `application/json`.\n\n" + IDEMPOTENCY_RULES,
+    responses={**_receipt(202, "accepted for screening"), **problems(401, 403, 409, 413, 415, 422)},
+)
+async def submit_referral(
+    payload: Annotated[ReferralCreate, Body(openapi_examples=REFERRAL_EXAMPLE)],
+    principal: Writer,
+    commands: CommandsDep,
+    key: IdempotencyKey = None,
+    trace: TraceParent = None,
+) -> JSONResponse:
+    return respond(await commands.submit(principal, payload, key, _trace(trace)))
+
+
+@router.get(
+    "/v1/referrals",
+    tags=["referrals"],
+    summary="List the clinic's referrals",
+    description="Scope `referrals:read`. Least recently updated first, so that a client that "
+    "remembers the last `updated_at` it saw and asks again with `updated_since` misses no change. "
+    "Pages are cut by an opaque `cursor` (from `next_cursor`).",
+    responses=problems(401, 403, 422),
+)
+async def list_referrals(
+    principal: Reader,
+    queries: QueriesDep,
+    status: Annotated[list[Status] | None, Query(description="only these statuses (repeatable)")] = None,
+    updated_since: Annotated[
+        datetime | None,
+        Query(
+            description="only referrals changed at or after this time (with a zone)",
+            examples=["2026-11-10T00:00:00Z"],
+        ),
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
+) -> ReferralPage:
+    return await queries.page(
+        principal, statuses=status or [], updated_since=updated_since, cursor=cursor, limit=limit
+    )
+
+
+@router.get(
+    "/v1/referrals/{referral_id}",
+    tags=["referrals"],
+    summary="Read a referral: status, timeline, decision, site, notifications",
+    description="Scope `referrals:read`; the clinic's own referrals only (another clinic's id is a 404).",
+    responses=problems(401, 403, 404, 422),
+)
+async def read_referral(referral_id: ReferralId, principal: Reader, queries: QueriesDep) -> ReferralPublic:
+    return await queries.referral(principal, referral_id)
+
+
+@router.post(
+    "/v1/referrals/{referral_id}/amendments",
+    tags=["referrals"],
+    status_code=202,
+    response_model=None,
+    summary="Amend a referral's clinical block",
+    description="Scope `referrals:write`. Replaces the clinical block as a whole, increments `revision` "
+    "and screens the referral again (decision and site are reset). Refused with 409 once the site "
+    "accepted, or after withdrawal or closure (`current_status` says which).\n\n" + IDEMPOTENCY_RULES,
+    responses={**_receipt(202, "amended; screening again"), **problems(401, 403, 404, 409, 413, 415, 422)},
+)
+async def amend_referral(
+    referral_id: ReferralId,
+    body: AmendmentCreate,
+    principal: Writer,
+    commands: CommandsDep,
+    key: IdempotencyKey = None,
+    trace: TraceParent = None,
+) -> JSONResponse:
+    return respond(await commands.amend(principal, referral_id, body, key, _trace(trace)))
+
+
+@router.post(
+    "/v1/referrals/{referral_id}/withdraw",
+    tags=["referrals"],
+    status_code=200,
+    response_model=None,
+    summary="Withdraw a referral",
+    description="Scope `referrals:write`. Takes effect at once; a site holding it frees the slot. The "
+    "body (a reason) is optional. Refused with 409 once the site accepted, or when already withdrawn "
+    "or closed. The clinic_reference is free again afterwards.\n\n" + IDEMPOTENCY_RULES,
+    responses={**_receipt(200, "withdrawn"), **problems(401, 403, 404, 409, 413, 415, 422)},
+)
+async def withdraw_referral(
+    referral_id: ReferralId,
+    principal: Writer,
+    commands: CommandsDep,
+    body: Annotated[WithdrawalCreate | None, Body()] = None,
+    key: IdempotencyKey = None,
+    trace: TraceParent = None,
+) -> JSONResponse:
+    return respond(
+        await commands.withdraw(principal, referral_id, body or WithdrawalCreate(), key, _trace(trace))
+    )
+
+
+@router.get(
+    "/internal/v1/referrals/{referral_id}/contact",
+    tags=["internal"],
+    summary="Patient and referrer contact details (notifier only)",
+    description="Scope `contact:read`, a service token (not a clinic's or a site's). Every read is "
+    "recorded (client, time, referral). The patient's email is null unless they consented to contact.",
+    responses=problems(401, 403, 404, 422),
+)
+async def read_contact(
+    referral_id: ReferralId, principal: ContactReader, queries: QueriesDep
+) -> ContactPublic:
+    return await queries.contact(principal, referral_id)

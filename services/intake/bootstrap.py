@@ -1,0 +1,115 @@
+"""Intake's composition root: settings in, a FastAPI app with its routes, consumer and relay out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from services.intake import api, openapi
+from services.intake.config import IntakeSettings
+from services.intake.consumers import HANDLERS
+from services.intake.handlers import Commands
+from services.intake.idempotency import Idempotency
+from services.intake.queries import Queries
+from services.intake.store import TABLES
+from shared import app as shared_app
+from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
+from shared.auth import TokenValidator
+from shared.consumer import ConsumerLoop
+from shared.db import Database
+from shared.kafka import ping as kafka_ping
+from shared.outbox import OutboxRelay
+from shared.problems import problem_response
+
+NAME = "intake"
+DESCRIPTION = """\
+Partner clinics submit referrals to the UCART123 (AMELI-01) trial here and follow them through
+eligibility screening, site routing, notifications and the site's decision.
+
+**Authentication.** OAuth2 client credentials: get an access token (RS256 JWT) from the issuer's token
+endpoint for the audience `intake`, send it as `Authorization: Bearer <token>`. A clinic's token carries
+the clinic it acts for (`clinic_id`); a clinic sees only its own referrals. Scopes: `referrals:write`
+(submit, amend, withdraw), `referrals:read` (read, list), `contact:read` (the notifier only).
+
+**Requests.** Bodies are `application/json` (else 415), at most 64 KiB (else 413). Every error is an RFC
+9457 problem (`application/problem+json`); a 422 lists every invalid field with its JSON path and reason.
+POSTs take an `Idempotency-Key` header (see each operation): retry them safely with the same key.
+
+**Lifecycle.** `received` -> `screened` (or `not_routed` when ineligible) -> `routed`, `waitlisted` or
+`unroutable` -> `notified` -> `accepted` or `declined` (then routed again) -> `closed`; `withdrawn` by the
+clinic at any time before `accepted`. An amendment returns the referral to `received` (next revision).
+Every change is on the referral's timeline, with its time, the service that caused it and the reason.
+"""
+TAGS = [
+    {"name": "referrals", "description": "what a clinic does: submit, follow, amend, withdraw"},
+    {"name": "internal", "description": "service-to-service: the notifier reads contact details"},
+    {"name": "operations", "description": "health, readiness, metrics"},
+]
+
+
+def load_settings() -> IntakeSettings:
+    return IntakeSettings()
+
+
+def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
+    db = Database(settings.database_url)
+    http = httpx.AsyncClient(timeout=5)
+    validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
+    idempotency = Idempotency(
+        db, ttl=timedelta(hours=settings.idempotency_ttl_hours), lock_s=settings.idempotency_lock_s
+    )
+    loops = []
+    if "consumer" in roles:
+        consumer = ConsumerLoop(
+            db,
+            settings.kafka,
+            service=NAME,
+            group_id=settings.consumer_group or f"trialroute-{NAME}",
+            handlers=HANDLERS,
+        )
+        loops.append(Loop("consumer", consumer.run))
+    if "relay" in roles:
+        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
+    return ServiceSpec(
+        name=NAME,
+        title="trialroute intake",
+        description=DESCRIPTION,
+        routers=[api.router] if "api" in roles else [],
+        loops=loops,
+        checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
+        on_start=[partial(db.create_tables, TABLES)],
+        on_stop=[db.dispose, http.aclose],
+        max_body_bytes=settings.max_body_bytes,
+        state={
+            "db": db,
+            "settings": settings,
+            "token_validator": validator,
+            "commands": Commands(db, settings, idempotency),
+            "queries": Queries(db, settings),
+        },
+        openapi_tags=TAGS,
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The store is down or overloaded: a retryable 503, not a 500."""
+    return problem_response(
+        503,
+        "Service unavailable",
+        "the referral store is unavailable; retry later",
+        instance=request.url.path,
+        headers={"Retry-After": "5"},
+    )
+
+
+def create_app(settings: IntakeSettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
+    app = shared_app.create_app(build(settings or load_settings(), roles))
+    for error in (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError):
+        app.add_exception_handler(error, _database_unavailable)
+    openapi.install(app)
+    return app

@@ -1,0 +1,214 @@
+"""Intake's pure rules: ages, the referral state machine, request fingerprints and list cursors.
+
+No I/O here. The current status is never stored as "the last event that arrived": it is derived from
+the whole timeline in order of occurrence, so events that arrive late or twice cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from shared.events import (
+    EventData,
+    ReferralNotified,
+    ReferralRouted,
+    ReferralScreened,
+    ReferralSiteDecided,
+    ReferralUnroutable,
+    ReferralWaitlisted,
+)
+
+
+class Status(StrEnum):
+    """A referral's states (design: after HL7 FHIR Task and BSeR)."""
+
+    RECEIVED = "received"
+    SCREENED = "screened"
+    NOT_ROUTED = "not_routed"
+    ROUTED = "routed"
+    WAITLISTED = "waitlisted"
+    UNROUTABLE = "unroutable"
+    NOTIFIED = "notified"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    CLOSED = "closed"
+    WITHDRAWN = "withdrawn"
+
+
+TERMINAL = frozenset({Status.WITHDRAWN, Status.CLOSED})
+"""States nothing leaves; they also free the clinic reference for a new referral."""
+OPEN_EXCLUDED = tuple(s.value for s in TERMINAL)
+
+
+def age_in_years(born: date, on: date) -> int:
+    """Whole years completed on ``on`` (a 29 February birthday counts on 1 March in common years)."""
+    years = on.year - born.year
+    if (on.month, on.day) < (born.month, born.day):
+        years -= 1
+    return years
+
+
+def request_fingerprint(method: str, path: str, body: Any) -> str:
+    """What "the same request" means for an Idempotency-Key: method, path and the validated body.
+
+    The body is hashed after validation and in canonical JSON, so key order, whitespace and
+    normalised spellings (``us`` for ``US``) do not make a retry look like a different request.
+    """
+    canonical = json.dumps(
+        {"method": method.upper(), "path": path, "body": body},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def change_refusal(status: Status, action: str) -> str | None:
+    """Why the clinic may not amend or withdraw a referral in ``status``; ``None`` when it may."""
+    if status is Status.ACCEPTED:
+        return f"the site accepted the referral; it can no longer be {action}; contact the site"
+    if status is Status.WITHDRAWN:
+        return f"the referral was withdrawn; it can no longer be {action}"
+    if status is Status.CLOSED:
+        return f"the referral is closed; it can no longer be {action}"
+    return None
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One timeline entry as the state machine sees it."""
+
+    event_type: str
+    occurred_at: datetime
+    seq: int
+    status: Status | None
+    revision: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What the timeline says now: the status, since when, and the decision and site in force."""
+
+    status: Status
+    status_at: datetime | None
+    decision: dict[str, Any] | None = None
+    site: dict[str, Any] | None = None
+
+
+def _accepts(current: Status | None, incoming: Status) -> bool:
+    """Whether ``incoming`` may follow ``current`` (events are replayed in order of occurrence)."""
+    if current in TERMINAL:
+        return False
+    if current is Status.ACCEPTED:
+        return incoming is Status.CLOSED
+    if incoming is Status.NOTIFIED:
+        # Notifications follow routing and site decisions alike; only the first kind is a state.
+        return current in (Status.ROUTED, Status.NOTIFIED)
+    return True
+
+
+def project(facts: Iterable[Fact], revision: int) -> Projection:
+    """Fold the timeline in order of occurrence; facts about an older revision stay history only."""
+    status: Status | None = None
+    status_at: datetime | None = None
+    decision: dict[str, Any] | None = None
+    site: dict[str, Any] | None = None
+    for fact in sorted(facts, key=lambda f: (f.occurred_at, f.seq)):
+        if fact.status is None or (fact.revision is not None and fact.revision < revision):
+            continue
+        if not _accepts(status, fact.status):
+            continue
+        if fact.status is not status:
+            status, status_at = fact.status, fact.occurred_at
+        if fact.status is Status.RECEIVED:
+            decision = site = None
+        elif fact.status in (Status.SCREENED, Status.NOT_ROUTED):
+            decision, site = fact.details.get("decision"), None
+        elif fact.status is Status.ROUTED:
+            site = fact.details.get("site")
+        elif fact.status in (Status.WAITLISTED, Status.UNROUTABLE):
+            site = None
+    return Projection(status or Status.RECEIVED, status_at, decision, site)
+
+
+@dataclass(frozen=True)
+class Described:
+    """A consumed status event translated into a timeline entry."""
+
+    status: Status | None
+    reason: str | None
+    revision: int | None
+    details: dict[str, Any]
+
+
+def describe(data: EventData) -> Described:
+    """The timeline entry of a status event published by another service."""
+    if isinstance(data, ReferralScreened):
+        status = Status.SCREENED if data.routable else Status.NOT_ROUTED
+        decision = {
+            "revision": data.revision,
+            "decision": data.decision,
+            "score": data.score,
+            "ruleset": data.ruleset,
+            "routable": data.routable,
+            "criteria": [c.model_dump(mode="json") for c in data.criteria],
+        }
+        reason = f"{data.decision} (rule set {data.ruleset})" + ("" if data.routable else "; not routed")
+        return Described(status, reason, data.revision, {"decision": decision})
+    if isinstance(data, ReferralRouted):
+        site = {
+            "code": data.site.code,
+            "name": data.site.name,
+            "city": data.site.city,
+            "distance_km": round(data.distance_km, 1),
+            "rank": data.rank,
+        }
+        reason = f"{data.site.name}, {data.site.city}: {data.distance_km:.1f} km (choice {data.rank})"
+        return Described(Status.ROUTED, reason, data.revision, {"site": site})
+    if isinstance(data, ReferralWaitlisted):
+        return Described(Status.WAITLISTED, data.reason, None, {})
+    if isinstance(data, ReferralUnroutable):
+        return Described(Status.UNROUTABLE, data.reason, None, {})
+    if isinstance(data, ReferralNotified):
+        notification = {
+            "recipient_role": data.recipient_role,
+            "template": data.template,
+            "message_id": data.message_id,
+        }
+        reason = f"{data.recipient_role} notified ({data.template})"
+        return Described(Status.NOTIFIED, reason, None, {"notification": notification})
+    if isinstance(data, ReferralSiteDecided):
+        details = {"site_code": data.site_code, "decision": data.decision, "enrolled": data.enrolled}
+        reason = data.reason or f"site {data.site_code} {data.decision}"
+        return Described(Status(data.decision), reason, None, details)
+    raise TypeError(f"not a status event: {type(data).__name__}")
+
+
+def encode_cursor(updated_at: datetime, referral_id: uuid.UUID) -> str:
+    """An opaque position in the list (clients must not build or read it)."""
+    raw = json.dumps([updated_at.isoformat(), str(referral_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position of ``encode_cursor``; ``ValueError`` for anything it did not produce."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, rid = json.loads(raw)
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None:
+            raise ValueError("naive time")
+        return moment, uuid.UUID(rid)
+    except (binascii.Error, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a cursor of this list") from exc

@@ -1,0 +1,225 @@
+"""Intake's commands: submit, amend, withdraw. Each writes its state and its event in one transaction.
+
+Routes parse and call one of these; consumers never do. The event carries what may leave intake (see
+the trial's referral contract): never the patient's names, birth date, email or phone.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.intake import store
+from services.intake.config import IntakeSettings
+from services.intake.domain import Status, age_in_years, change_refusal, request_fingerprint
+from services.intake.idempotency import Idempotency, Outcome
+from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
+from services.intake.store import Referral, TimelineEntry, utcnow
+from shared.auth import Principal
+from shared.db import Database
+from shared.events import (
+    Envelope,
+    EventData,
+    ReferralAmended,
+    ReferralSubmitted,
+    ReferralWithdrawn,
+    Referrer,
+)
+from shared.observability import referral_context
+from shared.outbox import add_event
+from shared.problems import Conflict, NotFound, Unprocessable
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "intake"
+
+
+@dataclass
+class Commands:
+    db: Database
+    settings: IntakeSettings
+    idempotency: Idempotency
+
+    async def submit(
+        self, principal: Principal, payload: ReferralCreate, key: str | None, trace: str | None = None
+    ) -> Outcome:
+        """Store a new referral and queue ``referral.submitted``; 202 with where to follow it."""
+        clinic_id = principal.require_clinic()
+        study_id = self.settings.study_id
+        study = payload.study or study_id
+        if study != study_id:
+            raise Unprocessable(
+                "1 invalid field(s)",
+                errors=[{"field": "study", "reason": f"unknown study; this service serves {study_id}"}],
+            )
+        day = utcnow().date()
+        if payload.patient.date_of_birth > day:  # the model checks the server's local day; this, UTC's
+            raise Unprocessable(
+                "1 invalid field(s)",
+                errors=[{"field": "patient.date_of_birth", "reason": f"must not be after {day}"}],
+            )
+        fingerprint = request_fingerprint("POST", "/v1/referrals", payload.model_dump(mode="json"))
+
+        async def create(session: AsyncSession) -> Outcome:
+            referral = _new_referral(payload, principal.client_id, clinic_id, study)
+            session.add(referral)
+            snapshot = ReferralSubmitted(**_snapshot(referral))
+            await self._emit(session, referral, snapshot, Status.RECEIVED, "submitted", trace)
+            return _outcome(202, referral)
+
+        try:
+            outcome = await self.idempotency.run(principal.client_id, key, fingerprint, create)
+        except IntegrityError:
+            async with self.db.session() as session:
+                existing = await store.open_referral_id(session, clinic_id, payload.clinic_reference)
+            if existing is None:
+                raise
+            raise Conflict(
+                "an open referral with this clinic_reference exists; amend or withdraw it instead",
+                existing_id=str(existing),
+            ) from None
+        with referral_context(outcome.body["id"], trace):
+            log.info("referral received", extra={"replayed": outcome.replayed})
+        return outcome
+
+    async def amend(
+        self,
+        principal: Principal,
+        referral_id: uuid.UUID,
+        body: AmendmentCreate,
+        key: str | None,
+        trace: str | None = None,
+    ) -> Outcome:
+        """Replace the clinical block, bump the revision and queue ``referral.amended``."""
+        clinic_id = principal.require_clinic()
+        path = f"/v1/referrals/{referral_id}/amendments"
+        fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
+
+        async def change(session: AsyncSession) -> Outcome:
+            referral = await _changeable(session, referral_id, clinic_id, "amended")
+            referral.revision += 1
+            referral.clinical = body.clinical.model_dump(mode="json", exclude_unset=True)
+            referral.referral_day = utcnow().date()  # screening windows count from the new version
+            reason = f"amended to revision {referral.revision}" + (f": {body.reason}" if body.reason else "")
+            snapshot = ReferralAmended(**_snapshot(referral))
+            await self._emit(session, referral, snapshot, Status.RECEIVED, reason, trace)
+            return _outcome(202, referral)
+
+        return await self.idempotency.run(principal.client_id, key, fingerprint, change)
+
+    async def withdraw(
+        self,
+        principal: Principal,
+        referral_id: uuid.UUID,
+        body: WithdrawalCreate,
+        key: str | None,
+        trace: str | None = None,
+    ) -> Outcome:
+        """Withdraw the referral at once and queue ``referral.withdrawn`` (sites free the slot)."""
+        clinic_id = principal.require_clinic()
+        path = f"/v1/referrals/{referral_id}/withdraw"
+        fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
+
+        async def change(session: AsyncSession) -> Outcome:
+            referral = await _changeable(session, referral_id, clinic_id, "withdrawn")
+            event = ReferralWithdrawn(clinic_id=clinic_id, reason=body.reason)
+            await self._emit(session, referral, event, Status.WITHDRAWN, body.reason or "withdrawn", trace)
+            return _outcome(200, referral)
+
+        return await self.idempotency.run(principal.client_id, key, fingerprint, change)
+
+    async def _emit(
+        self,
+        session: AsyncSession,
+        referral: Referral,
+        data: EventData,
+        status: Status,
+        reason: str,
+        trace: str | None,
+    ) -> None:
+        """Queue the event and put the same fact, under the same id and time, on the timeline."""
+        envelope = Envelope.wrap(data, producer=PRODUCER, referral_id=referral.id, trace=trace)
+        add_event(session, envelope)
+        entry = TimelineEntry(
+            referral_id=referral.id,
+            event_id=envelope.id,
+            event_type=envelope.type,
+            status=status.value,
+            revision=None if status is Status.WITHDRAWN else referral.revision,
+            occurred_at=envelope.occurred_at,
+            source=PRODUCER,
+            reason=reason,
+        )
+        await store.record(session, referral, entry)
+
+
+def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study: str) -> Referral:
+    patient, referrer = payload.patient, payload.referrer
+    now = utcnow()
+    return Referral(
+        clinic_id=clinic_id,
+        client_id=client_id,
+        clinic_reference=payload.clinic_reference,
+        study=study,
+        referral_day=now.date(),
+        created_at=now,
+        updated_at=now,
+        status_at=now,
+        given_name=patient.given_name,
+        family_name=patient.family_name,
+        date_of_birth=patient.date_of_birth,
+        sex=patient.sex,
+        email=str(patient.email) if patient.email else None,
+        phone=patient.phone,
+        preferred_language=patient.preferred_language,
+        postal_code=patient.postal_code,
+        country=patient.country,
+        consent_to_contact=patient.consent_to_contact,
+        referrer_name=referrer.name,
+        referrer_email=str(referrer.email),
+        referrer_phone=referrer.phone,
+        clinical=payload.clinical.model_dump(mode="json", exclude_unset=True),
+    )
+
+
+def _snapshot(referral: Referral) -> dict[str, Any]:
+    """The fields of ``referral.submitted``/``referral.amended``: the age, never the birth date."""
+    return {
+        "clinic_id": referral.clinic_id,
+        "revision": referral.revision,
+        "referral_day": referral.referral_day,
+        "age_years": age_in_years(referral.date_of_birth, referral.referral_day),
+        "postal_code": referral.postal_code,
+        "country": referral.country,
+        "consent_to_contact": referral.consent_to_contact,
+        "referrer": Referrer(
+            name=referral.referrer_name, email=referral.referrer_email, phone=referral.referrer_phone
+        ),
+        "clinical": referral.clinical,
+    }
+
+
+async def _changeable(session: AsyncSession, referral_id: uuid.UUID, clinic_id: str, action: str) -> Referral:
+    referral = await store.get_referral(session, referral_id, clinic_id=clinic_id, lock=True)
+    if referral is None:
+        raise NotFound("no such referral for this clinic")
+    refusal = change_refusal(Status(referral.status), action)
+    if refusal is not None:
+        raise Conflict(refusal, current_status=referral.status)
+    return referral
+
+
+def _outcome(status_code: int, referral: Referral) -> Outcome:
+    receipt = ReferralReceipt(
+        id=referral.id,
+        clinic_reference=referral.clinic_reference,
+        status=Status(referral.status),
+        revision=referral.revision,
+        referral_day=referral.referral_day,
+    )
+    return Outcome(status_code, receipt.model_dump(mode="json"), {"Location": f"/v1/referrals/{referral.id}"})

@@ -1,0 +1,157 @@
+"""Intake's queries: a clinic's view of its referrals, and the notifier's (logged) view of contacts."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.intake import store
+from services.intake.config import IntakeSettings
+from services.intake.domain import Status, decode_cursor, encode_cursor
+from services.intake.schemas import (
+    ContactPublic,
+    DecisionPublic,
+    NotificationPublic,
+    PatientContact,
+    ReferralPage,
+    ReferralPublic,
+    ReferralSummary,
+    ReferrerContact,
+    SitePublic,
+    TimelineItem,
+)
+from services.intake.store import ContactAccess, Referral, TimelineEntry
+from shared.auth import Principal
+from shared.db import Database
+from shared.observability import referral_context
+from shared.problems import Forbidden, NotFound, Unprocessable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Queries:
+    db: Database
+    settings: IntakeSettings
+
+    async def referral(self, principal: Principal, referral_id: uuid.UUID) -> ReferralPublic:
+        """The clinic's own referral; another clinic's answers 404 (existence does not leak)."""
+        clinic_id = principal.require_clinic()
+        async with self.db.session() as session:
+            found = await store.referral_with_timeline(session, referral_id, clinic_id)
+        if found is None:
+            raise NotFound("no such referral for this clinic")
+        return _public(*found)
+
+    async def page(
+        self,
+        principal: Principal,
+        *,
+        statuses: Sequence[Status],
+        updated_since: datetime | None,
+        cursor: str | None,
+        limit: int,
+    ) -> ReferralPage:
+        """One page of the clinic's referrals, least recently updated first."""
+        clinic_id = principal.require_clinic()
+        after = None
+        if cursor:
+            try:
+                after = decode_cursor(cursor)
+            except ValueError:
+                raise Unprocessable(
+                    "1 invalid field(s)", errors=[{"field": "cursor", "reason": "not a cursor of this list"}]
+                ) from None
+        if updated_since is not None and updated_since.tzinfo is None:
+            raise Unprocessable(
+                "1 invalid field(s)",
+                errors=[{"field": "updated_since", "reason": "give a time zone, e.g. 2026-11-10T09:30:00Z"}],
+            )
+        async with self.db.session() as session:
+            rows = await store.list_referrals(
+                session,
+                clinic_id,
+                statuses=[s.value for s in statuses],
+                updated_since=updated_since,
+                after=after,
+                limit=limit + 1,
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None
+        return ReferralPage(items=[_summary(r) for r in rows], next_cursor=next_cursor)
+
+    async def contact(self, principal: Principal, referral_id: uuid.UUID) -> ContactPublic:
+        """Contact details for the notifier; the read and its reader are logged in the same transaction."""
+        if principal.clinic_id is not None or principal.site_code is not None:
+            raise Forbidden("contact details are for the notifier service, not for a clinic or site token")
+        allowed = self.settings.contact_client_ids
+        if allowed and principal.client_id not in allowed:
+            raise Forbidden("this client may not read contact details")
+        async with self.db.session() as session:
+            referral = await store.get_referral(session, referral_id)
+            if referral is None:
+                raise NotFound("no such referral")
+            session.add(
+                ContactAccess(
+                    referral_id=referral.id, client_id=principal.client_id, subject=principal.subject
+                )
+            )
+        with referral_context(referral.id):
+            log.info("contact details read", extra={"client_id": principal.client_id})
+        consent = referral.consent_to_contact
+        return ContactPublic(
+            referral_id=referral.id,
+            status=Status(referral.status),
+            patient=PatientContact(
+                given_name=referral.given_name,
+                family_name=referral.family_name,
+                email=referral.email if consent else None,
+                preferred_language=referral.preferred_language,
+                consent_to_contact=consent,
+            ),
+            referrer=ReferrerContact(name=referral.referrer_name, email=referral.referrer_email),
+        )
+
+
+def _summary(referral: Referral) -> ReferralSummary:
+    return ReferralSummary(
+        id=referral.id,
+        clinic_reference=referral.clinic_reference,
+        status=Status(referral.status),
+        status_at=referral.status_at,
+        revision=referral.revision,
+        created_at=referral.created_at,
+        updated_at=referral.updated_at,
+    )
+
+
+def _public(referral: Referral, entries: Sequence[TimelineEntry]) -> ReferralPublic:
+    notifications = [
+        NotificationPublic(at=e.occurred_at, **e.details["notification"])
+        for e in entries
+        if e.event_type == "referral.notified" and "notification" in e.details
+    ]
+    return ReferralPublic(
+        **_summary(referral).model_dump(),
+        study=referral.study,
+        referral_day=referral.referral_day,
+        clinical=referral.clinical,
+        decision=DecisionPublic.model_validate(referral.decision) if referral.decision else None,
+        site=SitePublic.model_validate(referral.site) if referral.site else None,
+        timeline=[
+            TimelineItem(
+                at=e.occurred_at,
+                event=e.event_type,
+                status=Status(e.status) if e.status else None,
+                revision=e.revision,
+                source=e.source,
+                reason=e.reason,
+            )
+            for e in entries
+        ],
+        notifications=notifications,
+    )

@@ -1,0 +1,281 @@
+"""Intake's tables and queries. Patient identity and contact live here and nowhere else.
+
+The clinic reference is unique among a clinic's open referrals through a partial unique index (on
+PostgreSQL and SQLite alike), so two concurrent submissions of one case cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    TypeDecorator,
+    and_,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel, col
+
+from services.intake.domain import OPEN_EXCLUDED, Fact, Status, project
+from shared.consumer import ProcessedEvent
+from shared.outbox import OutboxRecord
+
+_OPEN = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in OPEN_EXCLUDED))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on PostgreSQL (timestamptz) and SQLite (naive UTC text)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _at(nullable: bool = False) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+class Referral(SQLModel, table=True):
+    __tablename__ = "referrals"
+    __table_args__ = (
+        Index(
+            "uq_referrals_open_reference",
+            "clinic_id",
+            "clinic_reference",
+            unique=True,
+            postgresql_where=text(_OPEN),
+            sqlite_where=text(_OPEN),
+        ),
+        Index("ix_referrals_clinic_updated", "clinic_id", "updated_at", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    clinic_id: str
+    client_id: str = Field(description="the OAuth client that submitted it")
+    clinic_reference: str
+    study: str
+    revision: int = 1
+    status: str = Status.RECEIVED.value
+    status_at: datetime | None = _at(nullable=True)
+    referral_day: date = Field(description="UTC day the current revision was received")
+    created_at: datetime = _at()
+    updated_at: datetime = _at()
+    # Identity and contact: never in an event, a log line or a clinic-facing list.
+    given_name: str
+    family_name: str
+    date_of_birth: date
+    sex: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    preferred_language: str = "en"
+    postal_code: str
+    country: str
+    consent_to_contact: bool
+    referrer_name: str
+    referrer_email: str
+    referrer_phone: str | None = None
+    clinical: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    decision: dict[str, Any] | None = _json()
+    site: dict[str, Any] | None = _json()
+
+
+class TimelineEntry(SQLModel, table=True):
+    """One state change or notice, stamped with when it occurred and which service said so."""
+
+    __tablename__ = "timeline"
+    __table_args__ = (Index("ix_timeline_referral", "referral_id", "occurred_at"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    referral_id: uuid.UUID = Field(sa_column=Column(ForeignKey("referrals.id"), nullable=False))
+    event_id: uuid.UUID = Field(unique=True)
+    event_type: str
+    status: str | None = None
+    revision: int | None = None
+    occurred_at: datetime = _at()
+    recorded_at: datetime = _at()
+    source: str
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A client's Idempotency-Key: in flight (locked) or done (with the response to replay)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_expires", "expires_at"),)
+
+    client_id: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    fingerprint: str
+    state: str = "in_flight"
+    lock_token: str | None = None
+    locked_until: datetime = _at()
+    status_code: int | None = None
+    response: dict[str, Any] | None = _json()
+    created_at: datetime = _at()
+    expires_at: datetime = _at()
+
+
+class ContactAccess(SQLModel, table=True):
+    """Every read of a patient's contact details: who, when, which referral."""
+
+    __tablename__ = "contact_access_log"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    referral_id: uuid.UUID = Field(index=True)
+    client_id: str
+    subject: str | None = None
+    accessed_at: datetime = _at()
+
+
+TABLES = [
+    Referral.__table__,  # type: ignore[attr-defined]
+    TimelineEntry.__table__,  # type: ignore[attr-defined]
+    IdempotencyKey.__table__,  # type: ignore[attr-defined]
+    ContactAccess.__table__,  # type: ignore[attr-defined]
+    OutboxRecord.__table__,  # type: ignore[attr-defined]
+    ProcessedEvent.__table__,  # type: ignore[attr-defined]
+]
+
+
+async def get_referral(
+    session: AsyncSession, referral_id: uuid.UUID, *, clinic_id: str | None = None, lock: bool = False
+) -> Referral | None:
+    """The referral, or ``None`` when absent or another clinic's; ``lock`` serialises its writers."""
+    query = select(Referral).where(col(Referral.id) == referral_id)
+    if clinic_id is not None:
+        query = query.where(col(Referral.clinic_id) == clinic_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalars().first()
+
+
+async def referral_with_timeline(
+    session: AsyncSession, referral_id: uuid.UUID, clinic_id: str
+) -> tuple[Referral, list[TimelineEntry]] | None:
+    """The referral and its timeline read in one statement, hence from one snapshot: a status event
+    committed between two reads could otherwise show a timeline newer than the status."""
+    query = (
+        select(Referral, TimelineEntry)
+        .outerjoin(TimelineEntry, col(TimelineEntry.referral_id) == col(Referral.id))
+        .where(col(Referral.id) == referral_id, col(Referral.clinic_id) == clinic_id)
+        .order_by(col(TimelineEntry.occurred_at), col(TimelineEntry.id))
+    )
+    rows = (await session.execute(query)).all()
+    if not rows:
+        return None
+    return rows[0][0], [entry for _, entry in rows if entry is not None]
+
+
+async def open_referral_id(session: AsyncSession, clinic_id: str, reference: str) -> uuid.UUID | None:
+    query = select(col(Referral.id)).where(
+        col(Referral.clinic_id) == clinic_id,
+        col(Referral.clinic_reference) == reference,
+        col(Referral.status).not_in(OPEN_EXCLUDED),
+    )
+    return (await session.execute(query)).scalars().first()
+
+
+async def timeline(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[TimelineEntry]:
+    """The referral's entries in order of occurrence (ties: order of recording)."""
+    query = (
+        select(TimelineEntry)
+        .where(col(TimelineEntry.referral_id) == referral_id)
+        .order_by(col(TimelineEntry.occurred_at), col(TimelineEntry.id))
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def has_entry(session: AsyncSession, event_id: uuid.UUID) -> bool:
+    query = select(col(TimelineEntry.id)).where(col(TimelineEntry.event_id) == event_id)
+    return (await session.execute(query)).first() is not None
+
+
+async def record(session: AsyncSession, referral: Referral, entry: TimelineEntry) -> None:
+    """Add a timeline entry and re-derive the referral's status, decision and site from all entries."""
+    session.add(entry)
+    await session.flush()
+    entries = await timeline(session, referral.id)
+    facts = [
+        Fact(
+            event_type=e.event_type,
+            occurred_at=e.occurred_at,
+            seq=e.id or 0,
+            status=Status(e.status) if e.status else None,
+            revision=e.revision,
+            details=e.details,
+        )
+        for e in entries
+    ]
+    view = project(facts, referral.revision)
+    referral.status = view.status.value
+    referral.status_at = view.status_at
+    referral.decision = view.decision
+    referral.site = view.site
+    referral.updated_at = utcnow()
+    session.add(referral)
+
+
+async def list_referrals(
+    session: AsyncSession,
+    clinic_id: str,
+    *,
+    statuses: Sequence[str] = (),
+    updated_since: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+) -> Sequence[Referral]:
+    """A page of the clinic's referrals, least recently updated first (keyset pagination)."""
+    query = select(Referral).where(col(Referral.clinic_id) == clinic_id)
+    if statuses:
+        query = query.where(col(Referral.status).in_(statuses))
+    if updated_since is not None:
+        query = query.where(col(Referral.updated_at) >= updated_since)
+    if after is not None:
+        at, rid = after
+        query = query.where(
+            or_(col(Referral.updated_at) > at, and_(col(Referral.updated_at) == at, col(Referral.id) > rid))
+        )
+    query = query.order_by(col(Referral.updated_at), col(Referral.id)).limit(limit)
+    return (await session.execute(query)).scalars().all()

@@ -1,0 +1,242 @@
+"""Intake served over real HTTP, on a fresh PostgreSQL database and its own Kafka topics, trusting a
+real auth service that issues the tokens the tests use."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from services.intake.bootstrap import create_app
+from services.intake.config import IntakeSettings
+from services.intake.store import Referral
+from shared.app import ALL_ROLES, Role
+from shared.auth import Scope
+from shared.db import Database
+from shared.kafka import all_topics, ensure_topics
+from shared.outbox import OutboxRecord
+from shared.settings import KafkaSettings
+from tests.conftest import Servers
+from tests.support.auth import Issuer, running_issuer
+from tests.support.servers import serve_app
+
+EXAMPLE: dict[str, Any] = {
+    "study": "UCART123-AMELI-01",
+    "clinic_reference": "CLN-2026-00042",
+    "patient": {
+        "given_name": "Maria",
+        "family_name": "Lopez",
+        "date_of_birth": "1968-03-14",
+        "sex": "female",
+        "email": "maria.lopez@example.com",
+        "phone": "+1 212 555 0142",
+        "preferred_language": "en",
+        "postal_code": "10021",
+        "country": "US",
+        "consent_to_contact": True,
+    },
+    "referrer": {"name": "Dr. Ana Smith", "email": "asmith@clinic.example.org", "phone": "+1 212 555 0100"},
+    "clinical": {
+        "diagnosis": "aml",
+        "disease_status": "relapsed",
+        "marrow_blast_percent": 23.5,
+        "marrow_assessed_on": "2026-11-02",
+        "cd123": {"positive": True, "method": "flow_cytometry"},
+        "cns_leukemia": False,
+        "ecog": 1,
+        "organ_function": {
+            "assessed_on": "2026-11-05",
+            "bone_marrow": "adequate",
+            "renal": "adequate",
+            "hepatic": "adequate",
+            "pulmonary": "adequate",
+            "cardiac": "adequate",
+        },
+        "prior_therapy": {
+            "gene_or_cell_therapy": False,
+            "allogeneic_sct_count": 1,
+            "last_anti_cd20_on": "never",
+        },
+        "active_infection": False,
+        "donor_identified": True,
+        "transplant_strategy_defined": True,
+    },
+}
+"""The example of trial/referral.md."""
+
+IDENTITY = ["Maria", "Lopez", "1968-03-14", "maria.lopez@example.com", "+1 212 555 0142", "212 555 0142"]
+"""What must never leave intake: the example patient's names, birth date, email and phone."""
+
+
+def referral_body(reference: str = "CLN-2026-00042", **sections: dict[str, Any]) -> dict[str, Any]:
+    """The example with a clinic reference and some fields of sections replaced."""
+    body = copy.deepcopy(EXAMPLE)
+    body["clinic_reference"] = reference
+    for section, fields in sections.items():
+        body[section].update(fields)
+    return body
+
+
+def bearer(token: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+@dataclass
+class RunningIntake:
+    url: str
+    db: Database
+    kafka: KafkaSettings
+    settings: IntakeSettings
+
+    async def count(self, model: Any = Referral) -> int:
+        async with self.db.session() as session:
+            return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+    async def outbox(self) -> list[OutboxRecord]:
+        async with self.db.session() as session:
+            return list((await session.execute(select(OutboxRecord).order_by(OutboxRecord.id))).scalars())  # type: ignore[arg-type]
+
+
+StartIntake = Callable[..., AbstractAsyncContextManager[RunningIntake]]
+
+
+@asynccontextmanager
+async def fresh_database(servers: Servers) -> AsyncIterator[str]:
+    """A PostgreSQL database of its own (an async SQLAlchemy URL), for fixtures wider than a test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(servers.pg_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(servers.pg_admin_url).set(drivername="postgresql+asyncpg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def auth(servers: Servers) -> AsyncIterator[Issuer]:
+    """One auth service for the whole run (client secrets are argon2-hashed: slow by design)."""
+    async with fresh_database(servers) as url, running_issuer(url) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+@asynccontextmanager
+async def running_intake(
+    database_url: str, kafka: KafkaSettings, auth: Issuer, roles: frozenset[Role], **overrides: Any
+) -> AsyncIterator[RunningIntake]:
+    settings = IntakeSettings(
+        environment="test",
+        database_url=database_url,
+        kafka=kafka,
+        oauth=auth.oauth,
+        consumer_group=f"intake-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    )
+    db = Database(database_url)
+    try:
+        async with serve_app(create_app(settings, roles)) as url:
+            yield RunningIntake(url, db, kafka, settings)
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def start_intake(database_url: str, servers: Servers, auth: Issuer) -> StartIntake:
+    """Start intake on this test's database and topics of its own, playing ``roles`` (default: all).
+
+    Topics are created only for roles that use Kafka: every topic set costs the shared broker memory.
+    """
+
+    @asynccontextmanager
+    async def start(roles: frozenset[Role] = ALL_ROLES, **overrides: Any) -> AsyncIterator[RunningIntake]:
+        kafka = own_topics(servers)
+        uses_kafka = bool(roles & {"consumer", "relay"})
+        if uses_kafka:
+            await ensure_topics(kafka)
+        try:
+            async with running_intake(database_url, kafka, auth, roles, **overrides) as running:
+                yield running
+        finally:
+            if uses_kafka:
+                await drop_topics(kafka)
+
+    return start
+
+
+def own_topics(servers: Servers) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=servers.kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.")
+
+
+async def drop_topics(kafka: KafkaSettings) -> None:
+    """Delete a test's topics afterwards: thousands of leftover partitions exhaust the broker's heap."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        await admin.start()
+        await admin.delete_topics([kafka.topic(name) for name in all_topics()])
+    except Exception as exc:  # best effort: a leftover topic costs memory, not correctness
+        logging.getLogger(__name__).warning("could not delete test topics: %r", exc)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def module_intake(servers: Servers, auth: Issuer) -> AsyncIterator[RunningIntake]:
+    """An API-only intake shared by a module's tests that must all leave it empty."""
+    kafka = KafkaSettings(
+        bootstrap_servers=servers.kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}."
+    )
+    async with (
+        fresh_database(servers) as url,
+        running_intake(url, kafka, auth, frozenset({"api"})) as running,
+    ):
+        yield running
+
+
+@pytest.fixture
+async def intake(start_intake: StartIntake) -> AsyncIterator[RunningIntake]:
+    """Intake with its API only: nothing is published, so tests can read the outbox as it was written."""
+    async with start_intake(frozenset({"api"})) as running:
+        yield running
+
+
+@dataclass
+class Tokens:
+    """Real tokens from the running auth service, one client per role of the tests."""
+
+    clinic_a: str
+    clinic_b: str
+    clinic_a_reader: str
+    notifier: str
+
+
+@pytest.fixture(scope="session")
+async def tokens(auth: Issuer) -> Tokens:
+    """Tokens live an hour: enough for the run, and fetched once."""
+    write_read = [Scope.REFERRALS_WRITE, Scope.REFERRALS_READ]
+    async with httpx.AsyncClient(timeout=30) as http:
+        return Tokens(
+            clinic_a=await auth.token(http, "clinic-a", write_read, clinic_id="CLINIC-A", audience="intake"),
+            clinic_b=await auth.token(http, "clinic-b", write_read, clinic_id="CLINIC-B", audience="intake"),
+            clinic_a_reader=await auth.token(
+                http, "clinic-a-ro", [Scope.REFERRALS_READ], clinic_id="CLINIC-A", audience="intake"
+            ),
+            notifier=await auth.token(http, "notifier", [Scope.CONTACT_READ], audience="intake"),
+        )

@@ -1,0 +1,155 @@
+"""The whole system as real processes on PostgreSQL, Kafka and a real SMTP server, for e2e and faults.
+
+Every service runs as ``trialroute serve`` in its own process with its own PostgreSQL database; the
+mailbox process is the SMTP server and keeps every message it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+from services.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, free_port
+from shared.kafka import delete_topics
+from shared.settings import KafkaSettings
+
+TEST_ENV = {
+    "auth": {"AUTH_KEY_ENCRYPTION_SECRET": f"e2e-{uuid.uuid4().hex}"},
+    "notifier": {
+        "NOTIFIER_RETRY_BASE_S": "0.5",
+        "NOTIFIER_RETRY_MAX_S": "2",
+        "NOTIFIER_DISPATCH_INTERVAL_S": "0.1",
+        "NOTIFIER_LEASE_S": "40",
+        "NOTIFIER_MAX_ATTEMPTS": "200",
+    },
+}
+
+
+@contextmanager
+def running_system(pg_admin_url: str, kafka_bootstrap: str, run_dir: Path) -> Iterator[Stack]:
+    """Databases, topics, processes: created, started, and removed again afterwards."""
+    names = {s: f"e2e_{s}_{uuid.uuid4().hex[:8]}" for s in SERVICES}
+    asyncio.run(_databases(pg_admin_url, names, create=True))
+    admin = make_url(pg_admin_url).set(drivername="postgresql+asyncpg")
+    config = StackConfig(
+        run_dir=run_dir,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"e2e{uuid.uuid4().hex[:8]}."),
+        database_urls={
+            s: admin.set(database=n).render_as_string(hide_password=False) for s, n in names.items()
+        },
+        ports={name: free_port() for name in DEFAULT_PORTS},
+        environment="test",
+        service_env=TEST_ENV,
+    )
+    stack = Stack(config)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        asyncio.run(delete_topics(config.kafka))
+        asyncio.run(_databases(pg_admin_url, names, create=False))
+
+
+async def _databases(pg_admin_url: str, names: dict[str, str], *, create: bool) -> None:
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        for name in names.values():
+            if create:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            else:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class Client:
+    """A demo client of the running system: tokens per audience, fetched once."""
+
+    def __init__(self, stack: Stack, client_id: str) -> None:
+        self.stack = stack
+        self.client_id = client_id
+        self._tokens: dict[str, str] = {}
+
+    async def headers(self, http: httpx.AsyncClient, audience: str) -> dict[str, str]:
+        if audience not in self._tokens:
+            response = await http.post(
+                f"{self.stack.config.url('auth')}/oauth/token",
+                data={"grant_type": "client_credentials", "audience": audience},
+                auth=(self.client_id, self.stack.credentials[self.client_id]),
+            )
+            response.raise_for_status()
+            self._tokens[audience] = response.json()["access_token"]
+        return {"Authorization": f"Bearer {self._tokens[audience]}"}
+
+
+def sample_referral(
+    *, postal_code: str = "10021", country: str = "US", email: str | None = None, **clinical: Any
+) -> dict[str, Any]:
+    """The contract's example referral with fresh dates, a unique patient and reference."""
+    tag = uuid.uuid4().hex[:10]
+    today = date.today()
+    body: dict[str, Any] = {
+        "clinic_reference": f"E2E-{tag}",
+        "patient": {
+            "given_name": f"Given{tag}",
+            "family_name": f"Family{tag}",
+            "date_of_birth": "1968-03-14",
+            "email": email or f"patient.{tag}@example.com",
+            "phone": "+1 212 555 0142",
+            "preferred_language": "en",
+            "postal_code": postal_code,
+            "country": country,
+            "consent_to_contact": True,
+        },
+        "referrer": {"name": "Dr. Ana Smith", "email": f"referrer.{tag}@clinic.example.org"},
+        "clinical": {
+            "diagnosis": "aml",
+            "disease_status": "relapsed",
+            "marrow_blast_percent": 23.5,
+            "cd123": {"positive": True, "method": "flow_cytometry"},
+            "cns_leukemia": False,
+            "ecog": 1,
+            "organ_function": {
+                "assessed_on": (today - timedelta(days=3)).isoformat(),
+                "bone_marrow": "adequate",
+                "renal": "adequate",
+                "hepatic": "adequate",
+                "pulmonary": "adequate",
+                "cardiac": "adequate",
+            },
+            "prior_therapy": {
+                "gene_or_cell_therapy": False,
+                "allogeneic_sct_count": 1,
+                "last_anti_cd20_on": "never",
+            },
+            "active_infection": False,
+            "donor_identified": True,
+            "transplant_strategy_defined": True,
+        },
+    }
+    body = copy.deepcopy(body)
+    body["clinical"].update(clinical)
+    return body
+
+
+async def wait_for(check: Any, *, within: float = 60, what: str = "condition") -> Any:
+    """Poll an async ``check`` until it returns something truthy; return it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out after {within}s waiting for {what}")

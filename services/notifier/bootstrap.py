@@ -1,0 +1,85 @@
+"""Wiring: the notifier's routes, loops and clients, built from its settings.
+
+Roles: ``api`` serves the delivery log; ``consumer`` runs the consumer loop AND the dispatcher (both
+only ever do work that is safe to run in several processes at once); ``relay`` publishes the outbox
+(``referral.notified`` and the dispatcher's dead letters).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import httpx
+from fastapi import FastAPI
+
+import shared.app
+from services.notifier import api
+from services.notifier.config import NotifierSettings
+from services.notifier.consumers import handlers
+from services.notifier.contacts import ContactsClient
+from services.notifier.dispatcher import Dispatcher
+from services.notifier.mail import Mailer, Templates
+from services.notifier.store import TABLES
+from shared.app import ALL_ROLES, Hook, Loop, Role, ServiceSpec
+from shared.auth import ServiceTokenSource, TokenValidator
+from shared.consumer import ConsumerLoop
+from shared.db import Database
+from shared.kafka import ping as kafka_ping
+from shared.outbox import OutboxRelay
+
+NAME = "notifier"
+
+
+def load_settings() -> NotifierSettings:
+    return NotifierSettings()
+
+
+def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
+    db = Database(settings.database_url)
+    http = httpx.AsyncClient(timeout=5)
+    validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
+    group = settings.consumer_group or f"trialroute-{NAME}"
+    loops: list[Loop] = []
+    on_stop: list[Hook] = []
+    if "consumer" in roles:
+        consumer = ConsumerLoop(
+            db, settings.kafka, service=NAME, group_id=group, handlers=handlers(settings.message_id_domain)
+        )
+        tokens = ServiceTokenSource(
+            settings.oauth,
+            settings.client_id,
+            settings.client_secret.get_secret_value(),
+            settings.intake_audience,
+            settings.contact_scopes,
+            timeout_s=settings.contact_timeout_s,
+        )
+        contacts = ContactsClient(settings.intake_url, tokens, timeout_s=settings.contact_timeout_s)
+        dispatcher = Dispatcher(
+            db,
+            settings,
+            mailer=Mailer(settings),
+            templates=Templates(),
+            contacts=contacts,
+            consumer_name=f"{group}-dispatcher",
+        )
+        loops += [Loop("consumer", consumer.run), Loop("dispatcher", dispatcher.run)]
+        on_stop += [contacts.aclose, tokens.aclose]
+    if "relay" in roles:
+        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
+    return ServiceSpec(
+        name=NAME,
+        title="trialroute notifier",
+        description="Emails the site coordinator, the patient and the referrer when a referral is "
+        "routed or decided, exactly once each; the delivery log for ops.",
+        routers=[api.router] if "api" in roles else [],
+        loops=loops,
+        state={"db": db, "token_validator": validator, "settings": settings},
+        checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
+        on_start=[partial(db.create_tables, TABLES)],
+        on_stop=[*on_stop, db.dispose, http.aclose],
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+
+def create_app(settings: NotifierSettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
+    return shared.app.create_app(build(settings or load_settings(), roles))

@@ -1,0 +1,66 @@
+"""The notifier's settings (prefix ``NOTIFIER_``), read once at start-up and passed down."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.auth import Scope
+from shared.settings import ServiceSettings
+
+
+class NotifierSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
+
+    port: int = 8004
+    database_url: str = "sqlite+aiosqlite:///.run/data/notifier.db"
+
+    # The notifier's own OAuth client, to read contact details from intake.
+    client_id: str = "notifier"
+    client_secret: SecretStr = SecretStr("development-only-notifier-secret")
+    contact_scopes: list[str] = Field(
+        default=[Scope.CONTACT_READ.value],
+        description="scopes asked for in the notifier's token; empty asks for all the client may have",
+    )
+    intake_url: str = "http://127.0.0.1:8001"
+    intake_audience: str = "intake"
+    contact_timeout_s: float = Field(default=5.0, gt=0)
+
+    # What the emails say and link to.
+    site_referral_url: str = Field(
+        default="http://127.0.0.1:8003/v1/site/referrals/{referral_id}",
+        description="where a site coordinator reviews, accepts or declines a referral (site_router's "
+        "API); placeholders {referral_id} and {site_code}",
+    )
+    study_name: str = "UCART123 (AMELI-01)"
+
+    # SMTP.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_starttls: bool = Field(default=False, description="upgrade with STARTTLS; required if true")
+    smtp_use_tls: bool = Field(default=False, description="implicit TLS (port 465 style)")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    mail_from: str = "UCART123 study referrals <no-reply@trialroute.example>"
+    message_id_domain: str = "trialroute.notifier"
+
+    # Delivery.
+    max_attempts: int = Field(default=8, ge=1, description="then the notification is failed")
+    retry_base_s: float = Field(default=30.0, gt=0, description="first retry delay; doubles per attempt")
+    retry_max_s: float = Field(default=3600.0, gt=0)
+    lease_s: float = Field(default=120.0, gt=0, description="how long a claimed notification is ours")
+    dispatch_interval_s: float = Field(default=1.0, gt=0, description="poll period when idle")
+    dispatch_batch: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> NotifierSettings:
+        """A lease that expires mid-send lets another instance send the same email a second time."""
+        if self.lease_s < 2 * (self.smtp_timeout_s + self.contact_timeout_s):
+            raise ValueError("lease_s must be at least twice smtp_timeout_s + contact_timeout_s")
+        return self
+
+    @property
+    def delivery_timeout_s(self) -> float:
+        """The most one delivery may take: well inside the lease."""
+        return self.lease_s / 2

@@ -1,0 +1,66 @@
+"""Kafka entry points: record the notifications an event causes, and nothing else.
+
+Handlers run inside the consumer loop's transaction (which also records the event id), so an event
+delivered three times records its notifications once. They never send mail: an SMTP or intake outage
+must not hold up a partition, and with it every other referral on it. The dispatcher sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import partial
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.notifier import store
+from services.notifier.domain import message_id, plan
+from shared.consumer import Handler
+from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided
+
+
+async def on_routed(
+    session: AsyncSession, envelope: Envelope, data: ReferralRouted, *, message_id_domain: str
+) -> None:
+    """Site coordinator, patient and referrer; a referral routed again names the site it leaves."""
+    previous = await _last_routed(session, envelope)
+    previous_site = previous.site.name if previous and previous.site.code != data.site.code else None
+    await _record(session, envelope, data, previous_site, message_id_domain)
+
+
+async def on_site_decided(
+    session: AsyncSession, envelope: Envelope, data: ReferralSiteDecided, *, message_id_domain: str
+) -> None:
+    """The referrer hears of every site decision. The site's name is looked up at send time: this
+    topic is not ordered with ``referral.routed``, so the routing may not be recorded yet."""
+    await _record(session, envelope, data, None, message_id_domain)
+
+
+def handlers(message_id_domain: str) -> Mapping[str, Handler]:
+    return {
+        "referral.routed": partial(on_routed, message_id_domain=message_id_domain),
+        "referral.site_decided": partial(on_site_decided, message_id_domain=message_id_domain),
+    }
+
+
+async def _last_routed(session: AsyncSession, envelope: Envelope) -> ReferralRouted | None:
+    """The routing before this one: routed events of a referral share a partition, so it is recorded."""
+    sources = await store.routed_sources(session, envelope.referral_id)
+    return sources[0] if sources else None
+
+
+async def _record(
+    session: AsyncSession, envelope: Envelope, data: EventData, site_name: str | None, domain: str
+) -> None:
+    planned = plan(data)
+    store.add_planned(
+        session,
+        referral_id=envelope.referral_id,
+        source_event_id=envelope.id,
+        source_topic=envelope.type,
+        source=envelope.model_dump_json(),
+        planned=planned,
+        message_ids=[message_id(envelope.id, p.role, domain) for p in planned],
+        previous_site=site_name,
+        now=datetime.now(UTC),
+    )

@@ -1,0 +1,340 @@
+"""The dispatcher: the background loop that turns pending notifications into emails.
+
+Per notification: claim it (``sending``, under a lease, in a short transaction), fetch the contact
+details it needs from intake, render, send over SMTP, then record the outcome in one transaction: ``sent``
+with the ``referral.notified`` event, ``skipped`` with the reason, back to ``pending`` with a later
+``next_attempt_at``, or ``failed`` with a dead letter. No transaction is open while the network is used.
+
+Exactly once: a row is claimed by one dispatcher at a time (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
+database write lock on SQLite). The one duplicate window is a crash after the SMTP server accepted the
+message and before ``sent`` commits: the lease then runs out and the email is sent again, with the same
+Message-ID, so receiving mail systems can drop the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import exc as sa_exc
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from services.notifier import store
+from services.notifier.config import NotifierSettings
+from services.notifier.contacts import Contact, ContactsClient
+from services.notifier.domain import (
+    State,
+    choose_language,
+    gives_up,
+    mask_email,
+    needs_contact,
+    patient_skip_reason,
+    retry_delay_s,
+)
+from services.notifier.mail import DeliveryError, Mailer, Templates, build_message
+from services.notifier.store import Notification
+from shared.db import Database
+from shared.events import (
+    DEAD_LETTER_SUFFIX,
+    Envelope,
+    EventData,
+    RecipientRole,
+    ReferralNotified,
+    ReferralRouted,
+    ReferralSiteDecided,
+    UnknownEventType,
+)
+from shared.observability import metrics, redact, referral_context
+from shared.outbox import OutboxRecord, add_event
+
+log = logging.getLogger(__name__)
+
+SERVICE = "notifier"
+_DB_BLIPS = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    recipient: str
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    reason: str
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        settings: NotifierSettings,
+        *,
+        mailer: Mailer,
+        templates: Templates,
+        contacts: ContactsClient,
+        consumer_name: str = "trialroute-notifier-dispatcher",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.mailer = mailer
+        self.templates = templates
+        self.contacts = contacts
+        self.consumer_name = consumer_name
+        self.clock = clock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until ``stop`` is set; a database outage pauses the loop, it never ends it."""
+        while not stop.is_set():
+            try:
+                handled = await self.dispatch_once()
+            except Exception as exc:
+                log.warning("dispatcher pass failed, retrying", extra={"error": type(exc).__name__})
+                handled = 0
+            if handled == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.settings.dispatch_interval_s)
+                except TimeoutError:
+                    pass
+
+    async def dispatch_once(self) -> int:
+        """Claim one batch of due notifications and deliver them concurrently; returns how many."""
+        async with self.db.session() as session:
+            rows = await store.claim_due(
+                session,
+                is_sqlite=self.db.is_sqlite,
+                now=self.clock(),
+                lease_s=self.settings.lease_s,
+                limit=self.settings.dispatch_batch,
+            )
+        await asyncio.gather(*(self._handle(row) for row in rows))
+        return len(rows)
+
+    async def _handle(self, row: Notification) -> None:
+        try:
+            envelope = Envelope.model_validate_json(row.source)
+        except ValueError:
+            error = DeliveryError("the stored source event is unreadable", permanent=True)
+            await self._record(self._failure, row, error)
+            return
+        with referral_context(row.referral_id, envelope.trace):
+            try:
+                if row.attempts > self.settings.max_attempts:
+                    # Only leases that ran out get here (a crash or hang on every attempt).
+                    raise DeliveryError("no outcome recorded within the lease on any attempt", permanent=True)
+                outcome = await asyncio.wait_for(
+                    self._deliver(row, envelope), timeout=self.settings.delivery_timeout_s
+                )
+            except DeliveryError as exc:
+                await self._record(self._failure, row, exc)
+            except TimeoutError:
+                await self._record(self._failure, row, DeliveryError("delivery timed out"))
+            except Exception as exc:
+                log.exception("delivery failed unexpectedly", extra={"notification": row.id})
+                await self._record(self._failure, row, DeliveryError(type(exc).__name__))
+            else:
+                await self._record(self._outcome, row, envelope, outcome)
+
+    async def _deliver(self, row: Notification, envelope: Envelope) -> Delivered | Skipped:
+        try:
+            data = envelope.payload()
+        except (ValueError, UnknownEventType) as exc:  # pydantic's ValidationError is a ValueError
+            unreadable = f"the stored source event is unreadable: {type(exc).__name__}"
+            raise DeliveryError(unreadable, permanent=True) from exc
+        role = cast(RecipientRole, row.recipient_role)
+        contact = await self.contacts.fetch(row.referral_id) if needs_contact(role) else None
+        preferred: str | None = None
+        if row.recipient_role == "site":
+            if not isinstance(data, ReferralRouted):
+                raise DeliveryError(f"no site address in {envelope.type}", permanent=True)
+            to = data.site.coordinator_email
+        elif row.recipient_role == "referrer":
+            assert contact is not None
+            to = contact.referrer.email
+        else:
+            assert contact is not None
+            reason = patient_skip_reason(contact.patient.consent_to_contact, contact.patient.email)
+            if reason is not None:
+                return Skipped(reason)
+            to = str(contact.patient.email)
+            preferred = contact.patient.preferred_language
+        language = choose_language(preferred, self.templates.languages(row.template))
+        context = render_context(self.settings, envelope, data, row, contact)
+        if isinstance(data, ReferralSiteDecided):
+            context["site_label"] = await self._site_name(row.referral_id, data.site_code)
+        rendered = self.templates.render(row.template, language, context)
+        message = build_message(
+            rendered, sender=self.settings.mail_from, to=to, message_id=row.message_id, language=language
+        )
+        await self.mailer.send(message)
+        return Delivered(recipient=mask_email(to), language=language)
+
+    async def _site_name(self, referral_id: uuid.UUID, site_code: str) -> str:
+        """The deciding site's name, from the routing it decides on, if the notifier has seen it."""
+        async with self.db.session() as session:
+            routings = await store.routed_sources(session, referral_id)
+        return next((r.site.name for r in routings if r.site.code == site_code), f"Site {site_code}")
+
+    async def _record(self, write: Any, *args: Any) -> None:
+        """Commit an outcome, riding out short database blips: after a send, every second the row
+        stays uncommitted is a second in which a crash would send the email twice."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_DB_BLIPS),
+                stop=stop_after_delay(self.settings.lease_s / 4),
+                wait=wait_exponential(multiplier=0.1, max=2),
+                reraise=True,
+            ):
+                with attempt:
+                    await write(*args)
+        except Exception as exc:
+            # The lease runs out and another pass tries again (with the same Message-ID).
+            log.error("could not record a delivery outcome", extra={"error": type(exc).__name__})
+
+    async def _outcome(self, row: Notification, envelope: Envelope, outcome: Delivered | Skipped) -> None:
+        now = self.clock()
+        async with self.db.session() as session:
+            if isinstance(outcome, Skipped):
+                ours = await store.finish(
+                    session, row, now=now, state=State.SKIPPED, skip_reason=outcome.reason, last_error=None
+                )
+            else:
+                ours = await store.finish(
+                    session,
+                    row,
+                    now=now,
+                    state=State.SENT,
+                    recipient=outcome.recipient,
+                    language=outcome.language,
+                    sent_at=now,
+                    last_error=None,
+                )
+                if ours:
+                    add_event(session, notified_event(row, envelope))
+        if not ours:
+            log.warning("lease lost before the outcome was recorded", extra={"notification": row.id})
+            return
+        kind = "skipped" if isinstance(outcome, Skipped) else "sent"
+        metrics.emails.labels(SERVICE, kind).inc()
+        log.info("notification %s", kind, extra={"notification": row.id, "role": row.recipient_role})
+
+    async def _failure(self, row: Notification, error: DeliveryError) -> None:
+        now = self.clock()
+        message = redact(str(error))[:1000]
+        give_up = gives_up(row.attempts, self.settings.max_attempts, permanent=error.permanent)
+        async with self.db.session() as session:
+            if give_up:
+                ours = await store.finish(session, row, now=now, state=State.FAILED, last_error=message)
+                if ours:
+                    session.add(self._dead_letter(row, message, now))
+            else:
+                delay = retry_delay_s(row.attempts, self.settings.retry_base_s, self.settings.retry_max_s)
+                ours = await store.finish(
+                    session,
+                    row,
+                    now=now,
+                    state=State.PENDING,
+                    last_error=message,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                )
+        if ours:
+            metrics.emails.labels(SERVICE, "failed" if give_up else "retry").inc()
+            log.warning(
+                "notification failed" if give_up else "notification will be retried",
+                extra={"notification": row.id, "attempts": row.attempts, "error": message},
+            )
+
+    def _dead_letter(self, row: Notification, error: str, now: datetime) -> OutboxRecord:
+        """A dead letter in the shape of the consumer loop's (``<source topic>.dlq``), published by the
+        relay because it is written in the same transaction as ``failed``."""
+        letter = {
+            "error": f"DeliveryError: {error}",
+            "consumer": self.consumer_name,
+            "topic": self.settings.kafka.topic(row.source_topic),
+            "partition": None,
+            "offset": None,
+            "timestamp": None,
+            "key": str(row.referral_id),
+            "value_b64": base64.b64encode(row.source.encode()).decode(),
+            "failed_at": now.isoformat(),
+            "notification": {
+                "id": row.id,
+                "recipient_role": row.recipient_role,
+                "template": row.template,
+                "message_id": row.message_id,
+                "attempts": row.attempts,
+            },
+        }
+        return OutboxRecord(
+            event_id=uuid.uuid4(),
+            topic=row.source_topic + DEAD_LETTER_SUFFIX,
+            key=str(row.referral_id),
+            payload=json.dumps(letter),
+        )
+
+
+def notified_event(row: Notification, source: Envelope) -> Envelope:
+    return Envelope.wrap(
+        ReferralNotified(
+            recipient_role=cast(RecipientRole, row.recipient_role),
+            template=row.template,
+            message_id=row.message_id,
+            source_event_id=row.source_event_id,
+        ),
+        producer=SERVICE,
+        referral_id=row.referral_id,
+        trace=source.trace,
+    )
+
+
+def render_context(
+    settings: NotifierSettings,
+    envelope: Envelope,
+    data: EventData,
+    row: Notification,
+    contact: Contact | None,
+) -> dict[str, Any]:
+    """What a template may use. Patient identity (the given name) only ever reaches the patient's own
+    email; the site's email is rendered without any contact lookup."""
+    context: dict[str, Any] = {
+        "study": settings.study_name,
+        "referral_id": str(envelope.referral_id),
+        "previous_site": row.previous_site,
+    }
+    if isinstance(data, ReferralRouted):
+        context.update(
+            site=data.site.model_dump(),
+            distance_km=data.distance_km,
+            rank=data.rank,
+            decision=data.decision,
+            decision_label=data.decision.replace("_", " "),
+            criteria_to_confirm=list(data.criteria_to_confirm),
+            note=data.note,
+            clinic_id=data.clinic_id,
+            referrer=data.referrer.model_dump(),
+            site_referral_url=settings.site_referral_url.format(
+                referral_id=envelope.referral_id, site_code=data.site.code
+            ),
+        )
+    elif isinstance(data, ReferralSiteDecided):
+        context.update(
+            decision=data.decision,
+            reason=data.reason,
+            enrolled=data.enrolled,
+            site_code=data.site_code,
+            site_label=f"Site {data.site_code}",
+            referrer=None,
+        )
+    if contact is not None and row.recipient_role == "referrer":
+        context["referrer"] = {"name": contact.referrer.name, "email": contact.referrer.email, "phone": None}
+    if contact is not None and row.recipient_role == "patient":
+        context["patient_given_name"] = contact.patient.given_name
+    return context

@@ -1,0 +1,111 @@
+"""The notifier's rules as pure functions over plain data: no I/O, no clock of their own.
+
+- which notifications an event causes (who is emailed, with which template);
+- whether the patient may be emailed, and in which language;
+- what the delivery log may keep of an address (masked), the Message-ID of each email;
+- when a failed delivery is tried again, and when it is given up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.events import EventData, RecipientRole, ReferralRouted, ReferralSiteDecided
+
+DEFAULT_LANGUAGE = "en"
+
+
+class State(StrEnum):
+    """A notification's life: pending -> sending -> sent; or skipped; or, out of attempts, failed."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Template(StrEnum):
+    SITE_NEW_REFERRAL = "site_new_referral"
+    PATIENT_ROUTED = "patient_routed"
+    REFERRER_ROUTED = "referrer_routed"
+    REFERRER_SITE_DECIDED = "referrer_site_decided"
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One email an event causes: to whom (a role, resolved to an address at send time) and which."""
+
+    role: RecipientRole
+    template: Template
+
+
+def plan(data: EventData) -> list[Planned]:
+    """The emails an event causes.
+
+    - ``referral.routed``: the site coordinator (act on it), the patient (who will call them; whether
+      they may be emailed is known only at send time) and the referrer (status);
+    - ``referral.site_decided`` (accepted, declined or closed): the referrer only. The site made the
+      decision itself; the patient hears from the site on acceptance, and of the next site through the
+      ``referral.routed`` that follows a decline.
+    """
+    if isinstance(data, ReferralRouted):
+        return [
+            Planned("site", Template.SITE_NEW_REFERRAL),
+            Planned("patient", Template.PATIENT_ROUTED),
+            Planned("referrer", Template.REFERRER_ROUTED),
+        ]
+    if isinstance(data, ReferralSiteDecided):
+        return [Planned("referrer", Template.REFERRER_SITE_DECIDED)]
+    return []
+
+
+def needs_contact(role: RecipientRole) -> bool:
+    """Patient and referrer addresses are intake's (current after amendments); the site's is in the event."""
+    return role != "site"
+
+
+def patient_skip_reason(consent_to_contact: bool, email: str | None) -> str | None:
+    """Why the patient must not be emailed, or ``None`` if they may be."""
+    if not consent_to_contact:
+        return "the patient did not consent to be contacted"
+    if not email or not email.strip():
+        return "the patient has no email address"
+    return None
+
+
+def choose_language(preferred: str | None, available: Collection[str]) -> str:
+    """The patient's language if a template exists in it (``es-MX`` -> ``es``), else English."""
+    if preferred:
+        primary = preferred.strip().replace("_", "-").split("-")[0].lower()
+        if primary in available:
+            return primary
+    return DEFAULT_LANGUAGE
+
+
+def mask_email(address: str) -> str:
+    """Enough of an address to recognise it in the delivery log, not enough to use it."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local:
+        return "***"
+    return f"{local[0]}***@{domain}"
+
+
+def message_id(source_event_id: uuid.UUID, role: RecipientRole, domain: str = "trialroute.notifier") -> str:
+    """The same Message-ID on every attempt of one email, so mail systems can drop a resent copy."""
+    digest = hashlib.sha256(f"{source_event_id}:{role}".encode()).hexdigest()[:32]
+    return f"<{digest}@{domain}>"
+
+
+def retry_delay_s(attempts: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff after the ``attempts``-th failed attempt: base, 2x base, 4x base... capped."""
+    return min(base_s * 2 ** max(attempts - 1, 0), max_s)
+
+
+def gives_up(attempts: int, max_attempts: int, *, permanent: bool) -> bool:
+    """A permanent error fails at once; a transient one only when the attempts are used up."""
+    return permanent or attempts >= max_attempts

@@ -1,0 +1,219 @@
+"""The notifier's store: one row per (source event, recipient role), and the queries that move it.
+
+A row keeps the source event (which carries no patient identity) to render from, never a patient's
+contact details: those are fetched from intake at send time and only a masked address is kept.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    and_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Field, SQLModel, col
+
+from services.notifier.domain import Planned, State
+from shared.consumer import ProcessedEvent
+from shared.events import Envelope, ReferralRouted
+from shared.outbox import OutboxRecord
+
+
+def _timestamp(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every timestamp here is written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notification"
+    __table_args__ = (
+        # The key of exactly-once: one email per source event and recipient, however often delivered.
+        UniqueConstraint("source_event_id", "recipient_role", name="uq_notification_event_role"),
+        Index("ix_notification_due", "state", "next_attempt_at"),
+        Index("ix_notification_referral", "referral_id", "created_at"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    referral_id: uuid.UUID
+    source_event_id: uuid.UUID
+    source_topic: str = Field(max_length=100)
+    recipient_role: str = Field(max_length=20)
+    template: str = Field(max_length=100)
+    language: str | None = Field(default=None, max_length=10)
+    state: str = Field(default=State.PENDING.value, max_length=10)
+    attempts: int = 0
+    next_attempt_at: datetime = _timestamp()
+    claimed_until: datetime | None = _timestamp(nullable=True)
+    claim: str | None = Field(default=None, max_length=32, description="who holds the lease")
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    skip_reason: str | None = Field(default=None, max_length=200)
+    recipient: str | None = Field(default=None, max_length=320, description="masked address")
+    message_id: str = Field(max_length=200)
+    source: str = Field(sa_column=Column(Text, nullable=False), description="the source envelope, JSON")
+    previous_site: str | None = Field(
+        default=None,
+        max_length=200,
+        description="for a routing: the name of the site it replaces, if the referral was routed before",
+    )
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+    sent_at: datetime | None = _timestamp(nullable=True)
+
+
+TABLES = [Notification.__table__, OutboxRecord.__table__, ProcessedEvent.__table__]  # type: ignore[attr-defined]
+
+
+def add_planned(
+    session: AsyncSession,
+    *,
+    referral_id: uuid.UUID,
+    source_event_id: uuid.UUID,
+    source_topic: str,
+    source: str,
+    planned: Sequence[Planned],
+    message_ids: Sequence[str],
+    previous_site: str | None,
+    now: datetime,
+) -> None:
+    """Record the notifications an event causes as pending, in the consumer's transaction."""
+    for item, mid in zip(planned, message_ids, strict=True):
+        session.add(
+            Notification(
+                referral_id=referral_id,
+                source_event_id=source_event_id,
+                source_topic=source_topic,
+                recipient_role=item.role,
+                template=item.template.value,
+                message_id=mid,
+                source=source,
+                previous_site=previous_site,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+async def routed_sources(session: AsyncSession, referral_id: uuid.UUID) -> list[ReferralRouted]:
+    """The referral's routings the notifier has recorded, newest first (one site email each)."""
+    result = await session.execute(
+        select(col(Notification.source))
+        .where(col(Notification.referral_id) == referral_id, col(Notification.recipient_role) == "site")
+        .order_by(col(Notification.id).desc())
+    )
+    routings = []
+    for source in result.scalars():
+        data = Envelope.model_validate_json(source).payload()
+        if isinstance(data, ReferralRouted):
+            routings.append(data)
+    return routings
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(col(Notification.state) == State.PENDING, col(Notification.next_attempt_at) <= now),
+        # A lease that ran out: its holder crashed or hung mid-delivery, so the email may or may not
+        # have gone; it is tried again with the same Message-ID.
+        and_(col(Notification.state) == State.SENDING, col(Notification.claimed_until) < now),
+    )
+
+
+async def claim_due(
+    session: AsyncSession, *, is_sqlite: bool, now: datetime, lease_s: float, limit: int
+) -> Sequence[Notification]:
+    """Take up to ``limit`` due notifications for this dispatcher: ``sending`` under a lease, one more
+    attempt counted. Concurrent dispatchers never claim the same row."""
+    token = uuid.uuid4().hex
+    due = (
+        select(col(Notification.id))
+        .where(_due(now))
+        .order_by(col(Notification.next_attempt_at), col(Notification.id))
+        .limit(limit)
+    )
+    ids: Any
+    if is_sqlite:
+        # SQLite has no row locks: the UPDATE takes the database's write lock, so a second dispatcher
+        # waits and then finds these rows no longer due.
+        ids = due.scalar_subquery()
+    else:
+        ids = (await session.execute(due.with_for_update(skip_locked=True))).scalars().all()
+        if not ids:
+            return []
+    await session.execute(
+        update(Notification)
+        .where(col(Notification.id).in_(ids))
+        .values(
+            state=State.SENDING,
+            claim=token,
+            claimed_until=now + timedelta(seconds=lease_s),
+            attempts=col(Notification.attempts) + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(
+        select(Notification).where(col(Notification.claim) == token).order_by(col(Notification.id))
+    )
+    return result.scalars().all()
+
+
+async def finish(session: AsyncSession, row: Notification, *, now: datetime, **values: Any) -> bool:
+    """Record the outcome of a claimed notification, if the claim is still ours (the lease did not run
+    out and pass it to another dispatcher, which will record its own outcome)."""
+    result = await session.execute(
+        update(Notification)
+        .where(
+            col(Notification.id) == row.id,
+            col(Notification.claim) == row.claim,
+            col(Notification.state) == State.SENDING,
+        )
+        .values(claim=None, claimed_until=None, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def for_referral(
+    session: AsyncSession, referral_id: uuid.UUID | None, state: State | None, limit: int
+) -> Sequence[Notification]:
+    """The delivery log: a referral's notifications, or those in a state, oldest first."""
+    query = select(Notification).order_by(col(Notification.created_at), col(Notification.id)).limit(limit)
+    if referral_id is not None:
+        query = query.where(col(Notification.referral_id) == referral_id)
+    if state is not None:
+        query = query.where(col(Notification.state) == state)
+    return (await session.execute(query)).scalars().all()
+
+
+async def retry_failed(session: AsyncSession, notification_id: int, now: datetime) -> Notification | None:
+    """Give a failed notification a fresh set of attempts (ops, once the cause is fixed)."""
+    row = await session.get(Notification, notification_id, with_for_update=True)
+    if row is None:
+        return None
+    if row.state == State.FAILED:
+        row.state = State.PENDING
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.updated_at = now
+    return row

@@ -1,0 +1,272 @@
+"""The notifier among real neighbours: the auth service, a stand-in intake, an SMTP server, Kafka and
+PostgreSQL (SQLite where a test says so), each on loopback.
+
+The stand-in intake is a real FastAPI app served over HTTP that implements intake's contact route and
+checks real tokens with ``shared.auth``, as intake does; its contact book is what the test puts in it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, Depends
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from services.auth import store as auth_store
+from services.notifier.bootstrap import create_app as create_notifier_app
+from services.notifier.config import NotifierSettings
+from services.notifier.store import Notification
+from shared.app import ServiceSpec
+from shared.app import create_app as create_service_app
+from shared.auth import Principal, Scope, TokenValidator, require
+from shared.db import Database
+from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer, SiteRef
+from shared.problems import NotFound
+from shared.settings import KafkaSettings
+from tests.support.auth import Issuer, http, issuer
+from tests.support.kafka import eventually, produce
+from tests.support.servers import serve_app
+from tests.support.smtp import SmtpServer, smtp_server
+
+__all__ = ["http", "issuer", "smtp_server"]  # fixtures
+
+NOTIFIER_CLIENT = "notifier"
+
+# The patient of trial/referral.md: none of this may appear in a site's email.
+PATIENT = {
+    "given_name": "Maria",
+    "family_name": "Lopez",
+    "email": "maria.lopez@example.com",
+    "phone": "+1 212 555 0142",
+    "date_of_birth": "1968-03-14",
+}
+REFERRER = Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org", phone="+1 212 555 0100")
+WCM = SiteRef(
+    code="WCM",
+    name="Weill Cornell Medicine",
+    city="New York",
+    coordinator_email="ucart123.wcm@sites.example.org",
+    phone="+1 646 962 0000",
+)
+DFCI = SiteRef(
+    code="DFCI",
+    name="Dana-Farber Cancer Institute",
+    city="Boston",
+    coordinator_email="dfci@sites.example.org",
+)
+
+
+# --- auth ---------------------------------------------------------------------------------------
+
+
+async def set_scopes(issuer: Issuer, client_id: str, scopes: list[Scope]) -> None:
+    """An operator fixing a client's scopes in the auth store (the registry has no command for it)."""
+    async with issuer.db.session() as session:
+        row = await auth_store.get_client(session, client_id)
+        assert row is not None
+        row.scopes = [s.value for s in scopes]
+
+
+@pytest.fixture
+async def notifier_secret(issuer: Issuer) -> str:
+    """The notifier's client, registered with ``contact:read`` for intake."""
+    return await issuer.register(NOTIFIER_CLIENT, [Scope.CONTACT_READ], audiences=["intake"])
+
+
+# --- stand-in intake ------------------------------------------------------------------------------
+
+
+@dataclass
+class Intake:
+    url: str
+    book: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
+    reads: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+
+    def add(
+        self,
+        referral_id: uuid.UUID,
+        *,
+        consent: bool = True,
+        email: str | None = PATIENT["email"],
+        language: str = "en",
+    ) -> None:
+        self.book[referral_id] = {
+            "referral_id": str(referral_id),
+            "patient": {
+                "given_name": PATIENT["given_name"],
+                "family_name": PATIENT["family_name"],
+                "email": email,
+                "preferred_language": language,
+                "consent_to_contact": consent,
+            },
+            "referrer": {"name": REFERRER.name, "email": REFERRER.email},
+        }
+
+
+ContactReader = Annotated[Principal, Depends(require(Scope.CONTACT_READ))]
+
+
+@pytest.fixture
+async def intake(issuer: Issuer) -> AsyncIterator[Intake]:
+    standin = Intake(url="")
+    router = APIRouter()
+
+    @router.get("/internal/v1/referrals/{referral_id}/contact")
+    async def contact(referral_id: uuid.UUID, principal: ContactReader) -> dict[str, Any]:
+        standin.reads.append((principal.client_id, referral_id))
+        found = standin.book.get(referral_id)
+        if found is None:
+            raise NotFound(f"no referral {referral_id}")
+        return found
+
+    async with httpx.AsyncClient(timeout=5) as jwks_http:
+        validator = TokenValidator(issuer.oauth, "intake", jwks_http)
+        spec = ServiceSpec(
+            name="intake-standin",
+            title="stand-in intake",
+            description="intake's contact route, for the notifier's tests",
+            routers=[router],
+            state={"token_validator": validator},
+        )
+        async with serve_app(create_service_app(spec)) as url:
+            standin.url = url
+            yield standin
+
+
+# --- the notifier -----------------------------------------------------------------------------------
+
+
+MakeSettings = Callable[..., NotifierSettings]
+
+
+@pytest.fixture
+def notifier_settings(
+    database_url: str,
+    kafka: KafkaSettings,
+    issuer: Issuer,
+    intake: Intake,
+    smtp_server: SmtpServer,
+    notifier_secret: str,
+) -> MakeSettings:
+    """Settings of a notifier wired to this test's neighbours, with fast retries; overridable."""
+
+    def make(**overrides: Any) -> NotifierSettings:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "database_url": database_url,
+            "kafka": kafka,
+            "oauth": issuer.oauth,
+            "client_id": NOTIFIER_CLIENT,
+            "client_secret": SecretStr(notifier_secret),
+            "intake_url": intake.url,
+            "smtp_host": smtp_server.host,
+            "smtp_port": smtp_server.port,
+            # Every server of the test shares one event loop: generous timeouts keep a busy moment
+            # from turning into a retry that a test counting attempts would trip over.
+            "smtp_timeout_s": 5.0,
+            "contact_timeout_s": 5.0,
+            "lease_s": 30.0,
+            "retry_base_s": 0.2,
+            "retry_max_s": 1.0,
+            "max_attempts": 50,
+            "dispatch_interval_s": 0.05,
+            "site_referral_url": "https://sites.trialroute.example/v1/site/referrals/{referral_id}",
+            **overrides,
+        }
+        return NotifierSettings(**values)
+
+    return make
+
+
+RunNotifier = Callable[[NotifierSettings], AbstractAsyncContextManager[str]]
+
+
+@pytest.fixture
+def run_notifier() -> RunNotifier:
+    """Serve a notifier (API, consumer, dispatcher, relay) over HTTP; yields its base URL."""
+
+    @asynccontextmanager
+    async def run(settings: NotifierSettings) -> AsyncIterator[str]:
+        async with serve_app(create_notifier_app(settings)) as url:
+            yield url
+
+    return run
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}"
+
+
+# --- events and the store ---------------------------------------------------------------------------
+
+
+def routed(referral_id: uuid.UUID, site: SiteRef = WCM, *, rank: int = 1, consent: bool = True) -> Envelope:
+    return Envelope.wrap(
+        ReferralRouted(
+            clinic_id="clinic-0001",
+            revision=1,
+            site=site,
+            distance_km=6.4,
+            rank=rank,
+            decision="needs_review",
+            criteria_to_confirm=["cd123_positive", "organ_function"],
+            note="CD123 by immunohistochemistry only; organ function not assessed",
+            consent_to_contact=consent,
+            referrer=REFERRER,
+        ),
+        producer="site_router",
+        referral_id=referral_id,
+    )
+
+
+def site_decided(referral_id: uuid.UUID, decision: str, reason: str | None = None) -> Envelope:
+    return Envelope.wrap(
+        ReferralSiteDecided(clinic_id="clinic-0001", site_code="WCM", decision=decision, reason=reason),  # type: ignore[arg-type]
+        producer="site_router",
+        referral_id=referral_id,
+    )
+
+
+async def publish(kafka: KafkaSettings, envelope: Envelope, times: int = 1) -> None:
+    for _ in range(times):
+        await produce(kafka, envelope.type, envelope.to_bytes(), str(envelope.referral_id).encode())
+
+
+async def notifications(database_url: str, referral_id: uuid.UUID | None = None) -> list[Notification]:
+    db = Database(database_url)
+    try:
+        async with db.session() as session:
+            query = select(Notification).order_by(Notification.id)  # type: ignore[arg-type]
+            if referral_id is not None:
+                query = query.where(Notification.referral_id == referral_id)
+            return list((await session.execute(query)).scalars().all())
+    finally:
+        await db.dispose()
+
+
+async def settled(
+    database_url: str,
+    count: int,
+    *,
+    states: frozenset[str] = frozenset({"sent", "skipped"}),
+    within: float = 60,
+) -> list[Notification]:
+    """Wait until ``count`` notifications exist and all are in ``states``."""
+    result: list[Notification] = []
+
+    async def check() -> bool:
+        nonlocal result
+        result = await notifications(database_url)
+        return len(result) == count and all(n.state in states for n in result)
+
+    await eventually(check, within=within, what=f"{count} notifications in {sorted(states)}")
+    return result

@@ -1,0 +1,98 @@
+"""Every email template renders, escapes in HTML, and keeps patient identity out of the site's email.
+
+Reads the packaged templates (package data, like the rule sets), nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.notifier.domain import Template
+from services.notifier.mail import DeliveryError, Templates, build_message
+
+pytestmark = pytest.mark.unit
+
+TEMPLATES = Templates()
+
+
+def context(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "study": "UCART123 (AMELI-01)",
+        "referral_id": "6a1f2d9e-0000-4000-8000-000000000001",
+        "previous_site": None,
+        "site": {
+            "code": "WCM",
+            "name": "Weill Cornell <Medicine>",
+            "city": "New York",
+            "coordinator_email": "c@sites.example",
+            "phone": "+1 212 555 0199",
+        },
+        "distance_km": 4.2,
+        "rank": 1,
+        "decision": "needs_review",
+        "decision_label": "needs review",
+        "criteria_to_confirm": ["ecog", "organ_function"],
+        "note": "ECOG <2> not reported; organ function older than the screening window",
+        "clinic_id": "clinic-a",
+        "referrer": {"name": "Dr. <b>Smith</b>", "email": "asmith@clinic.example", "phone": None},
+        "site_referral_url": "http://sites.example/v1/site/referrals/1",
+        "patient_given_name": "Maria",
+        "reason": None,
+        "enrolled": None,
+        "site_code": "WCM",
+        "site_label": "Weill Cornell",
+    }
+    return {**base, **overrides}
+
+
+@pytest.mark.parametrize("template", list(Template))
+def test_every_template_renders_in_every_language_it_has(template: Template) -> None:
+    languages = TEMPLATES.languages(template)
+    assert "en" in languages
+    for language in languages:
+        rendered = TEMPLATES.render(template, language, context())
+        assert rendered.subject and "\n" not in rendered.subject
+        assert "6a1f2d9e-0000-4000-8000-000000000001" in rendered.text
+        assert "<b>Smith</b>" not in rendered.html and "&lt;b&gt;Smith&lt;/b&gt;" in rendered.html
+
+
+def test_patients_can_read_their_email_in_english_or_spanish() -> None:
+    assert TEMPLATES.languages(Template.PATIENT_ROUTED) >= {"en", "es"}
+    spanish = TEMPLATES.render(Template.PATIENT_ROUTED, "es", context())
+    assert "Su derivación" in spanish.subject and "Próximos pasos" in spanish.text
+
+
+def test_a_rerouted_patient_hears_of_the_new_site() -> None:
+    text = TEMPLATES.render(Template.PATIENT_ROUTED, "en", context(previous_site="Dana-Farber")).text
+    assert "Dana-Farber, cannot take your referral" in text
+    assert "Weill Cornell <Medicine>, New York" in text
+
+
+def test_the_site_email_needs_no_patient_identity() -> None:
+    without_patient = context()
+    del without_patient["patient_given_name"]
+    rendered = TEMPLATES.render(Template.SITE_NEW_REFERRAL, "en", without_patient)
+    assert "Maria" not in rendered.text + rendered.html
+    assert "ecog, organ_function" in rendered.text and "4 km" in rendered.text
+    assert "To confirm: ECOG <2> not reported" in rendered.text
+    assert "To confirm: ECOG &lt;2&gt; not reported" in rendered.html
+
+
+def test_a_missing_variable_is_a_permanent_error_not_a_blank() -> None:
+    broken = context()
+    del broken["site"]
+    with pytest.raises(DeliveryError) as caught:
+        TEMPLATES.render(Template.SITE_NEW_REFERRAL, "en", broken)
+    assert caught.value.permanent
+
+
+def test_messages_carry_both_alternatives_and_the_given_message_id() -> None:
+    rendered = TEMPLATES.render(Template.REFERRER_ROUTED, "en", context())
+    message = build_message(
+        rendered, sender="n@trialroute.example", to="a@b.example", message_id="<x@y>", language="en"
+    )
+    assert message["Message-ID"] == "<x@y>"
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +31,9 @@ Role = Literal["api", "consumer", "relay"]
 ALL_ROLES: frozenset[Role] = frozenset({"api", "consumer", "relay"})
 """A process plays one or more roles: ops scale the API, the consumers and the relay separately."""
 
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""A JSON string's ``\\u0000`` escape (not an escaped backslash followed by the text ``u0000``)."""
+
 Check = Callable[[], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 
@@ -39,7 +43,7 @@ class Loop:
     """A background loop run by the application, e.g. a consumer or an outbox relay."""
 
     name: str
-    run: Callable[[asyncio.Event], Awaitable[None]]
+    run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -150,7 +154,8 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 class GuardMiddleware:
-    """Refuses oversized bodies (413) and non-JSON bodies on JSON routes (415); times every request.
+    """Refuses oversized bodies (413), non-JSON bodies on JSON routes (415) and NUL characters in JSON
+    text (422: PostgreSQL cannot store them, so every route would fail with a 500); times every request.
 
     Pure ASGI, because it sits on every request's hot path.
     """
@@ -177,7 +182,7 @@ class GuardMiddleware:
         if refusal is not None:
             await refusal(scope, receive, send_wrapper)
         else:
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, json_body=_is_json(scope)), send_wrapper)
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(self.service, scope["method"], path, status_holder["status"]).observe(
@@ -207,19 +212,34 @@ class GuardMiddleware:
                 )
         return None
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Count streamed bodies too, which carry no Content-Length."""
+    def _limited(self, receive: Receive, *, json_body: bool) -> Receive:
+        """Count streamed bodies too, which carry no Content-Length; scan a whole JSON body for NUL."""
         seen = 0
         limit = self.max_body_bytes
+        chunks: list[bytes] = []
 
         async def wrapped() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                body = message.get("body", b"")
+                seen += len(body)
+                # An HTTPException passes through FastAPI's body parsing to the problem handlers.
                 if seen > limit:
-                    # An HTTPException passes through FastAPI's body parsing to the problem handlers.
                     raise HTTPException(413, f"the body exceeds {limit} bytes")
+                if json_body:
+                    chunks.append(body)
+                    if not message.get("more_body") and _NUL_ESCAPE.search(b"".join(chunks)):
+                        raise HTTPException(422, "text must not contain NUL characters (\\u0000)")
             return message
 
         return wrapped
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether FastAPI will read the body as JSON: a JSON media type, or none at all."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-type":
+            ctype = value.decode("latin-1").split(";")[0].strip().lower()
+            return ctype == "application/json" or ctype.endswith("+json")
+    return True

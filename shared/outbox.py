@@ -57,7 +57,7 @@ def add_event(session: AsyncSession, envelope: Envelope) -> None:
 async def backlog(db: Database) -> int:
     async with db.session() as session:
         result = await session.execute(
-            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.published_at.is_(None))
+            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.published_at.is_(None))  # type: ignore[union-attr]
         )
         return int(result.scalar_one())
 

@@ -27,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from shared.db import Database
+from shared.db import Database, is_transient_error
 from shared.events import DEAD_LETTER_SUFFIX, Envelope, UnknownEventType
 from shared.kafka import new_consumer, new_producer
 from shared.observability import metrics, referral_context
@@ -48,6 +48,7 @@ class PoisonMessage(Exception):
 
 
 TRANSIENT = (TransientError, sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError)
+"""Retried without end; so are database errors ``shared.db.is_transient_error`` recognises by SQLSTATE."""
 PERMANENT = (PoisonMessage, ValidationError, UnknownEventType, json.JSONDecodeError, UnicodeDecodeError)
 
 
@@ -142,17 +143,20 @@ class ConsumerLoop:
             except PERMANENT as exc:
                 await self._dead_letter(record, exc, stop)
                 return
-            except TRANSIENT as exc:
-                delay = min(0.1 * 2**attempt, self.max_backoff_s)
-                log.warning(
-                    "transient failure, retrying", extra={"error": type(exc).__name__, "topic": topic}
-                )
             except Exception as exc:
-                if attempt >= self.attempts_before_dead_letter:
+                if isinstance(exc, TRANSIENT) or is_transient_error(exc):
+                    # e.g. a DBAPIError "the database system is shutting down": dead-lettering it after
+                    # three quick attempts lost events whenever PostgreSQL restarted.
+                    delay = min(0.1 * 2**attempt, self.max_backoff_s)
+                    log.warning(
+                        "transient failure, retrying", extra={"error": type(exc).__name__, "topic": topic}
+                    )
+                elif attempt >= self.attempts_before_dead_letter:
                     log.exception("handler keeps failing, dead-lettering", extra={"topic": topic})
                     await self._dead_letter(record, exc, stop)
                     return
-                delay = min(0.1 * 2**attempt, self.max_backoff_s)
+                else:
+                    delay = min(0.1 * 2**attempt, self.max_backoff_s)
             if stop.is_set():
                 raise _Stopping
             await _pause(stop, delay)
@@ -226,10 +230,18 @@ class ConsumerLoop:
             await _quietly(producer.stop())
 
 
+MAX_DEAD_LETTER_VALUE_BYTES = 256 * 1024
+"""The most of the original value a letter carries; every event the services publish is far smaller
+(request bodies stop at 64 KiB). Base64 grows a value by a third, and a letter over the broker's
+message limit (1 MB by default) could never be published: its partition would wait forever."""
+
+
 def dead_letter_body(
     record: ConsumerRecord[bytes, bytes], error: BaseException, *, consumer: str
 ) -> dict[str, Any]:
-    """The error and the original record, enough to understand and replay it."""
+    """The error and the original record, enough to understand and replay it. A value too large to
+    carry is cut (``value_truncated``); the whole record stays on its topic at partition and offset."""
+    value = record.value or b""
     return {
         "error": f"{type(error).__name__}: {_short(error)}",
         "consumer": consumer,
@@ -238,7 +250,9 @@ def dead_letter_body(
         "offset": record.offset,
         "timestamp": record.timestamp,
         "key": record.key.decode(errors="replace") if record.key else None,
-        "value_b64": base64.b64encode(record.value or b"").decode(),
+        "value_b64": base64.b64encode(value[:MAX_DEAD_LETTER_VALUE_BYTES]).decode(),
+        "value_bytes": len(value),
+        "value_truncated": len(value) > MAX_DEAD_LETTER_VALUE_BYTES,
         "failed_at": datetime.now(UTC).isoformat(),
     }
 

@@ -12,9 +12,31 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
+
+TRANSIENT_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
+"""Connection exceptions, insufficient resources, the server shutting down or starting up,
+serialization failures and deadlocks: errors that pass by themselves (prefixes of SQLSTATE codes)."""
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """True for a database failure worth retrying (the server restarting, a lost connection).
+
+    SQLAlchemy's asyncpg dialect raises some of these as a bare ``DBAPIError``, not as
+    ``OperationalError``: "the database system is shutting down" (57P01/57P03) during a restart,
+    for one. Only the SQLSTATE tells them apart from a constraint violation or a bad query.
+    """
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+        return isinstance(code, str) and code.startswith(TRANSIENT_SQLSTATES)
+    return False
 
 
 class Database:
@@ -23,7 +45,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # hide_parameters: a failed statement's error names its SQL, never its values (names, birth dates,
+        # emails), so a logged traceback carries no patient identity.
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)

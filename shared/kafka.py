@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -22,7 +23,14 @@ async def new_producer(kafka: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
         linger_ms=5,
         request_timeout_ms=int(kafka.send_timeout_s * 1000),
     )
-    await asyncio.wait_for(producer.start(), timeout=kafka.send_timeout_s * 3)
+    try:
+        await asyncio.wait_for(producer.start(), timeout=kafka.send_timeout_s * 3)
+    except BaseException:
+        # Unstopped, a producer that failed to start (the broker down) leaks its client and tasks:
+        # a relay retrying through an outage left one per attempt ("Unclosed AIOKafkaProducer").
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), timeout=kafka.send_timeout_s)
+        raise
     return producer
 
 

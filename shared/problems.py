@@ -8,7 +8,8 @@
      └── Unprocessable (422)          a well-formed request the rules refuse
 
 Request validation errors become 422 with one entry per invalid field (its JSON path and the reason);
-anything unexpected becomes a 500 problem without internals.
+a store that is down becomes a 503 with Retry-After; anything else unexpected becomes a 500 problem
+without internals.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.db import is_transient_error
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient_error(exc):  # the store restarting or unreachable: the client should retry
+            log.warning("store unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+            return problem_response(
+                503,
+                "Service unavailable",
+                "a store is unavailable; retry later",
+                instance=request.url.path,
+                headers={"Retry-After": "5"},
+            )
         log.exception("unhandled error", extra={"path": request.url.path})
         return problem_response(
             500, "Internal server error", "the error was logged", instance=request.url.path

@@ -6,9 +6,7 @@ from datetime import timedelta
 from functools import partial
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
+from fastapi import FastAPI
 
 from services.intake import api, openapi
 from services.intake.config import IntakeSettings
@@ -24,7 +22,6 @@ from shared.consumer import ConsumerLoop
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.outbox import OutboxRelay
-from shared.problems import problem_response
 
 NAME = "intake"
 DESCRIPTION = """\
@@ -96,20 +93,7 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
     )
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The store is down or overloaded: a retryable 503, not a 500."""
-    return problem_response(
-        503,
-        "Service unavailable",
-        "the referral store is unavailable; retry later",
-        instance=request.url.path,
-        headers={"Retry-After": "5"},
-    )
-
-
 def create_app(settings: IntakeSettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
     app = shared_app.create_app(build(settings or load_settings(), roles))
-    for error in (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError):
-        app.add_exception_handler(error, _database_unavailable)
     openapi.install(app)
     return app

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import exc as sa_exc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.notifier import store
 from services.notifier.config import NotifierSettings
@@ -40,7 +40,7 @@ from services.notifier.domain import (
 )
 from services.notifier.mail import DeliveryError, Mailer, Templates, build_message
 from services.notifier.store import Notification
-from shared.db import Database
+from shared.db import Database, is_transient_error
 from shared.events import (
     DEAD_LETTER_SUFFIX,
     Envelope,
@@ -188,7 +188,7 @@ class Dispatcher:
         stays uncommitted is a second in which a crash would send the email twice."""
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_DB_BLIPS),
+                retry=retry_if_exception(lambda e: isinstance(e, _DB_BLIPS) or is_transient_error(e)),
                 stop=stop_after_delay(self.settings.lease_s / 4),
                 wait=wait_exponential(multiplier=0.1, max=2),
                 reraise=True,
@@ -264,6 +264,8 @@ class Dispatcher:
             "timestamp": None,
             "key": str(row.referral_id),
             "value_b64": base64.b64encode(row.source.encode()).decode(),
+            "value_bytes": len(row.source.encode()),
+            "value_truncated": False,  # the source event is small; the whole of it is carried
             "failed_at": now.isoformat(),
             "notification": {
                 "id": row.id,

@@ -10,7 +10,7 @@ import asyncio
 import copy
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -75,23 +75,41 @@ async def _databases(pg_admin_url: str, names: dict[str, str], *, create: bool) 
 
 
 class Client:
-    """A demo client of the running system: tokens per audience, fetched once."""
+    """A demo client of the running system: tokens per audience, fetched again shortly before they
+    expire (the fault suite runs longer than a token lives) or after ``forget``.
+
+    One fetch at a time per audience, as a real client would: concurrent callers wait for it rather
+    than each asking auth, whose argon2 secret check would otherwise starve under the herd.
+    """
 
     def __init__(self, stack: Stack, client_id: str) -> None:
         self.stack = stack
         self.client_id = client_id
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._fetching: dict[str, asyncio.Lock] = {}
 
     async def headers(self, http: httpx.AsyncClient, audience: str) -> dict[str, str]:
-        if audience not in self._tokens:
-            response = await http.post(
-                f"{self.stack.config.url('auth')}/oauth/token",
-                data={"grant_type": "client_credentials", "audience": audience},
-                auth=(self.client_id, self.stack.credentials[self.client_id]),
-            )
-            response.raise_for_status()
-            self._tokens[audience] = response.json()["access_token"]
-        return {"Authorization": f"Bearer {self._tokens[audience]}"}
+        async with self._fetching.setdefault(audience, asyncio.Lock()):
+            token, renew_at = self._tokens.get(audience, ("", 0.0))
+            if time.monotonic() >= renew_at:
+                response = await http.post(
+                    f"{self.stack.config.url('auth')}/oauth/token",
+                    data={"grant_type": "client_credentials", "audience": audience},
+                    auth=(self.client_id, self.stack.credentials[self.client_id]),
+                )
+                response.raise_for_status()
+                body = response.json()
+                token = body["access_token"]
+                renew_at = time.monotonic() + float(body.get("expires_in", 300)) / 2
+                self._tokens[audience] = (token, renew_at)
+        return {"Authorization": f"Bearer {token}"}
+
+    def forget(self, audience: str, refused: Mapping[str, str]) -> None:
+        """Drop the token a server refused (``refused``: the headers sent), unless another caller
+        already replaced it, so that the next call fetches a new one."""
+        current = self._tokens.get(audience)
+        if current and refused.get("Authorization") == f"Bearer {current[0]}":
+            del self._tokens[audience]
 
 
 def sample_referral(

@@ -28,9 +28,9 @@ class NotifierSettings(ServiceSettings):
 
     # What the emails say and link to.
     site_referral_url: str = Field(
-        default="http://127.0.0.1:8003/v1/site/referrals/{referral_id}",
+        default="http://127.0.0.1:8003/v1/site/referrals",
         description="where a site coordinator reviews, accepts or declines a referral (site_router's "
-        "API); placeholders {referral_id} and {site_code}",
+        "queue API, where accept/decline/close live); placeholders {referral_id} and {site_code} allowed",
     )
     study_name: str = "UCART123 (AMELI-01)"
 

@@ -118,6 +118,7 @@ async def test_out_of_attempts_a_notification_fails_with_a_dead_letter_and_ops_c
             assert letter["topic"] == kafka.topic("referral.routed")
             assert letter["key"] == str(referral_id)
             assert Envelope.from_bytes(base64.b64decode(letter["value_b64"])).id == event.id
+            assert letter["value_truncated"] is False
             assert PATIENT["email"] not in json.dumps(letter)
         assert await read_topic(kafka, "referral.notified") == []
 

@@ -105,7 +105,8 @@ class FastAPIAuthorizationServer(AuthorizationServer):
         """Asynchronous work before authlib's synchronous flow: load the client the request names.
         Subclasses extend it (and may refuse the request by raising)."""
         client_id = request.named_client_id
-        if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH:
+        # A NUL is never in a registered id, and PostgreSQL refuses it in a query: not looked up.
+        if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH or "\x00" in client_id:
             return {}
         return {client_id: await self._load_client(client_id)}
 

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility import store
 from services.eligibility.domain import COHORTS, Cohort, Decision, Kind, Ruleset, StudySettings, Verdict
-from shared.auth import Principal, Scope, require
+from shared.auth import Principal, Scope, bearer_scheme, require
 from shared.db import Database
 from shared.problems import Forbidden, NotFound
 
@@ -161,7 +161,10 @@ async def read_assessment(
     referral_id: uuid.UUID,
     principal: Reader,
     session: SessionDep,
-    revision: Annotated[int | None, Query(ge=1, description="an older revision; default the latest")] = None,
+    # le: the revision column is an integer, so a larger one would fail in the store (a 500), not 404.
+    revision: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="an older revision; default the latest")
+    ] = None,
 ) -> AssessmentPublic:
     """The latest assessment, for the referring clinic (`assessments:read` or `referrals:read`) or the
     site the referral is routed to (`site:referrals`); 404 for anyone else."""
@@ -181,3 +184,24 @@ async def current_ruleset(request: Request, response: Response) -> RulesetPublic
     """Public: what a referral is screened against, so a clinic can gather the data before referring."""
     response.headers["Cache-Control"] = "public, max-age=300"
     return RulesetPublic.of(request.app.state.ruleset, request.app.state.study)
+
+
+def document_reading_scopes(app: FastAPI) -> None:
+    """Declare the assessment route's scopes in OpenAPI as alternatives (any one of them reads it).
+
+    FastAPI can only declare scopes that are all required, so the generated document said "any valid
+    token" for this route, while a token without a reading scope gets 403.
+    """
+    generate = app.openapi
+    path = router.prefix + "/assessments/{referral_id}"
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema["paths"][path]["get"]["security"] = [
+                {bearer_scheme.scheme_name: [scope]} for scope in sorted(CLINIC_SCOPES | {SITE_SCOPE})
+            ]
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

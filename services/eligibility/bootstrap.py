@@ -81,4 +81,6 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
 
 def create_app(settings: EligibilitySettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
     """The application; ``uvicorn --factory services.eligibility.bootstrap:create_app`` serves it."""
-    return shared.app.create_app(build(settings or load_settings(), roles))
+    app = shared.app.create_app(build(settings or load_settings(), roles))
+    api.document_reading_scopes(app)
+    return app

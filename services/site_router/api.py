@@ -162,7 +162,8 @@ async def site_referrals(
         list[AssignmentState] | None, Query(description="default: routed and accepted (the open queue)")
     ] = None,
     limit: Annotated[int, Query(ge=1)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # PostgreSQL's OFFSET is a bigint: a larger one would fail in the store (a 500), not be a 422.
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> SiteQueue:
     """Oldest first: referral id, patient age, postal area, distance, screening, referrer, status."""
     site_code = principal.require_site()

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from shared.referral import EXAMPLE_REFERRAL
+
 SETTLED = {
     "notified",
     "not_routed",
@@ -53,46 +55,17 @@ SAMPLES = [
 
 def referral(sample: Sample, today: date) -> dict[str, Any]:
     """The example referral of the trial's contract, with this sample's changes and fresh dates."""
-    body: dict[str, Any] = {
-        "clinic_reference": f"DEMO-{uuid.uuid4().hex[:8].upper()}",
-        "patient": {
-            "given_name": "Demo",
-            "family_name": "Patient",
-            "date_of_birth": "1968-03-14",
-            "sex": "female",
-            "email": "demo.patient@example.com",
-            "preferred_language": "en",
-            "postal_code": sample.postal_code,
-            "country": sample.country,
-            "consent_to_contact": True,
-        },
-        "referrer": {"name": "Dr. Ana Smith", "email": "asmith@clinic.example.org"},
-        "clinical": {
-            "diagnosis": "aml",
-            "disease_status": "relapsed",
-            "marrow_blast_percent": 23.5,
-            "cd123": {"positive": True, "method": "flow_cytometry"},
-            "cns_leukemia": False,
-            "ecog": 1,
-            "organ_function": {
-                "assessed_on": (today - timedelta(days=5)).isoformat(),
-                "bone_marrow": "adequate",
-                "renal": "adequate",
-                "hepatic": "adequate",
-                "pulmonary": "adequate",
-                "cardiac": "adequate",
-            },
-            "prior_therapy": {
-                "gene_or_cell_therapy": False,
-                "allogeneic_sct_count": 1,
-                "last_anti_cd20_on": "never",
-            },
-            "active_infection": False,
-            "donor_identified": True,
-            "transplant_strategy_defined": True,
-        },
-    }
-    body = copy.deepcopy(body)
+    body = copy.deepcopy(EXAMPLE_REFERRAL)
+    body["clinic_reference"] = f"DEMO-{uuid.uuid4().hex[:8].upper()}"
+    body["patient"].update(
+        given_name="Demo",
+        family_name="Patient",
+        email="demo.patient@example.com",
+        postal_code=sample.postal_code,
+        country=sample.country,
+    )
+    del body["patient"]["phone"]
+    body["clinical"]["organ_function"]["assessed_on"] = (today - timedelta(days=5)).isoformat()
     for path, value in sample.changes.items():
         section, key = path.split(".")
         body[section][key] = value

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from services.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, free_port
 from shared.kafka import delete_topics
+from shared.referral import EXAMPLE_REFERRAL
 from shared.settings import KafkaSettings
 
 TEST_ENV = {
@@ -118,46 +119,17 @@ def sample_referral(
     """The contract's example referral with fresh dates, a unique patient and reference."""
     tag = uuid.uuid4().hex[:10]
     today = date.today()
-    body: dict[str, Any] = {
-        "clinic_reference": f"E2E-{tag}",
-        "patient": {
-            "given_name": f"Given{tag}",
-            "family_name": f"Family{tag}",
-            "date_of_birth": "1968-03-14",
-            "email": email or f"patient.{tag}@example.com",
-            "phone": "+1 212 555 0142",
-            "preferred_language": "en",
-            "postal_code": postal_code,
-            "country": country,
-            "consent_to_contact": True,
-        },
-        "referrer": {"name": "Dr. Ana Smith", "email": f"referrer.{tag}@clinic.example.org"},
-        "clinical": {
-            "diagnosis": "aml",
-            "disease_status": "relapsed",
-            "marrow_blast_percent": 23.5,
-            "cd123": {"positive": True, "method": "flow_cytometry"},
-            "cns_leukemia": False,
-            "ecog": 1,
-            "organ_function": {
-                "assessed_on": (today - timedelta(days=3)).isoformat(),
-                "bone_marrow": "adequate",
-                "renal": "adequate",
-                "hepatic": "adequate",
-                "pulmonary": "adequate",
-                "cardiac": "adequate",
-            },
-            "prior_therapy": {
-                "gene_or_cell_therapy": False,
-                "allogeneic_sct_count": 1,
-                "last_anti_cd20_on": "never",
-            },
-            "active_infection": False,
-            "donor_identified": True,
-            "transplant_strategy_defined": True,
-        },
-    }
-    body = copy.deepcopy(body)
+    body = copy.deepcopy(EXAMPLE_REFERRAL)
+    body["clinic_reference"] = f"E2E-{tag}"
+    body["patient"].update(
+        given_name=f"Given{tag}",
+        family_name=f"Family{tag}",
+        email=email or f"patient.{tag}@example.com",
+        postal_code=postal_code,
+        country=country,
+    )
+    body["referrer"].update(email=f"referrer.{tag}@clinic.example.org")
+    body["clinical"]["organ_function"]["assessed_on"] = (today - timedelta(days=3)).isoformat()
     body["clinical"].update(clinical)
     return body
 

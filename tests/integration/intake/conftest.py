@@ -26,54 +26,11 @@ from shared.auth import Scope
 from shared.db import Database
 from shared.kafka import all_topics, ensure_topics
 from shared.outbox import OutboxRecord
+from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
 from shared.settings import KafkaSettings
 from tests.conftest import Servers
 from tests.support.auth import Issuer, running_issuer
 from tests.support.servers import serve_app
-
-EXAMPLE: dict[str, Any] = {
-    "study": "UCART123-AMELI-01",
-    "clinic_reference": "CLN-2026-00042",
-    "patient": {
-        "given_name": "Maria",
-        "family_name": "Lopez",
-        "date_of_birth": "1968-03-14",
-        "sex": "female",
-        "email": "maria.lopez@example.com",
-        "phone": "+1 212 555 0142",
-        "preferred_language": "en",
-        "postal_code": "10021",
-        "country": "US",
-        "consent_to_contact": True,
-    },
-    "referrer": {"name": "Dr. Ana Smith", "email": "asmith@clinic.example.org", "phone": "+1 212 555 0100"},
-    "clinical": {
-        "diagnosis": "aml",
-        "disease_status": "relapsed",
-        "marrow_blast_percent": 23.5,
-        "marrow_assessed_on": "2026-11-02",
-        "cd123": {"positive": True, "method": "flow_cytometry"},
-        "cns_leukemia": False,
-        "ecog": 1,
-        "organ_function": {
-            "assessed_on": "2026-11-05",
-            "bone_marrow": "adequate",
-            "renal": "adequate",
-            "hepatic": "adequate",
-            "pulmonary": "adequate",
-            "cardiac": "adequate",
-        },
-        "prior_therapy": {
-            "gene_or_cell_therapy": False,
-            "allogeneic_sct_count": 1,
-            "last_anti_cd20_on": "never",
-        },
-        "active_infection": False,
-        "donor_identified": True,
-        "transplant_strategy_defined": True,
-    },
-}
-"""The example of trial/referral.md."""
 
 IDENTITY = ["Maria", "Lopez", "1968-03-14", "maria.lopez@example.com", "+1 212 555 0142", "212 555 0142"]
 """What must never leave intake: the example patient's names, birth date, email and phone."""

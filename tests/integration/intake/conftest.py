@@ -72,13 +72,21 @@ StartIntake = Callable[..., AbstractAsyncContextManager[RunningIntake]]
 async def fresh_database(servers: Servers) -> AsyncIterator[str]:
     """A PostgreSQL database of its own (an async SQLAlchemy URL), for fixtures wider than a test."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(servers.pg_admin_url)
+    await _admin(servers, f'CREATE DATABASE "{name}"')
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
         url = make_url(servers.pg_admin_url).set(drivername="postgresql+asyncpg", database=name)
         yield url.render_as_string(hide_password=False)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # A connection of its own: one held for the whole run would not survive the fault suite's
+        # PostgreSQL restart.
+        await _admin(servers, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(servers: Servers, statement: str) -> None:
+    admin = await asyncpg.connect(servers.pg_admin_url)
+    try:
+        await admin.execute(statement)
+    finally:
         await admin.close()
 
 

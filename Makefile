@@ -12,9 +12,9 @@ test:
 run: bootstrap
 	.venv/bin/trialroute run
 
-# Placeholder until bench/ has benchmarks.
+# Every benchmark with modest sizes (~10 minutes), then a summary table; see bench/README.md.
 bench:
-	@echo "bench: no benchmarks yet"
+	scripts/bench.sh
 
 lint: bootstrap
 	.venv/bin/ruff check .

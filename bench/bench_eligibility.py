@@ -5,15 +5,14 @@ example referral of referral.md (ages, diagnoses, thresholds at their boundaries
 assessments, every cohort-relevant field), validates it once as the consumer would, then times
 `assess` alone: throughput over the whole set (best of a few passes) and per-call latency percentiles.
 
-    python bench/bench_eligibility.py [--count 50000] [--seed 1] [--passes 3]   (from the repo root)
+    python bench/bench_eligibility.py [--count 50000] [--seed 1] [--passes 3] [--summary FILE]
+                                                                                  (from the repo root)
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import os
-import platform
 import random
 import sys
 import time
@@ -22,33 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydantic
 
 if not __package__:  # run as `python bench/bench_eligibility.py`: the repo root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import Summary, load, machine
 from services.eligibility.domain import ScreeningInput, StudySettings, assess
 from services.eligibility.rules import load_ruleset
 from shared.referral import ClinicalData
 
 BASE_DAY = date(2026, 11, 10)
 SYSTEMS = ("bone_marrow", "renal", "hepatic", "pulmonary", "cardiac")
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
-        ]
-        model = names[0] if names else model
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"cpu: {model}; cores: {os.cpu_count()} ({usable} usable)\n"
-        f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"pydantic {pydantic.VERSION}, {platform.system()} {platform.release()}"
-    )
 
 
 def pick(rng: random.Random, weighted: dict[Any, int]) -> Any:
@@ -156,9 +139,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--summary", type=Path, help="append headline figures (JSON lines) here")
     args = parser.parse_args()
+    summary = Summary(args.summary, "eligibility engine")
 
-    print(machine())
+    print(machine("pydantic"))
     inputs, validate_s = synthetic_inputs(args.count, random.Random(args.seed))
     ruleset, settings = load_ruleset(), StudySettings()
     # one pass to count decisions, which also warms up the interpreter's caches
@@ -174,7 +159,13 @@ def main() -> None:
         p50, p95, p99 = np.percentile(latencies_us(inputs, cohort_settings), [50, 95, 99])
         print(
             f"  assess ({label}): {rate:,.0f} assessments/s on one core; "
-            f"latency p50 {p50:.1f} us, p95 {p95:.1f} us, p99 {p99:.1f} us"
+            f"latency p50 {p50:.1f} us, p95 {p95:.1f} us, p99 {p99:.1f} us; {load()}"
+        )
+        summary.add(
+            f"assess ({label}), one core",
+            f"{rate:,.0f}/s (p99 {p99:.0f} us)",
+            goal=">= 10,000/s",
+            met=rate >= 10_000,
         )
 
 

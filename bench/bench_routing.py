@@ -4,7 +4,8 @@ The design's budget is one millisecond per routing among 10,000 sites. This buil
 US and Europe, routes random patients with `choose_site` over a `SiteIndex`, and prints throughput and
 latency percentiles, then times geocoding cold (table loaded on first use), uncached and cached.
 
-    python -m bench.bench_routing [--sites 10000] [--routings 5000] [--seed 1]   (from the repo root)
+    python -m bench.bench_routing [--sites 10000] [--routings 5000] [--seed 1] [--summary FILE]
+                                                                                  (from the repo root)
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
-import os
-import platform
 import random
 import tempfile
 import time
@@ -22,26 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import Summary, load, machine
 from services.site_router.domain import NEAREST_CANDIDATES, SiteIndex, SiteView, choose_site
 from services.site_router.geo import SHIPPED_DATA_DIR, Geocoder
 
 REGIONS = {"US": ((25.0, 49.0), (-124.0, -67.0)), "EU": ((36.0, 60.0), (-10.0, 25.0))}
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
-        ]
-        model = names[0] if names else model
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"cpu: {model}; cores: {os.cpu_count()} ({usable} usable)\n"
-        f"python {platform.python_version()} ({platform.python_implementation()}), numpy {np.__version__}, "
-        f"{platform.system()} {platform.release()}"
-    )
 
 
 def random_point(rng: random.Random) -> tuple[float, float]:
@@ -70,7 +54,7 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def bench_routing(site_count: int, routings: int, rng: random.Random) -> None:
+def bench_routing(site_count: int, routings: int, rng: random.Random, summary: Summary) -> None:
     sites = synthetic_sites(site_count, rng)
     build = min(timed(lambda: SiteIndex(sites)) for _ in range(3))
     index = SiteIndex(sites)
@@ -95,7 +79,16 @@ def bench_routing(site_count: int, routings: int, rng: random.Random) -> None:
     with_room = sum(site.has_room for site in sites)
     print(f"\nrouting: {site_count} sites ({with_room} with room at start), {routings} routings")
     print(f"  index build: {build * 1e3:.1f} ms")
-    print(f"  choose_site: {len(samples) / sum(samples):,.0f} routings/s; {percentiles_us(samples)}")
+    print(
+        f"  choose_site: {len(samples) / sum(samples):,.0f} routings/s; {percentiles_us(samples)}; {load()}"
+    )
+    p99 = float(np.percentile(samples, 99))
+    summary.add(
+        f"choose_site among {site_count:,} sites, p99",
+        f"{p99 * 1e6:.0f} us ({len(samples) / sum(samples):,.0f}/s)",
+        goal="< 1 ms",
+        met=p99 < 1e-3,
+    )
     print(
         f"  index.update after a reservation: mean {np.mean(updates) * 1e6:.1f} us; waitlisted {waitlisted}"
     )
@@ -142,10 +135,11 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=10_000)
     parser.add_argument("--routings", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--summary", type=Path, help="append headline figures (JSON lines) here")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    print(machine())
-    bench_routing(args.sites, args.routings, rng)
+    print(machine("numpy"))
+    bench_routing(args.sites, args.routings, rng, Summary(args.summary, "routing"))
     bench_geocoding(rng)
 
 

@@ -24,6 +24,7 @@ from datetime import date
 from pathlib import Path
 
 import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.engine import make_url
 
 from bench import profiled
@@ -109,6 +110,23 @@ async def wait_handled(
     raise TimeoutError(f"only {done} of {target} events handled after {timeout_s:.0f} s")
 
 
+async def wait_stable(kafka: KafkaSettings, group: str, members: int, *, timeout_s: float) -> None:
+    """Until the group is Stable with every instance in it (a late joiner would rebalance mid-run)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            # (error_code, group, state, protocol_type, protocol, members)
+            _, _, state, _, _, joined = (await admin.describe_consumer_groups([group]))[0].groups[0][:6]
+            if state == "Stable" and len(joined) == members:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"group {group} not stable with {members} members after {timeout_s:.0f} s")
+    finally:
+        await admin.close()
+
+
 def run_instances(
     count: int, db_url: str, kafka: KafkaSettings, args: argparse.Namespace, tag: str
 ) -> dict[str, float]:
@@ -149,7 +167,8 @@ def run_instances(
         warm = submitted_events(args.warmup)
         asyncio.run(load_topic(kafka, warm))
         asyncio.run(wait_handled(pg_url, group, args.warmup, timeout_s=120, progress=Progress("warm-up", 0)))
-        time.sleep(args.settle_s)  # let every member finish joining (heartbeats say when to rejoin)
+        asyncio.run(wait_stable(kafka, group, count, timeout_s=60))
+        time.sleep(args.settle_s)  # and let each member fetch from its partitions again
 
         records = submitted_events(args.events)
         for pid in pids:
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--settle-s", type=float, default=4.0, help="pause after warm-up for the group")
+    parser.add_argument("--settle-s", type=float, default=2.0, help="pause once the group is stable")
     parser.add_argument("--profile", action="store_true", help="profile the first instance, print it")
     parser.add_argument("--summary", type=Path, help="append headline figures (JSON lines) here")
     args = parser.parse_args(argv)

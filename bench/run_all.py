@@ -2,7 +2,7 @@
 
 Each benchmark runs as its own process, so that one's servers and event loop never share a process with
 the next; its full output streams through as it runs. Headline figures are gathered as JSON lines and
-printed at the end as a Markdown table (also written to .run/bench/summary.md), with the machine and
+printed at the end as a Markdown table (also written to .run/bench/summary-<time>.md), with the machine and
 the load average each figure was measured under: on a shared two-core machine the load says how far
 a figure can be trusted. Figures are measured, never asserted: a missed goal is reported, not failed.
 
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import RUN_DIR, load, machine
@@ -71,8 +73,9 @@ def main() -> None:
     args = parser.parse_args()
 
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    summary = RUN_DIR / "summary.jsonl"
-    summary.unlink(missing_ok=True)
+    # Files of this run only: the checkout (and its .run/) may be shared by runs of other engineers.
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+    summary = RUN_DIR / f"summary-{stamp}.jsonl"
     print(machine())
     started = time.monotonic()
     outcomes = []
@@ -90,8 +93,9 @@ def main() -> None:
         )
         + f"\n\ntotal {time.monotonic() - started:.0f} s"
     )
-    (RUN_DIR / "summary.md").write_text(report + "\n")
-    print(f"\n{'=' * 100}\nsummary (also in {RUN_DIR / 'summary.md'})\n\n{report}")
+    markdown = summary.with_suffix(".md")
+    markdown.write_text(report + "\n")
+    print(f"\n{'=' * 100}\nsummary (also in {markdown})\n\n{report}")
     sys.exit(1 if any(code != 0 for _, code, _ in outcomes) else 0)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -119,12 +120,24 @@ class ConsumerLoop:
         stop: asyncio.Event,
     ) -> None:
         # Partitions are independent, so they are handled concurrently; order holds within each.
+        # One offset commit per partition and batch, after the records' own transactions committed: a
+        # commit is a broker round trip (and a write to its offsets log), which per record cost more
+        # than the handling. A crash before it redelivers those records; their ids are recorded.
         async def one_partition(tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-            for record in records:
-                if stop.is_set():
-                    return
-                await self.handle_record(record, stop)
-                await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+            handled: int | None = None
+            try:
+                for record in records:
+                    if stop.is_set():
+                        break
+                    await self.handle_record(record, stop)
+                    handled = record.offset
+            except Exception:
+                if handled is not None:  # keep what was done; the failure below is what matters
+                    with contextlib.suppress(Exception):
+                        await consumer.commit({tp: OffsetAndMetadata(handled + 1, "")})
+                raise
+            if handled is not None:
+                await consumer.commit({tp: OffsetAndMetadata(handled + 1, "")})
 
         await asyncio.gather(*(one_partition(tp, recs) for tp, recs in batch.items()))
 

@@ -67,11 +67,13 @@ def _trace(value: str | None) -> str | None:
 ReferralId = Annotated[uuid.UUID, Path(description="the id intake gave the referral", examples=[EXAMPLE_ID])]
 
 
-def _commands(request: Request) -> Commands:
+# async although they do no I/O: FastAPI runs a plain ``def`` dependency in its thread pool, a hop that
+# costs more than the lookup on every request.
+async def _commands(request: Request) -> Commands:
     return request.app.state.commands  # type: ignore[no-any-return]
 
 
-def _queries(request: Request) -> Queries:
+async def _queries(request: Request) -> Queries:
     return request.app.state.queries  # type: ignore[no-any-return]
 
 

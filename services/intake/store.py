@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    inspect,
     or_,
     select,
     text,
@@ -235,8 +236,13 @@ async def has_entry(session: AsyncSession, event_id: uuid.UUID) -> bool:
 async def record(session: AsyncSession, referral: Referral, entry: TimelineEntry) -> None:
     """Add a timeline entry and re-derive the referral's status, decision and site from all entries."""
     session.add(entry)
-    await session.flush()
-    entries = await timeline(session, referral.id)
+    if inspect(referral).pending:
+        # A referral not yet written has no other entry. Folding this one alone lets the commit write
+        # the row once with its final state: no read-back of the timeline, no UPDATE of a fresh INSERT.
+        entries: Sequence[TimelineEntry] = [entry]
+    else:
+        await session.flush()
+        entries = await timeline(session, referral.id)
     facts = [
         Fact(
             event_type=e.event_type,

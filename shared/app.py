@@ -8,6 +8,7 @@ limits and lifecycle. Loops start in the lifespan and stop on shutdown, never at
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -111,6 +112,10 @@ def serve(app: FastAPI, host: str, port: int) -> None:
     """Run one service process until SIGINT/SIGTERM (uvicorn stops the loops through the lifespan)."""
     import uvicorn
 
+    # What start-up built (FastAPI, SQLAlchemy, pandas through pgeocode: ~170,000 objects) lives as long as
+    # the process; frozen, a full collection no longer walks it (~95 ms with the event loop stopped).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
 
 

@@ -1,8 +1,9 @@
 """The idempotent consumer loop every service runs.
 
-For each record: the handler runs inside one database transaction that also records the event id, and
-the offset is committed only after that transaction commits. A redelivered event finds its id already
-recorded and changes nothing. Failures split in two:
+Handlers run inside a database transaction that also records the event ids, and offsets are committed
+only after that transaction commits: the records of one poll go together in one transaction, and if any
+of them fails, one transaction per record. A redelivered event finds its id already recorded and changes
+nothing. Failures split in two:
 
 - transient (database, broker or a downstream service unreachable): retried with backoff, the
   partition waits, nothing is skipped;
@@ -25,8 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from shared.db import Database, is_transient_error
 from shared.events import DEAD_LETTER_SUFFIX, Envelope, UnknownEventType
@@ -80,6 +82,7 @@ class ConsumerLoop:
         handlers: Mapping[str, Handler],
         attempts_before_dead_letter: int = 3,
         max_backoff_s: float = 5.0,
+        transaction_max: int = 50,
     ) -> None:
         self.db = db
         self.kafka = kafka
@@ -88,6 +91,7 @@ class ConsumerLoop:
         self.handlers = dict(handlers)
         self.attempts_before_dead_letter = attempts_before_dead_letter
         self.max_backoff_s = max_backoff_s
+        self.transaction_max = transaction_max
         self.assigned: set[TopicPartition] = set()
         self._producer: AIOKafkaProducer | None = None
 
@@ -119,10 +123,30 @@ class ConsumerLoop:
         batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
         stop: asyncio.Event,
     ) -> None:
-        # Partitions are independent, so they are handled concurrently; order holds within each.
-        # One offset commit per partition and batch, after the records' own transactions committed: a
-        # commit is a broker round trip (and a write to its offsets log), which per record cost more
-        # than the handling. A crash before it redelivers those records; their ids are recorded.
+        # A transaction per record cost more than most handlers (BEGIN, the processed-id lookup, an
+        # fsync'd COMMIT), so records are first handled together, up to ``transaction_max`` in one
+        # transaction. Any failure in it rolls the whole group back and its records are handled one at a
+        # time, where retries and dead letters are decided per record. Offsets are committed once per
+        # group, after its transactions committed; a crash before that redelivers records whose ids are
+        # recorded, which then change nothing.
+        records = [record for recs in batch.values() for record in recs]  # each partition in order
+        for start in range(0, len(records), self.transaction_max):
+            if stop.is_set():
+                return
+            group = records[start : start + self.transaction_max]
+            if len(group) > 1 and await self._apply_together(group):
+                await consumer.commit(_next_offsets(group))
+            else:
+                await self._one_by_one(consumer, group, stop)
+
+    async def _one_by_one(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
+    ) -> None:
+        """Each record in its own transaction; partitions are independent, so they go concurrently."""
+        by_partition: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for record in records:
+            by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+
         async def one_partition(tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
             handled: int | None = None
             try:
@@ -139,7 +163,53 @@ class ConsumerLoop:
             if handled is not None:
                 await consumer.commit({tp: OffsetAndMetadata(handled + 1, "")})
 
-        await asyncio.gather(*(one_partition(tp, recs) for tp, recs in batch.items()))
+        await asyncio.gather(*(one_partition(tp, recs) for tp, recs in by_partition.items()))
+
+    async def _apply_together(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Handle ``records`` in one transaction; False (and nothing written) if any of them fails."""
+        try:
+            parsed = [(record, Envelope.from_bytes(record.value or b"")) for record in records]
+            work = [(record, envelope, envelope.payload()) for record, envelope in parsed]
+        except Exception:
+            return False  # unreadable: the one-by-one path dead-letters it
+        outcomes: list[tuple[str, str]] = []
+        try:
+            async with self.db.session() as session:
+                ids = [str(envelope.id) for _, envelope, _ in work if envelope.type in self.handlers]
+                seen = set(
+                    (
+                        await session.execute(
+                            select(col(ProcessedEvent.event_id)).where(
+                                col(ProcessedEvent.consumer) == self.group_id,
+                                col(ProcessedEvent.event_id).in_(ids),
+                            )
+                        )
+                    ).scalars()
+                )
+                for record, envelope, data in work:
+                    topic = record.topic.removeprefix(self.kafka.topic_prefix)
+                    handler = self.handlers.get(envelope.type)
+                    event_id = str(envelope.id)
+                    if handler is None:
+                        outcomes.append((topic, "ignored"))
+                        continue
+                    if event_id in seen:  # handled before, or a second copy in this very group
+                        outcomes.append((topic, "duplicate"))
+                        continue
+                    seen.add(event_id)
+                    session.add(ProcessedEvent(consumer=self.group_id, event_id=event_id))
+                    with referral_context(envelope.referral_id, envelope.trace):
+                        await handler(session, envelope, data)
+                    outcomes.append((topic, "handled"))
+        except Exception as exc:
+            log.info(
+                "records handled one at a time after a group failed",
+                extra={"error": type(exc).__name__, "records": len(records)},
+            )
+            return False
+        for topic, outcome in outcomes:
+            metrics.events_consumed.labels(self.service, topic, outcome).inc()
+        return True
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event) -> None:
         """Handle one record for good: handled, skipped as a duplicate, or dead-lettered."""
@@ -247,6 +317,11 @@ MAX_DEAD_LETTER_VALUE_BYTES = 256 * 1024
 """The most of the original value a letter carries; every event the services publish is far smaller
 (request bodies stop at 64 KiB). Base64 grows a value by a third, and a letter over the broker's
 message limit (1 MB by default) could never be published: its partition would wait forever."""
+
+
+def _next_offsets(records: list[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Where each partition resumes after ``records`` (each partition's records in offset order)."""
+    return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "") for r in records}
 
 
 def dead_letter_body(

@@ -7,16 +7,19 @@ timeout so that an API process, a consumer and a relay can share one file.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random
+
+T = TypeVar("T")
 
 TRANSIENT_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
 """Connection exceptions, insufficient resources, the server shutting down or starting up,
@@ -38,6 +41,16 @@ def is_transient_error(error: BaseException) -> bool:
         code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
         return isinstance(code, str) and code.startswith(TRANSIENT_SQLSTATES)
     return False
+
+
+CONFLICT_SQLSTATES = ("40001", "40P01")
+"""A serialization failure or a deadlock: the database aborted one transaction so that others could go
+on; the same work run again from the start succeeds."""
+
+
+def is_conflict(error: BaseException) -> bool:
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return isinstance(error, sa_exc.DBAPIError) and code in CONFLICT_SQLSTATES
 
 
 class Database:
@@ -66,6 +79,21 @@ class Database:
         """A session whose transaction commits on success and rolls back on any error."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 3) -> T:
+        """``work`` in one transaction, run again from the start if the database aborts it to break a
+        deadlock or a serialization conflict (what PostgreSQL advises for both). Use cases that take
+        several locks (a referral, then the waitlist, then sites) can meet in opposite orders."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_conflict),
+            stop=stop_after_attempt(attempts),
+            wait=wait_random(0.01, 0.1),
+            reraise=True,
+        ):
+            with attempt:
+                async with self.session() as session:
+                    return await work(session)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def create_tables(self, tables: Sequence[Table]) -> None:
         """Create this service's tables (and only these: every service has its own store)."""

@@ -180,8 +180,7 @@ async def accept_referral(
 ) -> QueueItem:
     """The site takes the referral on; it keeps its slot until closed. Publishes referral.site_decided."""
     site_code = principal.require_site()
-    async with db.session() as session:
-        referral, assignment = await router_.accept(session, site_code, referral_id)
+    referral, assignment = await db.run(lambda session: router_.accept(session, site_code, referral_id))
     return queue_item(assignment, referral)
 
 
@@ -195,8 +194,9 @@ async def decline_referral(
 ) -> QueueItem:
     """Frees the slot; the referral goes to the next nearest site that has not declined it."""
     site_code = principal.require_site()
-    async with db.session() as session:
-        referral, assignment = await router_.decline(session, site_code, referral_id, body.reason)
+    referral, assignment = await db.run(
+        lambda session: router_.decline(session, site_code, referral_id, body.reason)
+    )
     return queue_item(assignment, referral)
 
 
@@ -210,8 +210,7 @@ async def close_referral(
 ) -> QueueItem:
     """Ends the site's work on the referral (enrolled or not) and frees its slot for the waitlist."""
     site_code = principal.require_site()
-    async with db.session() as session:
-        referral, assignment = await router_.close(
-            session, site_code, referral_id, body.enrolled, body.reason
-        )
+    referral, assignment = await db.run(
+        lambda session: router_.close(session, site_code, referral_id, body.enrolled, body.reason)
+    )
     return queue_item(assignment, referral)

@@ -6,14 +6,15 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from shared.consumer import ConsumerLoop, ProcessedEvent
+from shared.consumer import ConsumerLoop, PoisonMessage, ProcessedEvent
 from shared.db import Database
 from shared.events import Envelope, ReferralWithdrawn
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
@@ -30,6 +31,7 @@ class HandledEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     event_id: str
     partition_key: str
+    transaction: int | None = None
 
 
 TABLES = [OutboxRecord.__table__, ProcessedEvent.__table__, HandledEvent.__table__]  # type: ignore[attr-defined]
@@ -43,16 +45,23 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-def withdrawn(referral_id: uuid.UUID | None = None) -> Envelope:
+def withdrawn(referral_id: uuid.UUID | None = None, reason: str = "test") -> Envelope:
     return Envelope.wrap(
-        ReferralWithdrawn(clinic_id="clinic-a", reason="test"),
+        ReferralWithdrawn(clinic_id="clinic-a", reason=reason),
         producer="test",
         referral_id=referral_id or uuid.uuid4(),
     )
 
 
 async def record_handling(session: AsyncSession, envelope: Envelope, data: ReferralWithdrawn) -> None:
-    session.add(HandledEvent(event_id=str(envelope.id), partition_key=str(envelope.referral_id)))
+    if data.reason == "poison":
+        raise PoisonMessage("this one can never be handled")
+    transaction = (await session.execute(text("SELECT txid_current()"))).scalar_one()
+    session.add(
+        HandledEvent(
+            event_id=str(envelope.id), partition_key=str(envelope.referral_id), transaction=transaction
+        )
+    )
 
 
 async def handled_count(db: Database) -> int:
@@ -150,6 +159,57 @@ async def test_poison_goes_to_dead_letters_and_the_partition_moves_on(
     assert "clinic_id" in letters[2]["error"]
     async with db.session() as session:
         assert (await session.execute(select(HandledEvent.event_id))).scalars().all() == [str(good.id)]
+
+
+async def handled_rows(db: Database) -> list[HandledEvent]:
+    async with db.session() as session:
+        return list((await session.execute(select(HandledEvent).order_by(HandledEvent.id))).scalars())
+
+
+async def test_records_of_one_poll_are_handled_in_one_transaction(db: Database, kafka: KafkaSettings) -> None:
+    key = uuid.uuid4()
+    events = [withdrawn(key) for _ in range(20)]  # one key: one partition, fetched in one poll
+    for envelope in events:
+        await produce(kafka, "referral.withdrawn", envelope.to_bytes(), str(key).encode())
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer(db, kafka).run(stop))
+    await eventually(lambda: _handled_at_least(db, 20), what="all events handled")
+    stop.set()
+    await task
+    rows = await handled_rows(db)
+    assert [r.event_id for r in rows] == [str(e.id) for e in events]  # in order, once each
+    assert len({r.transaction for r in rows}) < 20  # grouped: far fewer transactions than records
+    async with db.session() as session:
+        processed = (await session.execute(select(func.count()).select_from(ProcessedEvent))).scalar_one()
+    assert processed == 20
+
+
+async def test_a_failing_record_sends_its_group_one_at_a_time(db: Database, kafka: KafkaSettings) -> None:
+    key = uuid.uuid4()
+    poison = withdrawn(key, "poison")
+    events = [*(withdrawn(key) for _ in range(5)), poison, *(withdrawn(key) for _ in range(5))]
+    for envelope in events:
+        await produce(kafka, "referral.withdrawn", envelope.to_bytes(), str(key).encode())
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer(db, kafka).run(stop))
+    await eventually(lambda: _handled_at_least(db, 10), what="the events around the poison")
+    await eventually(
+        lambda: _count_at_least(read_topic(kafka, "referral.withdrawn.dlq"), 1), what="the dead letter"
+    )
+    stop.set()
+    await task
+    rows = await handled_rows(db)
+    good = [e for e in events if e is not poison]
+    assert [r.event_id for r in rows] == [str(e.id) for e in good]  # the rolled-back group left nothing
+    letters = [json.loads(r.value) for r in await read_topic(kafka, "referral.withdrawn.dlq")]
+    assert [json.loads(base64.b64decode(x["value_b64"]))["id"] for x in letters] == [str(poison.id)]
+    assert "PoisonMessage" in letters[0]["error"]
+
+
+async def _count_at_least(reading: Awaitable[list[Any]], n: int) -> bool:
+    return len(await reading) >= n
 
 
 async def test_two_instances_of_a_group_split_the_partitions(db: Database, kafka: KafkaSettings) -> None:

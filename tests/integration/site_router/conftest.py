@@ -96,21 +96,19 @@ class RouterKit:
     async def screen(self, referral_id: uuid.UUID | None = None, **overrides: Any) -> uuid.UUID:
         """Hand the router a screening, as the consumer loop would (one transaction)."""
         referral_id = referral_id or uuid.uuid4()
-        async with self.db.session() as session:
-            await self.router.screened(session, referral_id, screening(**overrides), None)
+        scr = screening(**overrides)
+        await self.db.run(lambda session: self.router.screened(session, referral_id, scr, None))
         return referral_id
 
     async def withdraw(self, referral_id: uuid.UUID) -> None:
-        async with self.db.session() as session:
-            await self.router.withdrawn(session, referral_id, ReferralWithdrawn(clinic_id="C1"), None)
+        withdrawn = ReferralWithdrawn(clinic_id="C1")
+        await self.db.run(lambda session: self.router.withdrawn(session, referral_id, withdrawn, None))
 
     async def decline(self, site: str, referral_id: uuid.UUID, reason: str = "not now") -> None:
-        async with self.db.session() as session:
-            await self.router.decline(session, site, referral_id, reason)
+        await self.db.run(lambda session: self.router.decline(session, site, referral_id, reason))
 
     async def close(self, site: str, referral_id: uuid.UUID, enrolled: bool = False) -> None:
-        async with self.db.session() as session:
-            await self.router.close(session, site, referral_id, enrolled, None)
+        await self.db.run(lambda session: self.router.close(session, site, referral_id, enrolled, None))
 
     async def referral(self, referral_id: uuid.UUID) -> store.ReferralRecord:
         async with self.db.session() as session:

@@ -79,13 +79,15 @@ start() {
   format
   [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"  # keep the previous run's log for post-mortems
   # setsid: the broker outlives this script and does not get the terminal's Ctrl-C.
-  setsid "$JAVA" -Xms512m -Xmx${TRIALROUTE_KAFKA_HEAP:-1536m} -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+  setsid "$JAVA" -Xms512m -Xmx"${TRIALROUTE_KAFKA_HEAP:-1536m}" -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$CONF/log4j2.properties" -cp "$LIBS/*" kafka.Kafka "$PROPS" \
     >"$LOG" 2>&1 </dev/null &
-  echo $! >"$PIDFILE"
+  local pid=$!
+  echo "$pid" >"$PIDFILE"
   local t0=$SECONDS
   until port_open "$PORT"; do
-    running || fail "the broker exited during start-up"
+    # kill -0, not running(): until the forked shell has exec'd java, its command line is this script's.
+    kill -0 "$pid" 2>/dev/null || fail "the broker exited during start-up"
     ((SECONDS - t0 < 90)) || fail "the broker did not listen on $BOOTSTRAP within 90 s (it is still running)"
     sleep 0.25
   done

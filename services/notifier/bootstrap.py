@@ -54,16 +54,17 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
             timeout_s=settings.contact_timeout_s,
         )
         contacts = ContactsClient(settings.intake_url, tokens, timeout_s=settings.contact_timeout_s)
+        mailer = Mailer(settings)
         dispatcher = Dispatcher(
             db,
             settings,
-            mailer=Mailer(settings),
+            mailer=mailer,
             templates=Templates(),
             contacts=contacts,
             consumer_name=f"{group}-dispatcher",
         )
         loops += [Loop("consumer", consumer.run), Loop("dispatcher", dispatcher.run)]
-        on_stop += [contacts.aclose, tokens.aclose]
+        on_stop += [mailer.aclose, contacts.aclose, tokens.aclose]
     if "relay" in roles:
         loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
     return ServiceSpec(

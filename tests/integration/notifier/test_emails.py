@@ -72,7 +72,7 @@ async def test_a_routed_referral_emails_site_patient_and_referrer(
     assert f"Referral {referral_id}: routed to {WCM.name}" == referrer.subject
     assert PATIENT["given_name"] not in referrer.raw_text()
 
-    assert stack.intake.reads == [("notifier", referral_id)] * 2, "contact read for patient and referrer only"
+    assert stack.intake.reads == [("notifier", referral_id)], "one contact read, for patient and referrer"
     by_role = {r.recipient_role: r for r in rows}
     assert by_role["patient"].recipient == "m***@example.com"
     assert by_role["site"].recipient == "u***@sites.example.org"

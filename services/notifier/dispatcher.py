@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "notifier"
 _DB_BLIPS = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError)
-# How long outcomes that are in wait for the rest of their batch before being committed without them.
+# How long the outcomes already in wait for the rest of their batch before being committed without it.
 RECORD_GATHER_S = 0.2
 
 

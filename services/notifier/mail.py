@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import functools
 import re
 import time
 import uuid
@@ -56,6 +57,7 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            auto_reload=False,  # the files do not change under a running process: no stat per email
         )
         self._languages: dict[str, set[str]] = {}
         for path in directory.glob("*.txt.j2"):
@@ -115,9 +117,9 @@ def build_message(
     text = _qp(rendered.text)
     html = _qp(rendered.html)
     boundary = f"=_{uuid.uuid4().hex}"  # "=_" never occurs in quoted-printable
-    name, address = parseaddr(sender)
+    from_header, address = _sender(sender)
     lines = [
-        f"From: {formataddr((name, address), charset='utf-8')}",
+        f"From: {from_header}",
         f"To: {to}",
         f"Subject: {_header('Subject', rendered.subject)}",
         f"Date: {format_datetime(date or datetime.now(UTC))}",
@@ -142,6 +144,13 @@ def build_message(
         "",
     ]
     return Email(sender=address, recipient=to, data="\r\n".join(lines).encode())
+
+
+@functools.lru_cache(maxsize=8)
+def _sender(sender: str) -> tuple[str, str]:
+    """The From header and the envelope sender of ``sender`` (a setting: parsed once, not per email)."""
+    name, address = parseaddr(sender)
+    return formataddr((name, address), charset="utf-8"), address
 
 
 def _qp(body: str) -> str:

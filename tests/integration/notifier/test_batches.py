@@ -10,12 +10,11 @@ from collections import Counter
 import pytest
 from sqlalchemy import select, update
 
+from services.notifier.bootstrap import contact_reader
 from services.notifier.consumers import on_routed
-from services.notifier.contacts import ContactsClient
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.mail import Email, Mailer, Templates
 from services.notifier.store import TABLES, Notification
-from shared.auth import ServiceTokenSource
 from shared.db import Database
 from shared.events import ReferralRouted
 from shared.outbox import OutboxRecord
@@ -107,15 +106,7 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
     event = routed(referral_id)
     db = Database(stack.database_url)
     await db.create_tables(TABLES)
-    tokens = ServiceTokenSource(
-        settings.oauth,
-        settings.client_id,
-        settings.client_secret.get_secret_value(),
-        settings.intake_audience,
-        settings.contact_scopes,
-        timeout_s=settings.contact_timeout_s,
-    )
-    contacts = ContactsClient(settings.intake_url, tokens, timeout_s=settings.contact_timeout_s)
+    contacts, tokens = contact_reader(settings)
     mailer = LeaseTakingMailer(stack, db)
     dispatcher = Dispatcher(db, settings, mailer=mailer, templates=Templates(), contacts=contacts)
     dispatcher.record_gather_s = 30  # all three outcomes in one transaction, however slow the machine

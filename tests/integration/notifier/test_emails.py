@@ -22,9 +22,7 @@ from tests.support.kafka import eventually, read_topic
 pytestmark = pytest.mark.integration
 
 
-async def test_a_routed_referral_emails_site_patient_and_referrer(
-    stack: Stack,
-) -> None:
+async def test_a_routed_referral_emails_site_patient_and_referrer(stack: Stack) -> None:
     referral_id = stack.referral()
     event = routed(referral_id)
     async with stack.run():

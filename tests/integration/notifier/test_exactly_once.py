@@ -52,9 +52,7 @@ async def test_an_event_delivered_three_times_and_again_after_a_restart_emails_e
     assert len(notified) == 6
 
 
-async def test_an_smtp_outage_delays_the_emails_and_loses_none(
-    stack: Stack,
-) -> None:
+async def test_an_smtp_outage_delays_the_emails_and_loses_none(stack: Stack) -> None:
     referrals = [uuid.uuid4() for _ in range(3)]
     for referral_id in referrals:
         stack.intake.add(referral_id)

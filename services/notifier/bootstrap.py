@@ -34,6 +34,19 @@ def load_settings() -> NotifierSettings:
     return NotifierSettings()
 
 
+def contact_reader(settings: NotifierSettings) -> tuple[ContactsClient, ServiceTokenSource]:
+    """Intake's contact API with the notifier's own token; the caller closes both."""
+    tokens = ServiceTokenSource(
+        settings.oauth,
+        settings.client_id,
+        settings.client_secret.get_secret_value(),
+        settings.intake_audience,
+        settings.contact_scopes,
+        timeout_s=settings.contact_timeout_s,
+    )
+    return ContactsClient(settings.intake_url, tokens, timeout_s=settings.contact_timeout_s), tokens
+
+
 def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
     db = Database(settings.database_url)
     http = httpx.AsyncClient(timeout=5)
@@ -45,25 +58,18 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
         consumer = ConsumerLoop(
             db, settings.kafka, service=NAME, group_id=group, handlers=handlers(settings.message_id_domain)
         )
-        tokens = ServiceTokenSource(
-            settings.oauth,
-            settings.client_id,
-            settings.client_secret.get_secret_value(),
-            settings.intake_audience,
-            settings.contact_scopes,
-            timeout_s=settings.contact_timeout_s,
-        )
-        contacts = ContactsClient(settings.intake_url, tokens, timeout_s=settings.contact_timeout_s)
+        contacts, tokens = contact_reader(settings)
+        mailer = Mailer(settings)
         dispatcher = Dispatcher(
             db,
             settings,
-            mailer=Mailer(settings),
+            mailer=mailer,
             templates=Templates(),
             contacts=contacts,
             consumer_name=f"{group}-dispatcher",
         )
         loops += [Loop("consumer", consumer.run), Loop("dispatcher", dispatcher.run)]
-        on_stop += [contacts.aclose, tokens.aclose]
+        on_stop += [mailer.aclose, contacts.aclose, tokens.aclose]
     if "relay" in roles:
         loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
     return ServiceSpec(

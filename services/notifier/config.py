@@ -42,6 +42,10 @@ class NotifierSettings(ServiceSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout_s: float = Field(default=10.0, gt=0)
+    smtp_connections: int = Field(default=4, ge=1, description="SMTP connections kept open and reused")
+    smtp_idle_s: float = Field(
+        default=5.0, gt=0, description="an SMTP connection idle longer than this is closed, not reused"
+    )
     mail_from: str = "UCART123 study referrals <no-reply@trialroute.example>"
     message_id_domain: str = "trialroute.notifier"
 

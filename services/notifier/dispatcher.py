@@ -1,14 +1,18 @@
 """The dispatcher: the background loop that turns pending notifications into emails.
 
-Per notification: claim it (``sending``, under a lease, in a short transaction), fetch the contact
-details it needs from intake, render, send over SMTP, then record the outcome in one transaction: ``sent``
-with the ``referral.notified`` event, ``skipped`` with the reason, back to ``pending`` with a later
-``next_attempt_at``, or ``failed`` with a dead letter. No transaction is open while the network is used.
+Per batch: claim due notifications (``sending``, under a lease, in a short transaction), then deliver
+them concurrently: fetch the contact details they need from intake (once per referral in the batch),
+render, send over SMTP. Outcomes are recorded as they come in, those that arrive together in one
+transaction: ``sent`` with the ``referral.notified`` event, ``skipped`` with the reason, back to
+``pending`` with a later ``next_attempt_at``, or ``failed`` with a dead letter. An outcome waits at most
+``RECORD_GATHER_S`` for others to join it; if the shared transaction fails, each is recorded on its own.
+No transaction is open while the network is used.
 
 Exactly once: a row is claimed by one dispatcher at a time (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
-database write lock on SQLite). The one duplicate window is a crash after the SMTP server accepted the
-message and before ``sent`` commits: the lease then runs out and the email is sent again, with the same
-Message-ID, so receiving mail systems can drop the copy.
+database write lock on SQLite), and an outcome is written only while the claim is still ours. The one
+duplicate window is a crash after the SMTP server accepted the message and before ``sent`` commits: the
+lease then runs out and the email is sent again, with the same Message-ID, so receiving mail systems can
+drop the copy. Recording outcomes together widens that window by at most ``RECORD_GATHER_S``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.notifier import store
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "notifier"
 _DB_BLIPS = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError)
+# How long the outcomes already in wait for the rest of their batch before being committed without it.
+RECORD_GATHER_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,46 @@ class Delivered:
 @dataclass(frozen=True, slots=True)
 class Skipped:
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One claimed notification and how its delivery went, waiting to be recorded."""
+
+    row: Notification
+    envelope: Envelope | None  # None when the stored source event is unreadable
+    outcome: Delivered | Skipped | DeliveryError
+
+    def context(self) -> AbstractContextManager[None]:
+        return referral_context(self.row.referral_id, self.envelope.trace if self.envelope else None)
+
+
+class BatchContacts:
+    """Contact details for one dispatch batch: one fetch per referral, shared by the rows that need
+    it (the patient's and the referrer's email), awaited by each and dropped with the batch. Nothing
+    outlives the batch: contact details are PHI and the notifier does not keep them. A failed fetch
+    fails every row that needed it, as a fetch of its own would have."""
+
+    def __init__(self, client: ContactsClient) -> None:
+        self.client = client
+        self._fetches: dict[uuid.UUID, asyncio.Task[Contact]] = {}
+
+    async def fetch(self, referral_id: uuid.UUID) -> Contact:
+        fetch = self._fetches.get(referral_id)
+        if fetch is None:
+            fetch = self._fetches[referral_id] = asyncio.create_task(self.client.fetch(referral_id))
+        # Shielded: one row's delivery timing out must not cancel the fetch its sibling awaits.
+        return await asyncio.shield(fetch)
+
+    def close(self) -> None:
+        """Drop every fetch of the batch (cancelling any still running, collecting failures)."""
+        fetches, self._fetches = self._fetches, {}
+        for fetch in fetches.values():
+            if fetch.done():
+                if not fetch.cancelled():
+                    fetch.exception()  # retrieved: each awaiting row has had it already
+            else:
+                fetch.cancel()
 
 
 class Dispatcher:
@@ -90,6 +138,7 @@ class Dispatcher:
         self.contacts = contacts
         self.consumer_name = consumer_name
         self.clock = clock
+        self.record_gather_s = RECORD_GATHER_S
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set; a database outage pauses the loop, it never ends it."""
@@ -106,7 +155,8 @@ class Dispatcher:
                     pass
 
     async def dispatch_once(self) -> int:
-        """Claim one batch of due notifications and deliver them concurrently; returns how many."""
+        """Claim one batch of due notifications, deliver them concurrently and record the outcomes;
+        returns how many were claimed."""
         async with self.db.session() as session:
             rows = await store.claim_due(
                 session,
@@ -115,42 +165,58 @@ class Dispatcher:
                 lease_s=self.settings.lease_s,
                 limit=self.settings.dispatch_batch,
             )
-        await asyncio.gather(*(self._handle(row) for row in rows))
+        if not rows:
+            return 0
+        contacts = BatchContacts(self.contacts)
+        pending = {asyncio.ensure_future(self._attempt(row, contacts)) for row in rows}
+        try:
+            while pending:
+                # Outcomes are committed together, but none waits long for its slower siblings: every
+                # second a sent email stays unrecorded is a second in which a crash would resend it.
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    more, pending = await asyncio.wait(pending, timeout=self.record_gather_s)
+                    done |= more
+                await self._record_together([task.result() for task in done])
+        finally:
+            for task in pending:  # only when cancelled (shutdown): the leases run out, nothing is lost
+                task.cancel()
+            contacts.close()
         return len(rows)
 
-    async def _handle(self, row: Notification) -> None:
+    async def _attempt(self, row: Notification, contacts: BatchContacts) -> Attempt:
+        """Deliver one notification; every error becomes its outcome (a ``DeliveryError``)."""
         try:
             envelope = Envelope.model_validate_json(row.source)
         except ValueError:
-            error = DeliveryError("the stored source event is unreadable", permanent=True)
-            await self._record(self._failure, row, error)
-            return
+            return Attempt(row, None, DeliveryError("the stored source event is unreadable", permanent=True))
         with referral_context(row.referral_id, envelope.trace):
             try:
                 if row.attempts > self.settings.max_attempts:
                     # Only leases that ran out get here (a crash or hang on every attempt).
                     raise DeliveryError("no outcome recorded within the lease on any attempt", permanent=True)
-                outcome = await asyncio.wait_for(
-                    self._deliver(row, envelope), timeout=self.settings.delivery_timeout_s
+                outcome: Delivered | Skipped | DeliveryError = await asyncio.wait_for(
+                    self._deliver(row, envelope, contacts), timeout=self.settings.delivery_timeout_s
                 )
             except DeliveryError as exc:
-                await self._record(self._failure, row, exc)
+                outcome = exc
             except TimeoutError:
-                await self._record(self._failure, row, DeliveryError("delivery timed out"))
+                outcome = DeliveryError("delivery timed out")
             except Exception as exc:
                 log.exception("delivery failed unexpectedly", extra={"notification": row.id})
-                await self._record(self._failure, row, DeliveryError(type(exc).__name__))
-            else:
-                await self._record(self._outcome, row, envelope, outcome)
+                outcome = DeliveryError(type(exc).__name__)
+        return Attempt(row, envelope, outcome)
 
-    async def _deliver(self, row: Notification, envelope: Envelope) -> Delivered | Skipped:
+    async def _deliver(
+        self, row: Notification, envelope: Envelope, contacts: BatchContacts
+    ) -> Delivered | Skipped:
         try:
             data = envelope.payload()
         except (ValueError, UnknownEventType) as exc:  # pydantic's ValidationError is a ValueError
             unreadable = f"the stored source event is unreadable: {type(exc).__name__}"
             raise DeliveryError(unreadable, permanent=True) from exc
         role = cast(RecipientRole, row.recipient_role)
-        contact = await self.contacts.fetch(row.referral_id) if needs_contact(role) else None
+        contact = await contacts.fetch(row.referral_id) if needs_contact(role) else None
         preferred: str | None = None
         if row.recipient_role == "site":
             if not isinstance(data, ReferralRouted):
@@ -183,74 +249,110 @@ class Dispatcher:
             routings = await store.routed_sources(session, referral_id)
         return next((r.site.name for r in routings if r.site.code == site_code), f"Site {site_code}")
 
-    async def _record(self, write: Any, *args: Any) -> None:
+    async def _record_together(self, attempts: list[Attempt]) -> None:
+        """Commit several outcomes in one transaction (one commit instead of one each); if that fails,
+        nothing of it was committed, and each is recorded on its own with ``_record``'s retries."""
+        if len(attempts) > 1:
+            try:
+                now = self.clock()
+                async with self.db.session() as session:
+                    owned = [await self._write(session, attempt, now) for attempt in attempts]
+            except Exception as exc:
+                log.warning(
+                    "could not record %d outcomes together, recording one by one",
+                    len(attempts),
+                    extra={"error": type(exc).__name__},
+                )
+            else:
+                for attempt, ours in zip(attempts, owned, strict=True):
+                    self._report(attempt, ours)
+                return
+        for attempt in attempts:
+            await self._record(attempt)
+
+    async def _record(self, attempt: Attempt) -> None:
         """Commit an outcome, riding out short database blips: after a send, every second the row
         stays uncommitted is a second in which a crash would send the email twice."""
         try:
-            async for attempt in AsyncRetrying(
+            async for retrying in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, _DB_BLIPS) or is_transient_error(e)),
                 stop=stop_after_delay(self.settings.lease_s / 4),
                 wait=wait_exponential(multiplier=0.1, max=2),
                 reraise=True,
             ):
-                with attempt:
-                    await write(*args)
+                with retrying:
+                    async with self.db.session() as session:
+                        ours = await self._write(session, attempt, self.clock())
         except Exception as exc:
             # The lease runs out and another pass tries again (with the same Message-ID).
-            log.error("could not record a delivery outcome", extra={"error": type(exc).__name__})
-
-    async def _outcome(self, row: Notification, envelope: Envelope, outcome: Delivered | Skipped) -> None:
-        now = self.clock()
-        async with self.db.session() as session:
-            if isinstance(outcome, Skipped):
-                ours = await store.finish(
-                    session, row, now=now, state=State.SKIPPED, skip_reason=outcome.reason, last_error=None
-                )
-            else:
-                ours = await store.finish(
-                    session,
-                    row,
-                    now=now,
-                    state=State.SENT,
-                    recipient=outcome.recipient,
-                    language=outcome.language,
-                    sent_at=now,
-                    last_error=None,
-                )
-                if ours:
-                    add_event(session, notified_event(row, envelope))
-        if not ours:
-            log.warning("lease lost before the outcome was recorded", extra={"notification": row.id})
+            with attempt.context():
+                log.error("could not record a delivery outcome", extra={"error": type(exc).__name__})
             return
-        kind = "skipped" if isinstance(outcome, Skipped) else "sent"
-        metrics.emails.labels(SERVICE, kind).inc()
-        log.info("notification %s", kind, extra={"notification": row.id, "role": row.recipient_role})
+        self._report(attempt, ours)
 
-    async def _failure(self, row: Notification, error: DeliveryError) -> None:
-        now = self.clock()
-        message = redact(str(error))[:1000]
-        give_up = gives_up(row.attempts, self.settings.max_attempts, permanent=error.permanent)
-        async with self.db.session() as session:
-            if give_up:
-                ours = await store.finish(session, row, now=now, state=State.FAILED, last_error=message)
-                if ours:
-                    session.add(self._dead_letter(row, message, now))
-            else:
-                delay = retry_delay_s(row.attempts, self.settings.retry_base_s, self.settings.retry_max_s)
-                ours = await store.finish(
-                    session,
-                    row,
-                    now=now,
-                    state=State.PENDING,
-                    last_error=message,
-                    next_attempt_at=now + timedelta(seconds=delay),
-                )
-        if ours:
-            metrics.emails.labels(SERVICE, "failed" if give_up else "retry").inc()
-            log.warning(
-                "notification failed" if give_up else "notification will be retried",
-                extra={"notification": row.id, "attempts": row.attempts, "error": message},
+    async def _write(self, session: AsyncSession, attempt: Attempt, now: datetime) -> bool:
+        """Write one outcome in ``session``; False when the lease was lost (nothing is written then:
+        the row belongs to another pass, which records its own outcome)."""
+        row, outcome = attempt.row, attempt.outcome
+        if isinstance(outcome, Skipped):
+            return await store.finish(
+                session, row, now=now, state=State.SKIPPED, skip_reason=outcome.reason, last_error=None
             )
+        if isinstance(outcome, Delivered):
+            assert attempt.envelope is not None
+            ours = await store.finish(
+                session,
+                row,
+                now=now,
+                state=State.SENT,
+                recipient=outcome.recipient,
+                language=outcome.language,
+                sent_at=now,
+                last_error=None,
+            )
+            if ours:
+                add_event(session, notified_event(row, attempt.envelope))
+            return ours
+        message = redact(str(outcome))[:1000]
+        if gives_up(row.attempts, self.settings.max_attempts, permanent=outcome.permanent):
+            ours = await store.finish(session, row, now=now, state=State.FAILED, last_error=message)
+            if ours:
+                session.add(self._dead_letter(row, message, now))
+            return ours
+        delay = retry_delay_s(row.attempts, self.settings.retry_base_s, self.settings.retry_max_s)
+        return await store.finish(
+            session,
+            row,
+            now=now,
+            state=State.PENDING,
+            last_error=message,
+            next_attempt_at=now + timedelta(seconds=delay),
+        )
+
+    def _report(self, attempt: Attempt, ours: bool) -> None:
+        """Metrics and the log line of a committed outcome."""
+        row, outcome = attempt.row, attempt.outcome
+        with attempt.context():
+            if isinstance(outcome, DeliveryError):
+                if not ours:
+                    return
+                give_up = gives_up(row.attempts, self.settings.max_attempts, permanent=outcome.permanent)
+                metrics.emails.labels(SERVICE, "failed" if give_up else "retry").inc()
+                log.warning(
+                    "notification failed" if give_up else "notification will be retried",
+                    extra={
+                        "notification": row.id,
+                        "attempts": row.attempts,
+                        "error": redact(str(outcome))[:1000],
+                    },
+                )
+                return
+            if not ours:
+                log.warning("lease lost before the outcome was recorded", extra={"notification": row.id})
+                return
+            kind = "skipped" if isinstance(outcome, Skipped) else "sent"
+            metrics.emails.labels(SERVICE, kind).inc()
+            log.info("notification %s", kind, extra={"notification": row.id, "role": row.recipient_role})
 
     def _dead_letter(self, row: Notification, error: str, now: datetime) -> OutboxRecord:
         """A dead letter in the shape of the consumer loop's (``<source topic>.dlq``), published by the

@@ -1,4 +1,5 @@
-"""Emails: rendered from Jinja2 templates, built as ``EmailMessage``, sent through aiosmtplib.
+"""Emails: rendered from Jinja2 templates, built as MIME bytes, sent through a small pool of aiosmtplib
+connections.
 
 Each template exists as ``<name>.<language>.txt.j2`` (plain text; it also sets ``subject``) and
 ``<name>.<language>.html.j2`` (the HTML alternative, autoescaped). A language is offered for a
@@ -7,11 +8,17 @@ template when both files exist.
 
 from __future__ import annotations
 
+import asyncio
+import binascii
+import contextlib
+import functools
 import re
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,7 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            auto_reload=False,  # the files do not change under a running process: no stat per email
         )
         self._languages: dict[str, set[str]] = {}
         for path in directory.glob("*.txt.j2"):
@@ -81,6 +89,15 @@ def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
+@dataclass(frozen=True, slots=True)
+class Email:
+    """A message ready for SMTP: the envelope and the bytes of the message."""
+
+    sender: str
+    recipient: str
+    data: bytes
+
+
 def build_message(
     rendered: Rendered,
     *,
@@ -89,49 +106,148 @@ def build_message(
     message_id: str,
     language: str,
     date: datetime | None = None,
-) -> EmailMessage:
-    """A multipart/alternative message (text first, HTML preferred by clients that can show it)."""
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = rendered.subject
-    message["Date"] = format_datetime(date or datetime.now(UTC))
-    message["Message-ID"] = message_id
-    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: auto-responders must not answer
-    message.set_content(rendered.text)
-    message.add_alternative(rendered.html, subtype="html")
-    # After the parts exist: making the alternative moves Content-* headers into the first part.
-    message["Content-Language"] = language
-    return message
+) -> Email:
+    """A multipart/alternative message (text first, HTML preferred by clients that can show it).
+
+    Written directly rather than through ``email.message.EmailMessage``: its header registry parses
+    every header it is given and folds it again on output, which cost more CPU than the rest of a
+    send. The parts are UTF-8 in quoted-printable (7-bit clean, so any server takes them); headers that
+    are long or not ASCII are encoded by ``email.header`` (RFC 2047).
+    """
+    text = _qp(rendered.text)
+    html = _qp(rendered.html)
+    boundary = f"=_{uuid.uuid4().hex}"  # "=_" never occurs in quoted-printable
+    from_header, address = _sender(sender)
+    lines = [
+        f"From: {from_header}",
+        f"To: {to}",
+        f"Subject: {_header('Subject', rendered.subject)}",
+        f"Date: {format_datetime(date or datetime.now(UTC))}",
+        f"Message-ID: {message_id}",
+        "Auto-Submitted: auto-generated",  # RFC 3834: auto-responders must not answer
+        f"Content-Language: {language}",
+        "MIME-Version: 1.0",
+        "Content-Type: multipart/alternative;",
+        f' boundary="{boundary}"',
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        text,
+        f"--{boundary}",
+        'Content-Type: text/html; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        html,
+        f"--{boundary}--",
+        "",
+    ]
+    return Email(sender=address, recipient=to, data="\r\n".join(lines).encode())
+
+
+@functools.lru_cache(maxsize=8)
+def _sender(sender: str) -> tuple[str, str]:
+    """The From header and the envelope sender of ``sender`` (a setting: parsed once, not per email)."""
+    name, address = parseaddr(sender)
+    return formataddr((name, address), charset="utf-8"), address
+
+
+def _qp(body: str) -> str:
+    """Quoted-printable with CRLF line ends (binascii's encoder is C, the email package's is Python)."""
+    return binascii.b2a_qp(body.encode(), istext=True).decode("ascii").replace("\n", "\r\n")
+
+
+def _header(name: str, value: str) -> str:
+    if value.isascii() and len(name) + len(value) < 76:
+        return value
+    charset = "us-ascii" if value.isascii() else "utf-8"
+    return Header(value, charset, header_name=name).encode(linesep="\r\n")
 
 
 class Mailer:
-    """Sends through the configured SMTP server, one connection per message."""
+    """Sends through the configured SMTP server over a few reused connections.
+
+    A connection per message cost a connect, EHLO and QUIT each time. Here up to ``smtp_connections``
+    stay open, each carrying one message at a time. One idle for longer than ``smtp_idle_s`` is closed
+    instead of trusted (servers drop idle clients, often without a word), and any error discards the
+    connection it happened on. A message is never sent again here: once DATA went out, whether it was
+    accepted is the dispatcher's question (its retry reuses the Message-ID).
+    """
 
     def __init__(self, settings: NotifierSettings) -> None:
         self.settings = settings
+        self._slots = asyncio.Semaphore(settings.smtp_connections)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (client, when it was last used)
+        self.connections_opened = 0
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, email: Email) -> None:
+        async with self._slots:
+            client = await self._checkout()
+            try:
+                await client.sendmail(
+                    email.sender,
+                    [email.recipient],
+                    email.data,
+                    mail_options=[] if (email.sender + email.recipient).isascii() else ["SMTPUTF8"],
+                )
+            except _SMTP_ERRORS as exc:
+                client.close()
+                raise _delivery_error(exc) from exc
+            except BaseException:  # a cancellation too: the connection's state is unknown
+                client.close()
+                raise
+            self._idle.append((client, time.monotonic()))
+
+    async def _checkout(self) -> aiosmtplib.SMTP:
+        """The most recently used live connection, or a new one."""
+        now = time.monotonic()
+        while self._idle:
+            client, used = self._idle.pop()
+            if client.is_connected and now - used < self.settings.smtp_idle_s:
+                return client
+            client.close()
         s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            start_tls=s.smtp_starttls,
+            use_tls=s.smtp_use_tls,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            timeout=s.smtp_timeout_s,
+        )
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=s.smtp_host,
-                port=s.smtp_port,
-                start_tls=s.smtp_starttls,
-                use_tls=s.smtp_use_tls,
-                username=s.smtp_username,
-                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                timeout=s.smtp_timeout_s,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            # Every recipient refused with a 5xx: the address will not start working by itself.
-            codes = [r.code for r in exc.recipients]
-            raise DeliveryError(
-                f"SMTP refused the recipient ({', '.join(map(str, codes))})",
-                permanent=bool(codes) and all(c >= 500 for c in codes),
-            ) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            raise DeliveryError(f"SMTP {exc.code}: {exc.message[:200]}") from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise DeliveryError(f"SMTP unavailable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            await client.connect()
+        except _SMTP_ERRORS as exc:
+            client.close()
+            raise _delivery_error(exc) from exc
+        except BaseException:
+            client.close()
+            raise
+        self.connections_opened += 1
+        return client
+
+    async def aclose(self) -> None:
+        """Say QUIT on the idle connections (shutdown); a server that does not answer is hung up on."""
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.quit(), timeout=1)
+            client.close()
+
+
+_SMTP_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError)
+
+
+def _delivery_error(exc: Exception) -> DeliveryError:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        # Every recipient refused with a 5xx: the address will not start working by itself.
+        codes = [r.code for r in exc.recipients]
+        return DeliveryError(
+            f"SMTP refused the recipient ({', '.join(map(str, codes))})",
+            permanent=bool(codes) and all(c >= 500 for c in codes),
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return DeliveryError(f"SMTP {exc.code}: {exc.message[:200]}")
+    return DeliveryError(f"SMTP unavailable: {type(exc).__name__}: {str(exc)[:200]}")

@@ -100,7 +100,14 @@ async def test_a_referral_reaches_both_emails_and_the_timeline_shows_every_step(
         "notifier",
     }
     assert current["decision"]["decision"] == "eligible"
-    assert len(current["notifications"]) == 3
+
+    async def all_three_recorded() -> dict[str, Any] | None:
+        latest = await view(web, system, clinic, rid)
+        return latest if len(latest["notifications"]) == 3 else None
+
+    # The status turns "notified" with the first referral.notified; the other two arrive on their own.
+    current = await wait_for(all_three_recorded, what="intake to record the three emails")
+    assert {n["recipient_role"] for n in current["notifications"]} == {"site", "patient", "referrer"}
 
 
 async def test_an_ineligible_referral_is_not_routed_and_the_clinic_sees_why(

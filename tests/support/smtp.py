@@ -6,6 +6,8 @@
         smtp.start()                              # back, on the same port, with what it had
         await smtp.wait_for(lambda got: len(got) >= 3)
         smtp.by_message_id()                      # {Message-ID: [every copy received]}
+        smtp.connections()                        # how many client connections carried those messages
+    SmtpServer(idle_timeout=0.5)                  # hangs up on a client idle that long, as servers do
 
 The server runs in aiosmtpd's own thread and event loop, so it answers while the test's loop waits.
 """
@@ -35,6 +37,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     message: EmailMessage
+    connection: tuple[str, int] = ("", 0)  # the client's address and port: one per SMTP connection
 
     @property
     def message_id(self) -> str:
@@ -72,6 +75,7 @@ class _Capture:
                     mail_from=envelope.mail_from,
                     rcpt_tos=tuple(envelope.rcpt_tos),
                     message=message,  # type: ignore[arg-type]
+                    connection=tuple(session.peer),
                 )
             )
         return "250 Message accepted for delivery"
@@ -86,9 +90,12 @@ def _free_port(host: str) -> int:
 class SmtpServer:
     """An aiosmtpd server with a fixed loopback port, so it can go down and come back at the same place."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, *, idle_timeout: float = 300
+    ) -> None:
         self.host = host
         self.port = port or _free_port(host)
+        self.idle_timeout = idle_timeout
         self._capture = _Capture()
         self._controller: Controller | None = None
 
@@ -99,7 +106,9 @@ class SmtpServer:
     def start(self) -> None:
         if self._controller is not None:
             return
-        controller = Controller(self._capture, hostname=self.host, port=self.port, ready_timeout=10)
+        controller = Controller(
+            self._capture, hostname=self.host, port=self.port, ready_timeout=10, timeout=self.idle_timeout
+        )
         deadline = time.monotonic() + 10
         while True:  # the port may linger for a moment after a stop
             try:
@@ -127,6 +136,10 @@ class SmtpServer:
         for received in self.messages:
             grouped[received.message_id].append(received)
         return dict(grouped)
+
+    def connections(self) -> int:
+        """How many SMTP connections the messages received so far came over."""
+        return len({m.connection for m in self.messages})
 
     def to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address in m.rcpt_tos]

@@ -32,7 +32,7 @@ from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referre
 from shared.problems import NotFound
 from shared.settings import KafkaSettings
 from tests.support.auth import Issuer, http, issuer
-from tests.support.kafka import eventually, produce
+from tests.support.kafka import eventually, produce, read_topic
 from tests.support.servers import serve_app
 from tests.support.smtp import SmtpServer, smtp_server
 
@@ -201,6 +201,52 @@ def run_notifier() -> RunNotifier:
     return run
 
 
+@dataclass
+class Stack:
+    """This test's notifier neighbours, and the moves every test makes with them."""
+
+    make_settings: MakeSettings
+    run_notifier: RunNotifier
+    intake: Intake
+    smtp: SmtpServer
+    kafka: KafkaSettings
+    database_url: str
+
+    def run(self, **overrides: Any) -> AbstractAsyncContextManager[str]:
+        """A notifier wired to the neighbours (settings overridable, e.g. ``dispatch_batch=3``)."""
+        return self.run_notifier(self.make_settings(**overrides))
+
+    def referral(self, **contact: Any) -> uuid.UUID:
+        """A new referral id whose contact details intake knows (``Intake.add``'s options)."""
+        referral_id = uuid.uuid4()
+        self.intake.add(referral_id, **contact)
+        return referral_id
+
+    async def publish(self, envelope: Envelope, times: int = 1) -> None:
+        await publish(self.kafka, envelope, times)
+
+    async def notifications(self, referral_id: uuid.UUID | None = None) -> list[Notification]:
+        return await notifications(self.database_url, referral_id)
+
+    async def settled(self, count: int, **options: Any) -> list[Notification]:
+        return await settled(self.database_url, count, **options)
+
+    async def topic_has(self, topic: str, count: int) -> bool:
+        return await topic_has(self.kafka, topic, count)
+
+
+@pytest.fixture
+def stack(
+    notifier_settings: MakeSettings,
+    run_notifier: RunNotifier,
+    intake: Intake,
+    smtp_server: SmtpServer,
+    kafka: KafkaSettings,
+    database_url: str,
+) -> Stack:
+    return Stack(notifier_settings, run_notifier, intake, smtp_server, kafka, database_url)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}"
@@ -270,3 +316,18 @@ async def settled(
 
     await eventually(check, within=within, what=f"{count} notifications in {sorted(states)}")
     return result
+
+
+async def topic_has(kafka: KafkaSettings, topic: str, count: int) -> bool:
+    """At least ``count`` records on ``topic`` (this test's prefix)."""
+    return len(await read_topic(kafka, topic)) >= count
+
+
+def assert_each_email_once(smtp: SmtpServer, expected: int) -> None:
+    copies = {mid: len(received) for mid, received in smtp.by_message_id().items()}
+    assert len(copies) == expected, f"{len(copies)} distinct emails, expected {expected}"
+    assert set(copies.values()) == {1}, f"duplicates: { {m: n for m, n in copies.items() if n > 1} }"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -9,16 +9,12 @@ import pytest
 
 from services.notifier.domain import message_id
 from shared.auth import Scope
-from shared.settings import KafkaSettings
 from tests.integration.notifier.conftest import (
     PATIENT,
-    Intake,
     Issuer,
-    MakeSettings,
-    RunNotifier,
-    publish,
+    Stack,
+    bearer,
     routed,
-    settled,
 )
 
 pytestmark = pytest.mark.integration
@@ -27,36 +23,32 @@ pytestmark = pytest.mark.integration
 async def test_ops_read_a_referrals_delivery_log_and_nobody_else_does(
     issuer: Issuer,
     http: httpx.AsyncClient,
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
     ops = await issuer.token(http, "ops-console", [Scope.OPS], audience="notifier")
     clinic = await issuer.token(http, "clinic-0001", [Scope.REFERRALS_READ], audience="notifier")
     for_intake = await issuer.token(http, "ops-intake", [Scope.OPS], audience="intake")
 
     referral_id, other_id = uuid.uuid4(), uuid.uuid4()
-    intake.add(referral_id, language="es")
-    intake.add(other_id, consent=False)
+    stack.intake.add(referral_id, language="es")
+    stack.intake.add(other_id, consent=False)
     event = routed(referral_id)
-    async with run_notifier(notifier_settings()) as url:
-        await publish(kafka, event)
-        await publish(kafka, routed(other_id))
-        await settled(database_url, 6)
+    async with stack.run() as url:
+        await stack.publish(event)
+        await stack.publish(routed(other_id))
+        await stack.settled(6)
 
         log_url = f"{url}/v1/notifications"
         params = {"referral_id": str(referral_id)}
         anonymous = await http.get(log_url, params=params)
         assert anonymous.status_code == 401
         assert anonymous.headers["content-type"].startswith("application/problem+json")
-        assert (await http.get(log_url, params=params, headers=_bearer(clinic))).status_code == 403
-        assert (await http.get(log_url, params=params, headers=_bearer(for_intake))).status_code == 401
+        assert (await http.get(log_url, params=params, headers=bearer(clinic))).status_code == 403
+        assert (await http.get(log_url, params=params, headers=bearer(for_intake))).status_code == 401
 
-        response = await http.get(log_url, params=params, headers=_bearer(ops))
+        response = await http.get(log_url, params=params, headers=bearer(ops))
         assert response.status_code == 200, response.text
-        skipped = await http.get(log_url, params={"state": "skipped"}, headers=_bearer(ops))
+        skipped = await http.get(log_url, params={"state": "skipped"}, headers=bearer(ops))
 
     assert PATIENT["email"] not in response.text and PATIENT["given_name"] not in response.text
     log = {n["recipient_role"]: n for n in response.json()["notifications"]}
@@ -74,7 +66,3 @@ async def test_ops_read_a_referrals_delivery_log_and_nobody_else_does(
     (only,) = skipped.json()["notifications"]
     assert only["referral_id"] == str(other_id) and "consent" in only["skip_reason"]
     assert only["recipient"] is None
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}

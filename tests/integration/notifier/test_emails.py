@@ -3,56 +3,41 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
 from services.notifier.domain import message_id
 from shared.events import Envelope, ReferralNotified
-from shared.settings import KafkaSettings
 from tests.integration.notifier.conftest import (
     DFCI,
     PATIENT,
     REFERRER,
     WCM,
-    Intake,
-    MakeSettings,
-    RunNotifier,
-    publish,
+    Stack,
     routed,
-    settled,
     site_decided,
 )
 from tests.support.kafka import eventually, read_topic
-from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
 
-async def test_a_routed_referral_emails_site_patient_and_referrer(
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
-) -> None:
-    referral_id = uuid.uuid4()
-    intake.add(referral_id)
+async def test_a_routed_referral_emails_site_patient_and_referrer(stack: Stack) -> None:
+    referral_id = stack.referral()
     event = routed(referral_id)
-    async with run_notifier(notifier_settings()):
-        await publish(kafka, event)
-        rows = await settled(database_url, 3)
-        await eventually(lambda: _topic_has(kafka, "referral.notified", 3), what="3 referral.notified")
+    async with stack.run():
+        await stack.publish(event)
+        rows = await stack.settled(3)
+        await eventually(lambda: stack.topic_has("referral.notified", 3), what="3 referral.notified")
 
     assert {r.recipient_role: r.state for r in rows} == {
         "site": "sent",
         "patient": "sent",
         "referrer": "sent",
     }
-    assert len(smtp_server.messages) == 3
+    assert len(stack.smtp.messages) == 3
 
-    (site,) = smtp_server.to(WCM.coordinator_email)
+    (site,) = stack.smtp.to(WCM.coordinator_email)
     assert site.message_id == message_id(event.id, "site")
     assert site.mail_from == "no-reply@trialroute.example"
     assert str(referral_id) in site.subject and WCM.name in site.subject
@@ -69,7 +54,7 @@ async def test_a_routed_referral_emails_site_patient_and_referrer(
     for identity in PATIENT.values():
         assert identity not in everything, f"the site's email carries patient identity: {identity}"
 
-    (patient,) = smtp_server.to(PATIENT["email"])
+    (patient,) = stack.smtp.to(PATIENT["email"])
     assert patient.message_id == message_id(event.id, "patient")
     assert patient.message["Content-Language"] == "en"
     text = patient.body("plain")
@@ -80,18 +65,20 @@ async def test_a_routed_referral_emails_site_patient_and_referrer(
     assert PATIENT["family_name"] not in patient.raw_text()
     assert "<strong>Weill Cornell Medicine</strong>" in patient.body("html")
 
-    (referrer,) = smtp_server.to(REFERRER.email)
+    (referrer,) = stack.smtp.to(REFERRER.email)
     assert referrer.message_id == message_id(event.id, "referrer")
     assert f"Referral {referral_id}: routed to {WCM.name}" == referrer.subject
     assert PATIENT["given_name"] not in referrer.raw_text()
 
-    assert intake.reads == [("notifier", referral_id)] * 2, "contact read for patient and referrer only"
+    assert stack.intake.reads == [("notifier", referral_id)], "one contact read, for patient and referrer"
     by_role = {r.recipient_role: r for r in rows}
     assert by_role["patient"].recipient == "m***@example.com"
     assert by_role["site"].recipient == "u***@sites.example.org"
     assert all(r.attempts == 1 and r.sent_at is not None for r in rows)
 
-    notified = [Envelope.from_bytes(r.value or b"") for r in await read_topic(kafka, "referral.notified")]
+    notified = [
+        Envelope.from_bytes(r.value or b"") for r in await read_topic(stack.kafka, "referral.notified")
+    ]
     assert {n.referral_id for n in notified} == {referral_id}
     payloads = [n.payload() for n in notified]
     assert all(isinstance(p, ReferralNotified) and p.source_event_id == event.id for p in payloads)
@@ -108,28 +95,22 @@ async def test_no_patient_email_without_consent_or_address(
     consent: bool,
     email: str | None,
     reason: str,
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
-    referral_id = uuid.uuid4()
-    intake.add(referral_id, consent=consent, email=email)
-    async with run_notifier(notifier_settings()):
-        await publish(kafka, routed(referral_id, consent=consent))
-        rows = await settled(database_url, 3)
-        await eventually(lambda: _topic_has(kafka, "referral.notified", 2), what="2 referral.notified")
+    referral_id = stack.referral(consent=consent, email=email)
+    async with stack.run():
+        await stack.publish(routed(referral_id, consent=consent))
+        rows = await stack.settled(3)
+        await eventually(lambda: stack.topic_has("referral.notified", 2), what="2 referral.notified")
 
     patient = next(r for r in rows if r.recipient_role == "patient")
     assert patient.state == "skipped" and reason in str(patient.skip_reason)
     assert patient.recipient is None
-    assert smtp_server.to(PATIENT["email"]) == []
-    assert {m.rcpt_tos for m in smtp_server.messages} == {(WCM.coordinator_email,), (REFERRER.email,)}
+    assert stack.smtp.to(PATIENT["email"]) == []
+    assert {m.rcpt_tos for m in stack.smtp.messages} == {(WCM.coordinator_email,), (REFERRER.email,)}
     roles = {
         json.loads(r.value or b"")["data"]["recipient_role"]
-        for r in await read_topic(kafka, "referral.notified")
+        for r in await read_topic(stack.kafka, "referral.notified")
     }
     assert roles == {"site", "referrer"}, "nothing is published for a skipped email"
 
@@ -142,59 +123,47 @@ async def test_the_patient_reads_their_language_or_english(
     preferred: str,
     language: str,
     phrase: str,
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
-    referral_id = uuid.uuid4()
-    intake.add(referral_id, language=preferred)
-    async with run_notifier(notifier_settings()):
-        await publish(kafka, routed(referral_id))
-        rows = await settled(database_url, 3)
+    referral_id = stack.referral(language=preferred)
+    async with stack.run():
+        await stack.publish(routed(referral_id))
+        rows = await stack.settled(3)
 
-    (patient,) = smtp_server.to(PATIENT["email"])
+    (patient,) = stack.smtp.to(PATIENT["email"])
     assert phrase in patient.body("plain") and phrase in patient.body("html")
     assert patient.message["Content-Language"] == language
     assert next(r for r in rows if r.recipient_role == "patient").language == language
-    (site,) = smtp_server.to(WCM.coordinator_email)
+    (site,) = stack.smtp.to(WCM.coordinator_email)
     assert "Próximos" not in site.body("plain"), "professionals' emails stay in English"
 
 
 async def test_a_declined_referral_routed_again_emails_the_new_site_and_tells_the_patient(
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
-    referral_id = uuid.uuid4()
-    intake.add(referral_id)
+    referral_id = stack.referral()
     first, decline, second = (
         routed(referral_id, WCM),
         site_decided(referral_id, "declined", reason="no capacity for apheresis this month"),
         routed(referral_id, DFCI, rank=2),
     )
-    async with run_notifier(notifier_settings()):
+    async with stack.run():
         for event in (first, decline, second):
-            await publish(kafka, event)
-        await settled(database_url, 7)
+            await stack.publish(event)
+        await stack.settled(7)
 
-    assert len(smtp_server.to(WCM.coordinator_email)) == 1
-    (new_site,) = smtp_server.to(DFCI.coordinator_email)
+    assert len(stack.smtp.to(WCM.coordinator_email)) == 1
+    (new_site,) = stack.smtp.to(DFCI.coordinator_email)
     assert "your site is choice 2" in new_site.body("plain")
 
-    to_patient = smtp_server.to(PATIENT["email"])
+    to_patient = stack.smtp.to(PATIENT["email"])
     assert len(to_patient) == 2 and len({m.message_id for m in to_patient}) == 2
     latest = next(m for m in to_patient if m.message_id == message_id(second.id, "patient"))
     text = " ".join(latest.body("plain").split())
     assert f"{WCM.name}, cannot take your referral" in text
     assert f"{DFCI.name}, {DFCI.city}" in text
 
-    to_referrer = {m.subject: m for m in smtp_server.to(REFERRER.email)}
+    to_referrer = {m.subject: m for m in stack.smtp.to(REFERRER.email)}
     declined = to_referrer[f"Referral {referral_id}: declined by {WCM.name}"]
     assert "no capacity for apheresis this month" in declined.body("plain")
     assert f"Referral {referral_id}: routed to {DFCI.name}" in to_referrer
@@ -208,24 +177,14 @@ async def test_a_declined_referral_routed_again_emails_the_new_site_and_tells_th
 async def test_site_decisions_email_the_referrer_only(
     decision: str,
     phrase: str,
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
-    referral_id = uuid.uuid4()
-    intake.add(referral_id)
-    async with run_notifier(notifier_settings()):
-        await publish(kafka, site_decided(referral_id, decision))
-        (row,) = await settled(database_url, 1)
+    referral_id = stack.referral()
+    async with stack.run():
+        await stack.publish(site_decided(referral_id, decision))
+        (row,) = await stack.settled(1)
 
     assert row.recipient_role == "referrer" and row.template == "referrer_site_decided"
-    (email,) = smtp_server.messages
+    (email,) = stack.smtp.messages
     assert email.rcpt_tos == (REFERRER.email,)
     assert phrase in email.body("plain") and "Site WCM" in email.subject
-
-
-async def _topic_has(kafka: KafkaSettings, topic: str, count: int) -> bool:
-    return len(await read_topic(kafka, topic)) >= count

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 
 import httpx
 import pytest
@@ -12,23 +11,16 @@ import pytest
 from services.notifier.domain import message_id
 from shared.auth import Scope
 from shared.events import Envelope
-from shared.settings import KafkaSettings
 from tests.integration.notifier.conftest import (
     PATIENT,
     REFERRER,
     WCM,
-    Intake,
     Issuer,
-    MakeSettings,
-    RunNotifier,
-    notifications,
-    publish,
+    Stack,
     routed,
     set_scopes,
-    settled,
 )
 from tests.support.kafka import eventually, read_topic
-from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -46,25 +38,19 @@ async def test_a_client_without_contact_read_delays_patient_and_referrer_emails_
     asks_for: list[str],
     error: str,
     issuer: Issuer,
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
     secret = await issuer.register("notifier-misconfigured", [Scope.REFERRALS_READ], audiences=["intake"])
-    settings = notifier_settings(
+    settings = stack.make_settings(
         client_id="notifier-misconfigured", client_secret=secret, contact_scopes=asks_for
     )
-    referral_id = uuid.uuid4()
-    intake.add(referral_id)
+    referral_id = stack.referral()
     event = routed(referral_id)
-    async with run_notifier(settings):
-        await publish(kafka, event)
+    async with stack.run_notifier(settings):
+        await stack.publish(event)
 
         async def refused_twice() -> bool:
-            rows = {r.recipient_role: r for r in await notifications(database_url)}
+            rows = {r.recipient_role: r for r in await stack.notifications()}
             return (
                 len(rows) == 3
                 and rows["site"].state == "sent"
@@ -72,17 +58,17 @@ async def test_a_client_without_contact_read_delays_patient_and_referrer_emails_
             )
 
         await eventually(refused_twice, what="patient and referrer emails retried, the site's sent")
-        for row in await notifications(database_url):
+        for row in await stack.notifications():
             if row.recipient_role != "site":  # waiting for its next attempt, or in it
                 assert row.state in ("pending", "sending") and error in str(row.last_error), row.last_error
-        assert [m.rcpt_tos for m in smtp_server.messages] == [(WCM.coordinator_email,)]
+        assert [m.rcpt_tos for m in stack.smtp.messages] == [(WCM.coordinator_email,)]
 
         await set_scopes(issuer, "notifier-misconfigured", [Scope.REFERRALS_READ, Scope.CONTACT_READ])
-        rows = await settled(database_url, 3)
+        rows = await stack.settled(3)
 
     assert all(r.state == "sent" and r.last_error is None for r in rows)
-    assert len(smtp_server.to(PATIENT["email"])) == 1 and len(smtp_server.to(REFERRER.email)) == 1
-    assert {mid: len(c) for mid, c in smtp_server.by_message_id().items()} == {
+    assert len(stack.smtp.to(PATIENT["email"])) == 1 and len(stack.smtp.to(REFERRER.email)) == 1
+    assert {mid: len(c) for mid, c in stack.smtp.by_message_id().items()} == {
         message_id(event.id, role): 1 for role in ("site", "patient", "referrer")
     }
 
@@ -90,51 +76,41 @@ async def test_a_client_without_contact_read_delays_patient_and_referrer_emails_
 async def test_out_of_attempts_a_notification_fails_with_a_dead_letter_and_ops_can_retry_it(
     issuer: Issuer,
     http: httpx.AsyncClient,
-    notifier_settings: MakeSettings,
-    run_notifier: RunNotifier,
-    intake: Intake,
-    smtp_server: SmtpServer,
-    kafka: KafkaSettings,
-    database_url: str,
+    stack: Stack,
 ) -> None:
     ops_token = await issuer.token(http, "ops-console", [Scope.OPS], audience="notifier")
     ops = {"Authorization": f"Bearer {ops_token}"}
-    referral_id = uuid.uuid4()
-    intake.add(referral_id)
+    referral_id = stack.referral()
     event = routed(referral_id)
-    smtp_server.stop()
-    async with run_notifier(notifier_settings(max_attempts=3)) as url:
-        await publish(kafka, event)
-        rows = await settled(database_url, 3, states=frozenset({"failed"}))
-        await eventually(lambda: _count(kafka, "referral.routed.dlq", 3), what="3 dead letters")
+    stack.smtp.stop()
+    async with stack.run(max_attempts=3) as url:
+        await stack.publish(event)
+        rows = await stack.settled(3, states=frozenset({"failed"}))
+        await eventually(lambda: stack.topic_has("referral.routed.dlq", 3), what="3 dead letters")
 
         assert all(r.attempts == 3 and "SMTP unavailable" in str(r.last_error) for r in rows)
-        letters = [json.loads(r.value or b"") for r in await read_topic(kafka, "referral.routed.dlq")]
+        letters = [json.loads(r.value or b"") for r in await read_topic(stack.kafka, "referral.routed.dlq")]
         assert {x["notification"]["message_id"] for x in letters} == {
             message_id(event.id, role) for role in ("site", "patient", "referrer")
         }
         for letter in letters:
             assert "SMTP unavailable" in letter["error"]
-            assert letter["topic"] == kafka.topic("referral.routed")
+            assert letter["topic"] == stack.kafka.topic("referral.routed")
             assert letter["key"] == str(referral_id)
             assert Envelope.from_bytes(base64.b64decode(letter["value_b64"])).id == event.id
             assert letter["value_truncated"] is False
             assert PATIENT["email"] not in json.dumps(letter)
-        assert await read_topic(kafka, "referral.notified") == []
+        assert await read_topic(stack.kafka, "referral.notified") == []
 
-        smtp_server.start()
+        stack.smtp.start()
         for row in rows:
             response = await http.post(f"{url}/v1/notifications/{row.id}/retry", headers=ops)
             assert response.status_code == 200, response.text
             assert response.json()["state"] == "pending" and response.json()["attempts"] == 0
-        rows = await settled(database_url, 3)
+        rows = await stack.settled(3)
         again = await http.post(f"{url}/v1/notifications/{rows[0].id}/retry", headers=ops)
         assert again.status_code == 409
         missing = await http.post(f"{url}/v1/notifications/999999/retry", headers=ops)
         assert missing.status_code == 404
 
-    assert len(smtp_server.messages) == 3
-
-
-async def _count(kafka: KafkaSettings, topic: str, count: int) -> bool:
-    return len(await read_topic(kafka, topic)) >= count
+    assert len(stack.smtp.messages) == 3

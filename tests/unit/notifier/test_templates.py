@@ -5,6 +5,10 @@ Reads the packaged templates (package data, like the rule sets), nothing else.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any
 
 import pytest
@@ -90,9 +94,47 @@ def test_a_missing_variable_is_a_permanent_error_not_a_blank() -> None:
 
 def test_messages_carry_both_alternatives_and_the_given_message_id() -> None:
     rendered = TEMPLATES.render(Template.REFERRER_ROUTED, "en", context())
-    message = build_message(
+    email = build_message(
         rendered, sender="n@trialroute.example", to="a@b.example", message_id="<x@y>", language="en"
     )
+    message = parse(email.data)
+    assert (email.sender, email.recipient) == ("n@trialroute.example", "a@b.example")
     assert message["Message-ID"] == "<x@y>"
     assert message.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_a_message_reads_back_as_written_whatever_its_language_and_line_lengths() -> None:
+    long_line = "Hinweis: " + "ä" * 30 + " " + "x" * 200 + " =?not-a-word?= " + "\n.\n"
+    rendered = TEMPLATES.render(Template.PATIENT_ROUTED, "es", context(note=long_line))
+    rendered = type(rendered)(
+        subject=rendered.subject + " " + "y" * 80, text=rendered.text + long_line, html=rendered.html
+    )
+    email = build_message(
+        rendered,
+        sender="UCART123 study referrals <no-reply@trialroute.example>",
+        to="maria.lopez@example.com",
+        message_id="<abc@trialroute.notifier>",
+        language="es",
+        date=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+    )
+    assert email.data.isascii(), "7-bit clean: any SMTP server takes it"
+    assert all(len(line) <= 78 for line in email.data.split(b"\r\n")), "no line over RFC 5322's 78"
+    assert b"\n" not in email.data.replace(b"\r\n", b"")
+    message = parse(email.data)
+    assert message["From"] == "UCART123 study referrals <no-reply@trialroute.example>"
+    assert email.sender == "no-reply@trialroute.example"
+    assert message["To"] == "maria.lopez@example.com"
+    assert message["Subject"] == rendered.subject
+    assert message["Date"] == "Wed, 25 Nov 2026 12:00:00 +0000"
+    assert message["Message-ID"] == "<abc@trialroute.notifier>"
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["Content-Language"] == "es" and message["MIME-Version"] == "1.0"
+    text, html = message.iter_parts()
+    assert text.get_content().replace("\r\n", "\n") == rendered.text
+    assert html.get_content().replace("\r\n", "\n") == rendered.html
+    assert message.get_body(preferencelist=("html",)) is html
+
+
+def parse(data: bytes) -> EmailMessage:
+    return BytesParser(policy=policy.default).parsebytes(data)  # type: ignore[return-value]

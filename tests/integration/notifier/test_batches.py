@@ -1,0 +1,141 @@
+"""What a dispatch batch shares: one contact read per referral, a few SMTP connections, one transaction
+for the outcomes; and that sharing them loses and doubles nothing. Real intake stand-in, SMTP, database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+import pytest
+from sqlalchemy import select, update
+
+from services.notifier.bootstrap import contact_reader
+from services.notifier.consumers import on_routed
+from services.notifier.dispatcher import Dispatcher
+from services.notifier.mail import Email, Mailer, Templates
+from services.notifier.store import TABLES, Notification
+from shared.db import Database
+from shared.events import ReferralRouted
+from shared.outbox import OutboxRecord
+from tests.integration.notifier.conftest import REFERRER, Stack, assert_each_email_once, routed
+from tests.support.kafka import eventually
+from tests.support.smtp import SmtpServer
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_rows_of_a_referral_share_one_contact_read_per_batch_even_when_it_fails(
+    stack: Stack,
+) -> None:
+    known = [stack.referral() for _ in range(3)]
+    unknown = uuid.uuid4()  # intake does not know it yet: 404, so its patient and referrer wait
+    async with stack.run():
+        for referral_id in [*known, unknown]:
+            await stack.publish(routed(referral_id))
+
+        async def refused_twice() -> bool:
+            rows = await stack.notifications(unknown)
+            waiting = [r for r in rows if r.recipient_role != "site"]
+            return len(waiting) == 2 and all(
+                r.attempts >= 2 and "intake answered 404" in str(r.last_error) for r in waiting
+            )
+
+        await eventually(refused_twice, what="the unknown referral's patient and referrer emails retried")
+        stack.intake.add(unknown)
+        rows = await stack.settled(12)
+
+    reads = Counter(referral_id for _, referral_id in stack.intake.reads)
+    assert {r: reads[r] for r in known} == {r: 1 for r in known}, "patient and referrer share one read"
+    attempts = {r.recipient_role: r.attempts for r in rows if r.referral_id == unknown}
+    assert attempts["patient"] == attempts["referrer"] == reads[unknown], "one read per attempt of both"
+    assert_each_email_once(stack.smtp, 12)
+
+
+async def test_messages_go_over_reused_smtp_connections(stack: Stack) -> None:
+    referrals = [stack.referral() for _ in range(4)]
+    async with stack.run(smtp_connections=1):
+        for referral_id in referrals:
+            await stack.publish(routed(referral_id))
+        await stack.settled(12)
+
+    assert_each_email_once(stack.smtp, 12)
+    assert stack.smtp.connections() == 1
+
+
+async def test_a_connection_the_server_hung_up_on_is_replaced_without_losing_or_doubling_an_email(
+    stack: Stack,
+) -> None:
+    first, second = stack.referral(), stack.referral()
+    with SmtpServer(idle_timeout=1) as smtp:  # hangs up on a client idle for a second
+        # The client would trust the connection for a minute: only the hang-up tells it otherwise.
+        async with stack.run(smtp_port=smtp.port, smtp_connections=1, smtp_idle_s=60):
+            await stack.publish(routed(first))
+            await stack.settled(3)
+            await asyncio.sleep(2.5)
+            await stack.publish(routed(second))
+            rows = await stack.settled(6)
+
+    assert_each_email_once(smtp, 6)
+    assert smtp.connections() >= 2
+    assert all(r.attempts == 1 and r.last_error is None for r in rows), "no attempt met the dead one"
+
+
+class LeaseTakingMailer(Mailer):
+    """A real mailer; just before the referrer's email goes out, another dispatcher takes that row
+    over, as if this one's lease had run out meanwhile."""
+
+    def __init__(self, stack: Stack, db: Database) -> None:
+        super().__init__(stack.make_settings())
+        self.db = db
+
+    async def send(self, email: Email) -> None:
+        if email.recipient == REFERRER.email:
+            async with self.db.session() as session:
+                await session.execute(
+                    update(Notification)
+                    .where(Notification.recipient_role == "referrer")  # type: ignore[arg-type]
+                    .values(claim="another-dispatcher")
+                )
+        await super().send(email)
+
+
+async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was_lost(stack: Stack) -> None:
+    settings = stack.make_settings()
+    referral_id = stack.referral()
+    event = routed(referral_id)
+    db = Database(stack.database_url)
+    await db.create_tables(TABLES)
+    contacts, tokens = contact_reader(settings)
+    mailer = LeaseTakingMailer(stack, db)
+    dispatcher = Dispatcher(db, settings, mailer=mailer, templates=Templates(), contacts=contacts)
+    dispatcher.record_gather_s = 30  # all three outcomes in one transaction, however slow the machine
+    try:
+        async with db.session() as session:
+            data = event.payload()
+            assert isinstance(data, ReferralRouted)
+            await on_routed(session, event, data, message_id_domain="trialroute.notifier")
+        assert await dispatcher.dispatch_once() == 3
+        async with db.session() as session:
+            notified = (
+                (await session.execute(select(OutboxRecord).where(OutboxRecord.topic == "referral.notified")))  # type: ignore[arg-type]
+                .scalars()
+                .all()
+            )
+    finally:
+        await mailer.aclose()
+        await contacts.aclose()
+        await tokens.aclose()
+        await db.dispose()
+
+    rows = {r.recipient_role: r for r in await stack.notifications()}
+    assert {role: r.state for role, r in rows.items()} == {
+        "site": "sent",
+        "patient": "sent",
+        "referrer": "sending",  # the other dispatcher's now: it records its own outcome
+    }
+    assert rows["referrer"].claim == "another-dispatcher" and rows["referrer"].sent_at is None
+    assert rows["site"].updated_at == rows["patient"].updated_at, "recorded in one transaction"
+    assert len(notified) == 2, "no referral.notified for the row whose lease was lost"
+    assert len(stack.smtp.messages) == 3
+    assert len(stack.intake.reads) == 1

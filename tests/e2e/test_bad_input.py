@@ -41,7 +41,7 @@ from shared.dead_letters import list_dead_letters
 from shared.events import EVENT_TYPES
 from shared.kafka import new_producer
 from shared.problems import PROBLEM_JSON
-from tests.e2e.conftest import Registry
+from tests.support.auth import Issuer
 from tests.support.system import Client, sample_referral, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +110,7 @@ class Fuzzer:
     """Registers the fuzzing clients, makes the referrals and the site the path parameters point at,
     and afterwards withdraws, closes and frees what the fuzzing left open."""
 
-    def __init__(self, system: Stack, registry: Registry, http: httpx.AsyncClient) -> None:
+    def __init__(self, system: Stack, registry: Issuer, http: httpx.AsyncClient) -> None:
         self.system = system
         self.registry = registry
         self.http = http
@@ -141,7 +141,7 @@ class Fuzzer:
             clinic_id=principal.clinic_id,
             site_code=principal.site_code,
         )
-        return await self.registry.token(self.http, principal.client_id, audience)
+        return await self.registry.fetch_token(self.http, principal.client_id, audience)
 
     async def headers(self, principal: Principal, audience: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self.token(principal, audience)}"}
@@ -211,7 +211,7 @@ class Fuzzer:
 
 
 @pytest.fixture(scope="module")
-async def fuzzer(system: Stack, registry: Registry) -> AsyncIterator[Fuzzer]:
+async def fuzzer(system: Stack, registry: Issuer) -> AsyncIterator[Fuzzer]:
     async with httpx.AsyncClient(timeout=30) as http:
         fuzzer = Fuzzer(system, registry, http)
         yield fuzzer

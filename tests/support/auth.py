@@ -24,6 +24,7 @@ from services.auth.registry import create_client
 from shared.auth import Scope
 from shared.db import Database
 from shared.settings import OAuthSettings
+from tests.conftest import Servers, fresh_database
 from tests.support.servers import loopback_socket, serve_app, url_of
 
 
@@ -121,6 +122,15 @@ async def running_issuer(database_url: str, *, token_lifetime_s: int = 3600) -> 
 async def issuer(make_database_url: Callable[[], Awaitable[str]]) -> AsyncIterator[Issuer]:
     """The auth service on a database of its own, for tests of the services that trust it."""
     async with running_issuer(await make_database_url()) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def session_issuer(servers: Servers) -> AsyncIterator[Issuer]:
+    """One auth service for the whole run, for suites that would otherwise start one per test and
+    check every client's argon2-hashed secret again (slow by design). Clients stay registered for the
+    run: a client id must mean the same scopes in every test that uses it."""
+    async with fresh_database(servers) as url, running_issuer(url) as running:
         yield running
 
 

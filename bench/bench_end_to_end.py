@@ -57,7 +57,7 @@ from services.devstack.processes import trialroute_argv
 from services.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, free_port, site_codes
 from shared.kafka import delete_topics
 from shared.settings import KafkaSettings
-from tests.support.system import sample_referral
+from tests.support.system import own_consumer_groups, sample_referral
 
 POSTAL_CODES = ("10021", "02215", "33612", "77030", "60611", "94143", "98109", "80045")
 SITE_DOMAIN = "@sites.example.org"
@@ -98,13 +98,7 @@ def running(tag: str, profile: Sequence[str]) -> Iterator[BenchStack]:
             environment="test",
             service_env={
                 "auth": {"AUTH_KEY_ENCRYPTION_SECRET": f"bench-{tag}", "AUTH_TOKEN_LIFETIME_S": "3600"},
-                # Consumer groups are not covered by the topic prefix: without groups of our own, every
-                # other system on the shared broker that joins or leaves "trialroute-<service>" would
-                # rebalance ours (and we theirs).
-                **{
-                    s: {f"{s.upper()}_CONSUMER_GROUP": f"bench{tag}-trialroute-{s}"}
-                    for s in ("intake", "eligibility", "site_router", "notifier")
-                },
+                **own_consumer_groups(f"bench{tag}-"),
             },
         )
         stack = BenchStack(config, profile)

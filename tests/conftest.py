@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -57,29 +58,38 @@ def servers() -> Iterator[Servers]:
         yield Servers(url.render_as_string(hide_password=False), broker.get_bootstrap_server())
 
 
+@asynccontextmanager
+async def fresh_database(servers: Servers) -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database (an async SQLAlchemy URL), dropped afterwards; for fixtures of
+    any scope."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _admin(servers, f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(servers.pg_admin_url).set(drivername="postgresql+asyncpg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        # A connection of its own: one held for the whole run would not survive the fault suite's
+        # PostgreSQL restart.
+        await _admin(servers, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(servers: Servers, statement: str) -> None:
+    admin = await asyncpg.connect(servers.pg_admin_url)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def make_database_url(servers: Servers) -> AsyncIterator[Callable[[], Awaitable[str]]]:
     """A factory of fresh, empty PostgreSQL databases (async SQLAlchemy URLs), dropped after the test."""
-    admin = make_url(servers.pg_admin_url)
-    created: list[str] = []
+    async with AsyncExitStack() as databases:
 
-    async def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:16]}"
-        conn = await asyncpg.connect(servers.pg_admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        created.append(name)
-        return admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+        async def make() -> str:
+            return await databases.enter_async_context(fresh_database(servers))
 
-    yield make
-    conn = await asyncpg.connect(servers.pg_admin_url)
-    try:
-        for name in created:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+        yield make
 
 
 @pytest.fixture

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.auth.registry import create_client
 from services.devstack.stack import Stack
-from shared.auth import Scope
-from shared.db import Database
 from tests.conftest import Servers
+from tests.support.auth import Issuer, attached_issuer
 from tests.support.system import Client, running_system
 
 
@@ -44,49 +42,9 @@ def coordinators(system: Stack) -> dict[str, Client]:
     return {code: Client(system, f"coordinator-{code.lower()}") for code in ("WCM", "DFCI", "MCC", "MDACC")}
 
 
-class Registry:
-    """Clients a test registers on the running system's own auth store, beside the demo clients, and
-    real tokens for them from a token endpoint (the system's, unless ``issuer_url`` names another)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.db = Database(stack.config.database_url("auth"))
-        self.secrets: dict[str, str] = {}
-
-    async def register(
-        self,
-        client_id: str,
-        scopes: Sequence[Scope | str],
-        *,
-        audiences: Sequence[str],
-        clinic_id: str | None = None,
-        site_code: str | None = None,
-    ) -> None:
-        """Register ``client_id`` once per session; later calls with the same id change nothing."""
-        if client_id not in self.secrets:
-            self.secrets[client_id] = await create_client(
-                self.db,
-                client_id,
-                scopes=scopes,
-                audiences=audiences,
-                clinic_id=clinic_id,
-                site_code=site_code,
-            )
-
-    async def token(
-        self, http: httpx.AsyncClient, client_id: str, audience: str, *, issuer_url: str | None = None
-    ) -> str:
-        response = await http.post(
-            f"{issuer_url or self.stack.config.url('auth')}/oauth/token",
-            data={"grant_type": "client_credentials", "audience": audience},
-            auth=(client_id, self.secrets[client_id]),
-        )
-        response.raise_for_status()
-        return str(response.json()["access_token"])
-
-
 @pytest.fixture(scope="session")
-async def registry(system: Stack) -> AsyncIterator[Registry]:
-    registry = Registry(system)
-    yield registry
-    await registry.db.dispose()
+async def registry(system: Stack) -> AsyncIterator[Issuer]:
+    """The system's own auth process: clients a test registers in its store, beside the demo clients,
+    and real tokens for them from its token endpoint."""
+    async with attached_issuer(system.config.url("auth"), system.config.database_url("auth")) as issuer:
+        yield issuer

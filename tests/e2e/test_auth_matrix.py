@@ -30,7 +30,7 @@ from services.devstack.stack import SERVICES, Stack
 from shared.auth import Scope, bearer_scheme
 from shared.problems import PROBLEM_JSON
 from shared.settings import OAuthSettings
-from tests.e2e.conftest import Registry
+from tests.support.auth import Issuer
 from tests.support.servers import serve_app
 from tests.support.system import Client, sample_referral, wait_for
 
@@ -127,7 +127,7 @@ async def operations(system: Stack) -> list[Operation]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-async def expiring(system: Stack, registry: Registry, operations: list[Operation]) -> Expiring:
+async def expiring(system: Stack, registry: Issuer, operations: list[Operation]) -> Expiring:
     """Tokens living 1 s from a second auth app on the system's own store, keys and issuer name.
 
     Minted before the other checks, so that the resource servers' clock leeway (30 s) has run out by
@@ -143,7 +143,9 @@ async def expiring(system: Stack, registry: Registry, operations: list[Operation
         environment="test",
     )
     async with serve_app(create_auth_app(settings)) as url, httpx.AsyncClient(timeout=15) as http:
-        tokens = {s: await registry.token(http, ANY_CLIENT, s, issuer_url=url) for s in RESOURCE_SERVERS}
+        tokens = {
+            s: await registry.fetch_token(http, ANY_CLIENT, s, issuer_url=url) for s in RESOURCE_SERVERS
+        }
     for service, token in tokens.items():
         op = next(op for op in operations if op.service == service and op.alternatives)
         case = await asyncio.to_thread(minimal_case, op)
@@ -185,7 +187,7 @@ async def test_every_operation_is_secured_or_a_listed_public_route(operations: l
 
 
 async def test_public_routes_answer_without_a_token(
-    system: Stack, operations: list[Operation], registry: Registry
+    system: Stack, operations: list[Operation], registry: Issuer
 ) -> None:
     problems = []
     public = [op for op in operations if op.key in PUBLIC and op.key != TOKEN_ENDPOINT]
@@ -201,7 +203,7 @@ async def test_public_routes_answer_without_a_token(
                 problems.append(f"{service} {method} {path}: {response.status_code} without a token")
         # The token endpoint authenticates the client's secret (RFC 6749), not a bearer token.
         await _register_any(registry)
-        assert await registry.token(http, ANY_CLIENT, "intake")
+        assert await registry.fetch_token(http, ANY_CLIENT, "intake")
     assert not problems, "\n".join(problems)
 
 
@@ -212,19 +214,19 @@ async def test_without_a_token_every_secured_operation_is_401_with_a_challenge(
 
 
 async def test_a_token_for_another_audience_is_401(
-    system: Stack, operations: list[Operation], registry: Registry
+    system: Stack, operations: list[Operation], registry: Issuer
 ) -> None:
     await _register_any(registry)
     async with httpx.AsyncClient(timeout=15) as http:
         elsewhere = {
-            s: await registry.token(http, ANY_CLIENT, RESOURCE_SERVERS[(i + 1) % len(RESOURCE_SERVERS)])
+            s: await registry.fetch_token(http, ANY_CLIENT, RESOURCE_SERVERS[(i + 1) % len(RESOURCE_SERVERS)])
             for i, s in enumerate(RESOURCE_SERVERS)
         }
     await expect_everywhere(system, operations, lambda op: elsewhere[op.service], 401)
 
 
 async def test_a_token_without_the_operations_scope_is_403(
-    system: Stack, operations: list[Operation], registry: Registry
+    system: Stack, operations: list[Operation], registry: Issuer
 ) -> None:
     """The token has every scope but those the operation accepts, for the right audience."""
     tokens: dict[tuple[str, frozenset[str]], str] = {}
@@ -234,7 +236,7 @@ async def test_a_token_without_the_operations_scope_is_403(
             if op.alternatives and (op.service, others) not in tokens:
                 client_id = f"matrix-without-{'-'.join(sorted(op.scopes)).replace(':', '.')}"
                 await registry.register(client_id, sorted(others), audiences=RESOURCE_SERVERS)
-                tokens[op.service, others] = await registry.token(http, client_id, op.service)
+                tokens[op.service, others] = await registry.fetch_token(http, client_id, op.service)
     await expect_everywhere(
         system,
         operations,
@@ -246,7 +248,7 @@ async def test_a_token_without_the_operations_scope_is_403(
 async def test_another_tenants_referral_is_not_found(
     system: Stack,
     operations: list[Operation],
-    registry: Registry,
+    registry: Issuer,
     referral: tuple[str, str],
     clinic: Client,
     coordinators: dict[str, Client],
@@ -264,7 +266,7 @@ async def test_another_tenants_referral_is_not_found(
 
         async def token(kind: str, who: str, service: str) -> str:
             if kind == "clinic" and who == "stranger":
-                return await registry.token(http, CLINIC_B, service)
+                return await registry.fetch_token(http, CLINIC_B, service)
             owner = clinic if kind == "clinic" else coordinators[site]
             client = coordinators[stranger_site] if who == "stranger" else owner
             return client_token(await client.headers(http, service))
@@ -378,7 +380,7 @@ async def call(case: Case, base_url: str, token: str | None) -> Response:
     return await asyncio.to_thread(case.call, base_url=base_url, headers=headers)
 
 
-async def _register_any(registry: Registry) -> None:
+async def _register_any(registry: Issuer) -> None:
     await registry.register(ANY_CLIENT, [s.value for s in Scope], audiences=RESOURCE_SERVERS)
 
 

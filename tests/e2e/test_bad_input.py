@@ -41,8 +41,8 @@ from shared.dead_letters import list_dead_letters
 from shared.events import EVENT_TYPES
 from shared.kafka import new_producer
 from shared.problems import PROBLEM_JSON
-from tests.e2e.conftest import Registry
-from tests.support.system import Client, sample_referral, wait_for
+from tests.support.auth import Issuer
+from tests.support.system import Client, consumer_group, sample_referral, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ class Fuzzer:
     """Registers the fuzzing clients, makes the referrals and the site the path parameters point at,
     and afterwards withdraws, closes and frees what the fuzzing left open."""
 
-    def __init__(self, system: Stack, registry: Registry, http: httpx.AsyncClient) -> None:
+    def __init__(self, system: Stack, registry: Issuer, http: httpx.AsyncClient) -> None:
         self.system = system
         self.registry = registry
         self.http = http
@@ -141,7 +141,7 @@ class Fuzzer:
             clinic_id=principal.clinic_id,
             site_code=principal.site_code,
         )
-        return await self.registry.token(self.http, principal.client_id, audience)
+        return await self.registry.fetch_token(self.http, principal.client_id, audience)
 
     async def headers(self, principal: Principal, audience: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self.token(principal, audience)}"}
@@ -211,7 +211,7 @@ class Fuzzer:
 
 
 @pytest.fixture(scope="module")
-async def fuzzer(system: Stack, registry: Registry) -> AsyncIterator[Fuzzer]:
+async def fuzzer(system: Stack, registry: Issuer) -> AsyncIterator[Fuzzer]:
     async with httpx.AsyncClient(timeout=30) as http:
         fuzzer = Fuzzer(system, registry, http)
         yield fuzzer
@@ -398,9 +398,8 @@ class _FromAddress(HTTPAdapter):
 # --- Kafka ----------------------------------------------------------------------------------------------
 
 
-def consumer_groups() -> dict[str, list[str]]:
-    """Topic -> the consumer groups that read it, from each service's own handler map (group ids are
-    ``trialroute-<service>``, as the stack leaves ``*_CONSUMER_GROUP`` unset)."""
+def consumer_groups(system: Stack) -> dict[str, list[str]]:
+    """Topic -> the consumer groups that read it in ``system``, from each service's own handler map."""
     from services.eligibility.consumers import EligibilityHandlers
     from services.intake.consumers import HANDLERS
     from services.notifier import consumers as notifier
@@ -415,7 +414,7 @@ def consumer_groups() -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for service, mapping in handlers.items():
         for topic in mapping:
-            groups.setdefault(topic, []).append(f"trialroute-{service}")
+            groups.setdefault(topic, []).append(consumer_group(system, service))
     return groups
 
 
@@ -480,7 +479,7 @@ async def test_poison_records_are_dead_lettered_and_the_partitions_move_on(
 ) -> None:
     """Poison on every partition of every consumed topic is dead-lettered; then referrals go their
     whole way with more poison, under their own keys, just before each of their next events."""
-    groups = consumer_groups()
+    groups = consumer_groups(system)
     await expect_dead_letters(system, groups, await write_poison(system, sorted(groups)))
     async with httpx.AsyncClient(timeout=15) as http:
         journeys = Journeys(system, clinic, coordinators, http)

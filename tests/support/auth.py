@@ -5,6 +5,7 @@
                                    clinic_id="clinic-a")
 
 Services under test trust it through ``issuer.oauth`` (only the issuer URL, as in production).
+``attached_issuer`` does the same for an auth service running elsewhere (a system's own process).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.auth.registry import create_client
 from shared.auth import Scope
 from shared.db import Database
 from shared.settings import OAuthSettings
+from tests.conftest import Servers, fresh_database
 from tests.support.servers import loopback_socket, serve_app, url_of
 
 
@@ -70,16 +72,32 @@ class Issuer:
         site_code: str | None = None,
     ) -> str:
         """Register the client (first time only) and get a token for ``audience`` from the endpoint."""
-        secret = await self.register(
-            client_id, scopes, audiences=[audience], clinic_id=clinic_id, site_code=site_code
-        )
+        await self.register(client_id, scopes, audiences=[audience], clinic_id=clinic_id, site_code=site_code)
+        return await self.fetch_token(http, client_id, audience)
+
+    async def fetch_token(
+        self, http: httpx.AsyncClient, client_id: str, audience: str, *, issuer_url: str | None = None
+    ) -> str:
+        """A token for a client registered before, from this issuer's token endpoint, or from that of
+        ``issuer_url`` (another auth process on the same store)."""
         response = await http.post(
-            f"{self.url}/oauth/token",
+            f"{issuer_url or self.url}/oauth/token",
             data={"grant_type": "client_credentials", "audience": audience},
-            auth=(client_id, secret),
+            auth=(client_id, self.secrets[client_id]),
         )
         assert response.status_code == 200, response.text
         return str(response.json()["access_token"])
+
+
+@asynccontextmanager
+async def attached_issuer(url: str, database_url: str) -> AsyncIterator[Issuer]:
+    """An auth service already running at ``url`` on ``database_url``: clients are registered in its
+    store, tokens come from its endpoint."""
+    db = Database(database_url)
+    try:
+        yield Issuer(url, db)
+    finally:
+        await db.dispose()
 
 
 @asynccontextmanager
@@ -93,18 +111,26 @@ async def running_issuer(database_url: str, *, token_lifetime_s: int = 3600) -> 
         key_publish_delay_s=0,
         token_lifetime_s=token_lifetime_s,
     )
-    db = Database(database_url)
-    try:
-        async with serve_app(create_app(settings), sock=sock) as url:
-            yield Issuer(url, db)
-    finally:
-        await db.dispose()
+    async with (
+        attached_issuer(settings.issuer, database_url) as issuer,
+        serve_app(create_app(settings), sock=sock),
+    ):
+        yield issuer
 
 
 @pytest.fixture
 async def issuer(make_database_url: Callable[[], Awaitable[str]]) -> AsyncIterator[Issuer]:
     """The auth service on a database of its own, for tests of the services that trust it."""
     async with running_issuer(await make_database_url()) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def session_issuer(servers: Servers) -> AsyncIterator[Issuer]:
+    """One auth service for the whole run, for suites that would otherwise start one per test and
+    check every client's argon2-hashed secret again (slow by design). Clients stay registered for the
+    run: a client id must mean the same scopes in every test that uses it."""
+    async with fresh_database(servers) as url, running_issuer(url) as running:
         yield running
 
 

@@ -1,7 +1,7 @@
 """The whole system as real processes on PostgreSQL, Kafka and a real SMTP server, for e2e and faults.
 
-Every service runs as ``trialroute serve`` in its own process with its own PostgreSQL database; the
-mailbox process is the SMTP server and keeps every message it accepted.
+Every service runs as ``trialroute serve`` in its own process with its own PostgreSQL database, topics
+and consumer groups; the mailbox process is the SMTP server and keeps every message it accepted.
 """
 
 from __future__ import annotations
@@ -37,21 +37,42 @@ TEST_ENV = {
 }
 
 
+CONSUMERS = ("intake", "eligibility", "site_router", "notifier")
+"""The services that consume events, each in a consumer group (``<SERVICE>_CONSUMER_GROUP``)."""
+
+
+def own_consumer_groups(prefix: str) -> dict[str, dict[str, str]]:
+    """Environment giving each consuming service the group ``<prefix>trialroute-<service>``.
+
+    Consumer groups are not covered by the topic prefix: without groups of its own, a system on a shared
+    broker would rebalance every other system's members of ``trialroute-<service>`` (and they its own).
+    """
+    return {s: {f"{s.upper()}_CONSUMER_GROUP": f"{prefix}trialroute-{s}"} for s in CONSUMERS}
+
+
+def consumer_group(stack: Stack, service: str) -> str:
+    """The group ``service`` consumes in, in this system (the service's default when none is set)."""
+    return stack.service_env(service).get(f"{service.upper()}_CONSUMER_GROUP") or f"trialroute-{service}"
+
+
 @contextmanager
 def running_system(pg_admin_url: str, kafka_bootstrap: str, run_dir: Path) -> Iterator[Stack]:
-    """Databases, topics, processes: created, started, and removed again afterwards."""
+    """Databases, topics, processes: created, started, and removed again afterwards. Consumer groups
+    are the run's own too; they are left empty (aiokafka cannot delete them) for the broker to expire."""
+    run = uuid.uuid4().hex[:8]
     names = {s: f"e2e_{s}_{uuid.uuid4().hex[:8]}" for s in SERVICES}
+    groups = own_consumer_groups(f"e2e{run}-")
     asyncio.run(_databases(pg_admin_url, names, create=True))
     admin = make_url(pg_admin_url).set(drivername="postgresql+asyncpg")
     config = StackConfig(
         run_dir=run_dir,
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"e2e{uuid.uuid4().hex[:8]}."),
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"e2e{run}."),
         database_urls={
             s: admin.set(database=n).render_as_string(hide_password=False) for s, n in names.items()
         },
         ports={name: free_port() for name in DEFAULT_PORTS},
         environment="test",
-        service_env=TEST_ENV,
+        service_env={s: TEST_ENV.get(s, {}) | groups.get(s, {}) for s in SERVICES},
     )
     stack = Stack(config)
     try:

@@ -11,12 +11,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from services.intake.bootstrap import create_app
 from services.intake.config import IntakeSettings
@@ -28,8 +26,8 @@ from shared.kafka import all_topics, ensure_topics
 from shared.outbox import OutboxRecord
 from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
 from shared.settings import KafkaSettings
-from tests.conftest import Servers
-from tests.support.auth import Issuer, running_issuer
+from tests.conftest import Servers, fresh_database
+from tests.support.auth import Issuer
 from tests.support.servers import serve_app
 
 IDENTITY = ["Maria", "Lopez", "1968-03-14", "maria.lopez@example.com", "+1 212 555 0142", "212 555 0142"]
@@ -68,35 +66,6 @@ class RunningIntake:
 StartIntake = Callable[..., AbstractAsyncContextManager[RunningIntake]]
 
 
-@asynccontextmanager
-async def fresh_database(servers: Servers) -> AsyncIterator[str]:
-    """A PostgreSQL database of its own (an async SQLAlchemy URL), for fixtures wider than a test."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    await _admin(servers, f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(servers.pg_admin_url).set(drivername="postgresql+asyncpg", database=name)
-        yield url.render_as_string(hide_password=False)
-    finally:
-        # A connection of its own: one held for the whole run would not survive the fault suite's
-        # PostgreSQL restart.
-        await _admin(servers, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _admin(servers: Servers, statement: str) -> None:
-    admin = await asyncpg.connect(servers.pg_admin_url)
-    try:
-        await admin.execute(statement)
-    finally:
-        await admin.close()
-
-
-@pytest.fixture(scope="session")
-async def auth(servers: Servers) -> AsyncIterator[Issuer]:
-    """One auth service for the whole run (client secrets are argon2-hashed: slow by design)."""
-    async with fresh_database(servers) as url, running_issuer(url) as running:
-        yield running
-
-
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=30) as client:
@@ -124,7 +93,7 @@ async def running_intake(
 
 
 @pytest.fixture
-def start_intake(database_url: str, servers: Servers, auth: Issuer) -> StartIntake:
+def start_intake(database_url: str, servers: Servers, session_issuer: Issuer) -> StartIntake:
     """Start intake on this test's database and topics of its own, playing ``roles`` (default: all).
 
     Topics are created only for roles that use Kafka: every topic set costs the shared broker memory.
@@ -137,7 +106,7 @@ def start_intake(database_url: str, servers: Servers, auth: Issuer) -> StartInta
         if uses_kafka:
             await ensure_topics(kafka)
         try:
-            async with running_intake(database_url, kafka, auth, roles, **overrides) as running:
+            async with running_intake(database_url, kafka, session_issuer, roles, **overrides) as running:
                 yield running
         finally:
             if uses_kafka:
@@ -163,14 +132,14 @@ async def drop_topics(kafka: KafkaSettings) -> None:
 
 
 @pytest.fixture(scope="module")
-async def module_intake(servers: Servers, auth: Issuer) -> AsyncIterator[RunningIntake]:
+async def module_intake(servers: Servers, session_issuer: Issuer) -> AsyncIterator[RunningIntake]:
     """An API-only intake shared by a module's tests that must all leave it empty."""
     kafka = KafkaSettings(
         bootstrap_servers=servers.kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}."
     )
     async with (
         fresh_database(servers) as url,
-        running_intake(url, kafka, auth, frozenset({"api"})) as running,
+        running_intake(url, kafka, session_issuer, frozenset({"api"})) as running,
     ):
         yield running
 
@@ -193,15 +162,19 @@ class Tokens:
 
 
 @pytest.fixture(scope="session")
-async def tokens(auth: Issuer) -> Tokens:
+async def tokens(session_issuer: Issuer) -> Tokens:
     """Tokens live an hour: enough for the run, and fetched once."""
     write_read = [Scope.REFERRALS_WRITE, Scope.REFERRALS_READ]
     async with httpx.AsyncClient(timeout=30) as http:
         return Tokens(
-            clinic_a=await auth.token(http, "clinic-a", write_read, clinic_id="CLINIC-A", audience="intake"),
-            clinic_b=await auth.token(http, "clinic-b", write_read, clinic_id="CLINIC-B", audience="intake"),
-            clinic_a_reader=await auth.token(
+            clinic_a=await session_issuer.token(
+                http, "clinic-a", write_read, clinic_id="CLINIC-A", audience="intake"
+            ),
+            clinic_b=await session_issuer.token(
+                http, "clinic-b", write_read, clinic_id="CLINIC-B", audience="intake"
+            ),
+            clinic_a_reader=await session_issuer.token(
                 http, "clinic-a-ro", [Scope.REFERRALS_READ], clinic_id="CLINIC-A", audience="intake"
             ),
-            notifier=await auth.token(http, "notifier", [Scope.CONTACT_READ], audience="intake"),
+            notifier=await session_issuer.token(http, "notifier", [Scope.CONTACT_READ], audience="intake"),
         )

@@ -27,13 +27,13 @@ pytestmark = pytest.mark.integration
 
 
 async def test_the_sqlite_store_works_end_to_end(
-    tmp_path: Path, servers: Servers, auth: Issuer, http: httpx.AsyncClient, tokens: Tokens
+    tmp_path: Path, servers: Servers, session_issuer: Issuer, http: httpx.AsyncClient, tokens: Tokens
 ) -> None:
     kafka = own_topics(servers)
     await ensure_topics(kafka)
     url = f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}"
     try:
-        async with running_intake(url, kafka, auth, frozenset({"api", "consumer"})) as intake:
+        async with running_intake(url, kafka, session_issuer, frozenset({"api", "consumer"})) as intake:
             base, auth_a = f"{intake.url}/v1/referrals", bearer(tokens.clinic_a)
             keyed = bearer(tokens.clinic_a, **{"Idempotency-Key": "sqlite-1"})
             first, again, duplicate = [

@@ -261,7 +261,7 @@ def fuzz(target: Target) -> tuple[int, list[str]]:
 def problem_details(ctx: CheckContext, response: Response, case: Case) -> bool | None:
     """A 4xx is an RFC 9457 problem with its status and title; the token endpoint's 400 and 401 are
     RFC 6749 errors (``{"error": ...}``), which OAuth2 client libraries expect."""
-    if not 400 <= response.status_code < 500:
+    if not 400 <= response.status_code < 500 or _breaks_http_framing(case):
         return None
     media_type = str((response.headers.get("content-type") or [""])[0]).split(";")[0].strip()
     try:
@@ -277,6 +277,15 @@ def problem_details(ctx: CheckContext, response: Response, case: Case) -> bool |
     assert body.get("status") == response.status_code, f"problem status {body.get('status')!r}"
     assert isinstance(body.get("title"), str) and body["title"], "a problem without a title"
     return None
+
+
+def _breaks_http_framing(case: Case) -> bool:
+    """A generated Content-Length that is no number (or a Transfer-Encoding) makes the request unreadable
+    as HTTP: the server's parser answers 400 before any application sees it, and cannot know the problem
+    format of a route it never reached."""
+    headers = {str(k).lower(): str(v) for k, v in (case.headers or {}).items()}
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and not length.strip().isdigit())
 
 
 def _strategies(schema: Any, op: Any, seeds: dict[str, Any]) -> Iterator[tuple[str, Any, int]]:

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import numpy as np
 from sqlalchemy.engine import make_url
+
+from tests.support.system import create_or_drop_databases
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
 DEFAULT_KAFKA = "127.0.0.1:59092"
@@ -136,24 +137,12 @@ def temporary_databases(*services: str, tag: str) -> Iterator[dict[str, str]]:
     """Fresh PostgreSQL databases (async SQLAlchemy URLs), dropped afterwards whatever happens."""
     admin = pg_admin_url()
     names = {s: f"bench_{s}_{tag}" for s in services}
-    asyncio.run(_databases(admin, list(names.values()), create=True))
+    asyncio.run(create_or_drop_databases(admin, names.values(), create=True))
     url = make_url(admin).set(drivername="postgresql+asyncpg")
     try:
         yield {s: url.set(database=n).render_as_string(hide_password=False) for s, n in names.items()}
     finally:
-        asyncio.run(_databases(admin, list(names.values()), create=False))
-
-
-async def _databases(admin_url: str, names: list[str], *, create: bool) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        for name in names:
-            if create:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            else:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+        asyncio.run(create_or_drop_databases(admin, names.values(), create=False))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -10,7 +10,7 @@ import asyncio
 import copy
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -62,7 +62,7 @@ def running_system(pg_admin_url: str, kafka_bootstrap: str, run_dir: Path) -> It
     run = uuid.uuid4().hex[:8]
     names = {s: f"e2e_{s}_{uuid.uuid4().hex[:8]}" for s in SERVICES}
     groups = own_consumer_groups(f"e2e{run}-")
-    asyncio.run(_databases(pg_admin_url, names, create=True))
+    asyncio.run(create_or_drop_databases(pg_admin_url, names.values(), create=True))
     admin = make_url(pg_admin_url).set(drivername="postgresql+asyncpg")
     config = StackConfig(
         run_dir=run_dir,
@@ -81,13 +81,14 @@ def running_system(pg_admin_url: str, kafka_bootstrap: str, run_dir: Path) -> It
     finally:
         stack.stop()
         asyncio.run(delete_topics(config.kafka))
-        asyncio.run(_databases(pg_admin_url, names, create=False))
+        asyncio.run(create_or_drop_databases(pg_admin_url, names.values(), create=False))
 
 
-async def _databases(pg_admin_url: str, names: dict[str, str], *, create: bool) -> None:
+async def create_or_drop_databases(pg_admin_url: str, names: Iterable[str], *, create: bool) -> None:
+    """Create (or force-drop) the named PostgreSQL databases; the benchmarks' stacks use it too."""
     conn = await asyncpg.connect(pg_admin_url)
     try:
-        for name in names.values():
+        for name in names:
             if create:
                 await conn.execute(f'CREATE DATABASE "{name}"')
             else:

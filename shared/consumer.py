@@ -168,46 +168,21 @@ class ConsumerLoop:
     async def _apply_together(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         """Handle ``records`` in one transaction; False (and nothing written) if any of them fails."""
         try:
-            parsed = [(record, Envelope.from_bytes(record.value or b"")) for record in records]
-            work = [(record, envelope, envelope.payload()) for record, envelope in parsed]
+            envelopes = [Envelope.from_bytes(record.value or b"") for record in records]
+            items = [(envelope, envelope.payload()) for envelope in envelopes]
         except Exception:
             return False  # unreadable: the one-by-one path dead-letters it
-        outcomes: list[tuple[str, str]] = []
         try:
             async with self.db.session() as session:
-                ids = [str(envelope.id) for _, envelope, _ in work if envelope.type in self.handlers]
-                seen = set(
-                    (
-                        await session.execute(
-                            select(col(ProcessedEvent.event_id)).where(
-                                col(ProcessedEvent.consumer) == self.group_id,
-                                col(ProcessedEvent.event_id).in_(ids),
-                            )
-                        )
-                    ).scalars()
-                )
-                for record, envelope, data in work:
-                    topic = record.topic.removeprefix(self.kafka.topic_prefix)
-                    handler = self.handlers.get(envelope.type)
-                    event_id = str(envelope.id)
-                    if handler is None:
-                        outcomes.append((topic, "ignored"))
-                        continue
-                    if event_id in seen:  # handled before, or a second copy in this very group
-                        outcomes.append((topic, "duplicate"))
-                        continue
-                    seen.add(event_id)
-                    session.add(ProcessedEvent(consumer=self.group_id, event_id=event_id))
-                    with referral_context(envelope.referral_id, envelope.trace):
-                        await handler(session, envelope, data)
-                    outcomes.append((topic, "handled"))
+                outcomes = await self._handle_in(session, items)
         except Exception as exc:
             log.info(
                 "records handled one at a time after a group failed",
                 extra={"error": type(exc).__name__, "records": len(records)},
             )
             return False
-        for topic, outcome in outcomes:
+        for record, outcome in zip(records, outcomes, strict=True):
+            topic = record.topic.removeprefix(self.kafka.topic_prefix)
             metrics.events_consumed.labels(self.service, topic, outcome).inc()
         return True
 
@@ -245,17 +220,36 @@ class ConsumerLoop:
             await _pause(stop, delay)
 
     async def _apply(self, envelope: Envelope) -> str:
-        handler = self.handlers.get(envelope.type)
-        if handler is None:
+        if envelope.type not in self.handlers:
             return "ignored"
         data = envelope.payload()
         async with self.db.session() as session:
-            seen = await session.get(ProcessedEvent, (self.group_id, str(envelope.id)))
-            if seen is not None:
-                return "duplicate"
-            session.add(ProcessedEvent(consumer=self.group_id, event_id=str(envelope.id)))
-            await handler(session, envelope, data)
-        return "handled"
+            [outcome] = await self._handle_in(session, [(envelope, data)])
+        return outcome
+
+    async def _handle_in(self, session: AsyncSession, items: list[tuple[Envelope, Any]]) -> list[str]:
+        """Handle each event in the caller's transaction once per consumer group: an id recorded before,
+        or a second copy in ``items``, is a duplicate. Returns each event's outcome."""
+        ids = [str(envelope.id) for envelope, _ in items if envelope.type in self.handlers]
+        query = select(col(ProcessedEvent.event_id)).where(
+            col(ProcessedEvent.consumer) == self.group_id, col(ProcessedEvent.event_id).in_(ids)
+        )
+        seen = set((await session.execute(query)).scalars()) if ids else set()
+        outcomes: list[str] = []
+        for envelope, data in items:
+            handler = self.handlers.get(envelope.type)
+            event_id = str(envelope.id)
+            if handler is None:
+                outcomes.append("ignored")
+            elif event_id in seen:
+                outcomes.append("duplicate")
+            else:
+                seen.add(event_id)
+                session.add(ProcessedEvent(consumer=self.group_id, event_id=event_id))
+                with referral_context(envelope.referral_id, envelope.trace):
+                    await handler(session, envelope, data)
+                outcomes.append("handled")
+        return outcomes
 
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: BaseException, stop: asyncio.Event

@@ -25,8 +25,8 @@ from sqlalchemy.engine import make_url
 
 from tests.support.system import create_or_drop_databases
 
-DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
-DEFAULT_KAFKA = "127.0.0.1:59092"
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:25432/postgres"
+DEFAULT_KAFKA = "127.0.0.1:29092"
 RUN_DIR = Path(".run") / "bench"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -17,7 +17,7 @@ Environment = Literal["development", "test", "production"]
 class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
 
-    bootstrap_servers: str = "127.0.0.1:59092"
+    bootstrap_servers: str = "127.0.0.1:29092"
     topic_prefix: str = Field(default="", description="prepended to every topic; isolates test runs")
     partitions: int = 6
     send_timeout_s: float = 10.0

@@ -2,14 +2,14 @@
 # A single-node Kafka broker (KRaft: broker and controller in one JVM) for development and tests,
 # run straight from Maven-fetched jars: no Docker, no Kafka distribution to download.
 # Usage: deploy/local/kafka.sh start|stop|status|topics|bootstrap  (bootstrap prints host:port)
-# Env: TRIALROUTE_KAFKA_PORT (59092; the controller listens on the next port),
+# Env: TRIALROUTE_KAFKA_PORT (29092; the controller listens on the next port),
 #      TRIALROUTE_KAFKA_VERSION (4.4.0), TRIALROUTE_CACHE_DIR (~/.cache/trialroute).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CONF="$ROOT/deploy/kafka"
 VERSION="${TRIALROUTE_KAFKA_VERSION:-4.4.0}"
-PORT="${TRIALROUTE_KAFKA_PORT:-59092}"
+PORT="${TRIALROUTE_KAFKA_PORT:-29092}"
 CONTROLLER_PORT="${TRIALROUTE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 BOOTSTRAP="127.0.0.1:$PORT"
 RUN="$ROOT/.run/kafka"

@@ -2,12 +2,12 @@
 # A project-owned PostgreSQL instance for development and tests (no Docker, no system cluster):
 # initdb'd once into .run/postgres/data, listening on 127.0.0.1 only, trust auth, one database per service.
 # Usage: deploy/local/postgres.sh start|stop|status|url
-# Env: TRIALROUTE_PG_PORT (55432), TRIALROUTE_PG_FAST=1 (fsync off: test instances only),
+# Env: TRIALROUTE_PG_PORT (25432), TRIALROUTE_PG_FAST=1 (fsync off: test instances only),
 #      PG_BIN (directory of pg_ctl and friends; default: the newest /usr/lib/postgresql/*/bin).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PORT="${TRIALROUTE_PG_PORT:-55432}"
+PORT="${TRIALROUTE_PG_PORT:-25432}"
 DATABASES=(intake eligibility site_router notifier auth)
 PG_BIN="${PG_BIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}"
 [[ -x ${PG_BIN:-}/pg_ctl ]] || PG_BIN="$(dirname "$(command -v pg_ctl || echo /pg_ctl/not/found)")"

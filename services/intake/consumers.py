@@ -1,14 +1,16 @@
 """Status events from the other services, kept on the referral's timeline.
 
-Each handler runs inside the consumer loop's transaction (which also records the event id). Events of
-one referral come from several topics, so they may arrive in any order and concurrently: the referral
-row is locked, the entry is stored with the time it occurred, and the status is re-derived from the
-whole timeline (``domain.project``), never copied from the last event that happened to arrive.
+The handler runs inside the consumer loop's transaction (which also records the event ids), for all the
+new events of that transaction at once. Events of one referral come from several topics, so they may
+arrive in any order and concurrently: the referral row is locked, each entry is stored with the time it
+occurred, and the status is re-derived from the whole timeline (``domain.project``), never copied from
+the last event that happened to arrive.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,29 +18,48 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import store
 from services.intake.domain import describe
 from services.intake.store import TimelineEntry
-from shared.consumer import Handler, PoisonMessage
+from shared.consumer import PoisonMessage, Together
 from shared.events import Envelope, EventData
+from shared.observability import referral_context
 
 log = logging.getLogger(__name__)
 
 
-async def on_status_event(session: AsyncSession, envelope: Envelope, data: EventData) -> None:
-    """Record one status event of another service on its referral's timeline."""
-    referral = await store.get_referral(session, envelope.referral_id, lock=True)
-    if referral is None:
-        # Intake commits a referral before its first event leaves: an unknown id is not ours.
-        raise PoisonMessage(f"no referral {envelope.referral_id} in intake")
-    clinic_id = getattr(data, "clinic_id", None)
-    if clinic_id is not None and clinic_id != referral.clinic_id:
-        raise PoisonMessage("the event names another clinic than the referral's")
-    if await store.has_entry(session, envelope.id):
-        return  # already on the timeline (e.g. replayed under another consumer group)
+async def on_status_events(session: AsyncSession, items: list[tuple[Envelope, EventData]]) -> None:
+    """Record status events of other services on their referrals' timelines: the referrals are locked
+    and their timelines read once for all of them, and each touched referral is folded once."""
+    referrals = await store.lock_referrals(session, sorted({envelope.referral_id for envelope, _ in items}))
+    entries = await store.timelines(session, list(referrals))
+    known = {entry.event_id for timeline in entries.values() for entry in timeline}
+    touched: set[uuid.UUID] = set()
+    for envelope, data in items:
+        referral = referrals.get(envelope.referral_id)
+        if referral is None:
+            # Intake commits a referral before its first event leaves: an unknown id is not ours.
+            raise PoisonMessage(f"no referral {envelope.referral_id} in intake")
+        clinic_id = getattr(data, "clinic_id", None)
+        if clinic_id is not None and clinic_id != referral.clinic_id:
+            raise PoisonMessage("the event names another clinic than the referral's")
+        if envelope.id in known:
+            continue  # already on the timeline (e.g. replayed under another consumer group)
+        known.add(envelope.id)
+        entry = _entry(envelope, data)
+        session.add(entry)
+        entries[referral.id].append(entry)
+        touched.add(referral.id)
+        with referral_context(envelope.referral_id, envelope.trace):
+            log.info("status event recorded", extra={"event_type": envelope.type})
+    for referral_id in touched:
+        store.fold(referrals[referral_id], entries[referral_id])
+
+
+def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     described = describe(data)
     occurred_at = envelope.occurred_at
     if occurred_at.tzinfo is None:  # a producer that forgot the zone: the design's times are UTC
         occurred_at = occurred_at.replace(tzinfo=UTC)
-    entry = TimelineEntry(
-        referral_id=referral.id,
+    return TimelineEntry(
+        referral_id=envelope.referral_id,
         event_id=envelope.id,
         event_type=envelope.type,
         status=described.status.value if described.status else None,
@@ -48,8 +69,6 @@ async def on_status_event(session: AsyncSession, envelope: Envelope, data: Event
         reason=described.reason,
         details=described.details,
     )
-    await store.record(session, referral, entry)
-    log.info("status event recorded", extra={"event_type": envelope.type, "status": referral.status})
 
 
 STATUS_EVENTS = (
@@ -61,5 +80,5 @@ STATUS_EVENTS = (
     "referral.site_decided",
 )
 
-HANDLERS: dict[str, Handler] = dict.fromkeys(STATUS_EVENTS, on_status_event)
+HANDLERS: dict[str, Together] = dict.fromkeys(STATUS_EVENTS, Together(on_status_events))
 """What intake's consumer group subscribes to, and the handler of each."""

@@ -228,31 +228,48 @@ async def timeline(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[Ti
     return (await session.execute(query)).scalars().all()
 
 
-async def has_entry(session: AsyncSession, event_id: uuid.UUID) -> bool:
-    query = select(col(TimelineEntry.id)).where(col(TimelineEntry.event_id) == event_id)
-    return (await session.execute(query)).first() is not None
+async def lock_referrals(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Referral]:
+    """The referrals among ``ids``, locked in id order (one order for every writer: no deadlock)."""
+    query = select(Referral).where(col(Referral.id).in_(ids)).order_by(col(Referral.id)).with_for_update()
+    return {referral.id: referral for referral in (await session.execute(query)).scalars()}
+
+
+async def timelines(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[TimelineEntry]]:
+    """Each referral's entries in order of occurrence, ties in order of recording."""
+    query = (
+        select(TimelineEntry)
+        .where(col(TimelineEntry.referral_id).in_(ids))
+        .order_by(col(TimelineEntry.occurred_at), col(TimelineEntry.id))
+    )
+    found: dict[uuid.UUID, list[TimelineEntry]] = {referral_id: [] for referral_id in ids}
+    for entry in (await session.execute(query)).scalars():
+        found[entry.referral_id].append(entry)
+    return found
 
 
 async def record(session: AsyncSession, referral: Referral, entry: TimelineEntry) -> None:
     """Add a timeline entry and re-derive the referral's status, decision and site from all entries."""
+    # A referral not yet written has no other entry: folding this one alone lets the commit write the
+    # row once with its final state, with no read-back of the timeline.
+    entries = [] if inspect(referral).pending else list(await timeline(session, referral.id))
     session.add(entry)
-    if inspect(referral).pending:
-        # A referral not yet written has no other entry. Folding this one alone lets the commit write
-        # the row once with its final state: no read-back of the timeline, no UPDATE of a fresh INSERT.
-        entries: Sequence[TimelineEntry] = [entry]
-    else:
-        await session.flush()
-        entries = await timeline(session, referral.id)
+    fold(referral, [*entries, entry])
+
+
+def fold(referral: Referral, entries: Sequence[TimelineEntry]) -> None:
+    """Set the referral's status, decision and site from its whole timeline: the stored entries in the
+    order ``timeline`` reads them, then the new ones in the order they were added (which is also the
+    order their ids will take), so nothing needs flushing first."""
     facts = [
         Fact(
             event_type=e.event_type,
             occurred_at=e.occurred_at,
-            seq=e.id or 0,
+            seq=seq,
             status=Status(e.status) if e.status else None,
             revision=e.revision,
             details=e.details,
         )
-        for e in entries
+        for seq, e in enumerate(entries)
     ]
     view = project(facts, referral.revision)
     referral.status = view.status.value
@@ -260,7 +277,6 @@ async def record(session: AsyncSession, referral: Referral, entry: TimelineEntry
     referral.decision = view.decision
     referral.site = view.site
     referral.updated_at = utcnow()
-    session.add(referral)
 
 
 async def list_referrals(

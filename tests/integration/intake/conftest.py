@@ -94,14 +94,17 @@ async def running_intake(
 
 @pytest.fixture
 def start_intake(database_url: str, servers: Servers, session_issuer: Issuer) -> StartIntake:
-    """Start intake on this test's database and topics of its own, playing ``roles`` (default: all).
+    """Start intake on this test's database and topics of its own (or ``kafka``'s, to share another
+    instance's), playing ``roles`` (default: all).
 
     Topics are created only for roles that use Kafka: every topic set costs the shared broker memory.
     """
 
     @asynccontextmanager
-    async def start(roles: frozenset[Role] = ALL_ROLES, **overrides: Any) -> AsyncIterator[RunningIntake]:
-        kafka = own_topics(servers)
+    async def start(
+        roles: frozenset[Role] = ALL_ROLES, kafka: KafkaSettings | None = None, **overrides: Any
+    ) -> AsyncIterator[RunningIntake]:
+        kafka = kafka or own_topics(servers)
         uses_kafka = bool(roles & {"consumer", "relay"})
         if uses_kafka:
             await ensure_topics(kafka)

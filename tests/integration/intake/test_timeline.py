@@ -3,6 +3,7 @@ order of arrival, and the status is the latest that applies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -150,3 +151,36 @@ async def test_an_event_for_an_unknown_referral_is_dead_lettered_and_the_rest_go
     await eventually(dead_lettered, what="the stranger's event in the dead-letter topic")
     (letter,) = await read_topic(intake.kafka, "referral.unroutable.dlq")
     assert "no referral" in json.loads(letter.value)["error"]
+
+
+async def test_a_burst_of_events_for_several_referrals_is_folded_once_per_referral(
+    start_intake: StartIntake, http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """Events waiting when the consumer starts are handled many to a transaction (one handler call):
+    each referral's timeline and status must come out as if they had come one by one."""
+    token = tokens.clinic_a
+    async with start_intake(frozenset({"api", "relay"})) as api:
+        rids = [await submit(api, http, token, f"CLN-BURST-{i}") for i in range(3)]
+        t = datetime.now(UTC) + timedelta(seconds=1)
+        burst = []
+        for rid in rids:
+            burst += [
+                events.envelope(rid, events.screened(), t + timedelta(minutes=1)),
+                events.envelope(rid, events.routed(), t + timedelta(minutes=2)),
+                events.envelope(rid, events.notified("site"), t + timedelta(minutes=3)),
+                events.envelope(rid, events.notified("patient", "patient_routed"), t + timedelta(minutes=3)),
+            ]
+        for envelope in [*reversed(burst), burst[0]]:  # newest first, and one redelivered
+            await events.publish(api.kafka, envelope)
+        async with start_intake(frozenset({"consumer"}), kafka=api.kafka):
+            for rid in rids:
+                await until_entries(api, http, token, rid, 5)
+            await asyncio.sleep(0.5)  # time for the redelivered copy, had it been recorded again
+            views = [await view(api, http, token, rid) for rid in rids]
+
+    for seen in views:
+        statuses = [e["status"] for e in seen["timeline"]]
+        assert statuses == ["received", "screened", "routed", "notified", "notified"]
+        assert seen["status"] == "notified"
+        assert seen["site"]["code"] == "US-NY-01" and seen["decision"]["decision"] == "eligible"
+        assert sorted(n["recipient_role"] for n in seen["notifications"]) == ["patient", "site"]

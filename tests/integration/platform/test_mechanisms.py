@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from shared.consumer import ConsumerLoop, PoisonMessage, ProcessedEvent
+from shared.consumer import ConsumerLoop, PoisonMessage, ProcessedEvent, Together
 from shared.db import Database
 from shared.events import Envelope, ReferralWithdrawn
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
@@ -183,6 +183,34 @@ async def test_records_of_one_poll_are_handled_in_one_transaction(db: Database, 
     async with db.session() as session:
         processed = (await session.execute(select(func.count()).select_from(ProcessedEvent))).scalar_one()
     assert processed == 20
+
+
+async def test_a_together_handler_gets_the_new_events_of_a_transaction_in_one_call(
+    db: Database, kafka: KafkaSettings
+) -> None:
+    key = uuid.uuid4()
+    events = [withdrawn(key) for _ in range(20)]
+    for envelope in [*events, events[3]]:  # and a redelivered copy, which the handler must not see
+        await produce(kafka, "referral.withdrawn", envelope.to_bytes(), str(key).encode())
+    calls: list[int] = []
+
+    async def record_all(session: AsyncSession, items: list[tuple[Envelope, Any]]) -> None:
+        calls.append(len(items))
+        for envelope, data in items:
+            await record_handling(session, envelope, data)
+
+    loop = ConsumerLoop(
+        db, kafka, service="test", group_id="g1", handlers={"referral.withdrawn": Together(record_all)}
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: _handled_at_least(db, 20), what="all events handled")
+    await asyncio.sleep(0.5)  # time for the redelivered copy, had it been handled again
+    stop.set()
+    await task
+    rows = await handled_rows(db)
+    assert [r.event_id for r in rows] == [str(e.id) for e in events]
+    assert sum(calls) == 20 and max(calls) > 1, calls  # each new event once, several per call
 
 
 async def test_a_failing_record_sends_its_group_one_at_a_time(db: Database, kafka: KafkaSettings) -> None:

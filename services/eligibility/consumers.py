@@ -88,7 +88,8 @@ class EligibilityHandlers:
         inp = screening_input(data)
         digest = input_hash(inp)
         referral_id = envelope.referral_id
-        existing = await store.get_assessment(session, referral_id, data.revision)
+        assessments = await store.assessments_of(session, referral_id)
+        existing = next((a for a in assessments if a.revision == data.revision), None)
         if existing is not None:
             if existing.input_hash == digest:
                 log.info("revision already assessed", extra={"revision": data.revision})
@@ -98,8 +99,7 @@ class EligibilityHandlers:
                 f"revision {data.revision} was already assessed from a different input "
                 f"(event {existing.source_event_id})"
             )
-        latest = await store.latest_assessment(session, referral_id)
-        current = latest is None or data.revision > latest.revision
+        current = all(data.revision > a.revision for a in assessments)  # the newest revision so far
         assessment = assess(inp, self.ruleset, self.study)
         session.add(
             store.AssessmentRow(

@@ -8,6 +8,7 @@ enough to recognise a repeated delivery of the same revision.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -90,6 +91,12 @@ async def get_assessment(
         )
     )
     return result.scalar_one_or_none()
+
+
+async def assessments_of(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[AssessmentRow]:
+    """Every revision's assessment of the referral (a handful at most), in one round trip."""
+    result = await session.execute(select(AssessmentRow).where(col(AssessmentRow.referral_id) == referral_id))
+    return result.scalars().all()
 
 
 async def latest_assessment(session: AsyncSession, referral_id: uuid.UUID) -> AssessmentRow | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,6 +58,7 @@ class Router:
             except GeoError as exc:
                 located = exc.reason
         referral = await store.lock_referral(session, referral_id)
+        history: Sequence[store.Assignment] = ()  # a referral first seen now has no assignments yet
         if referral is None:
             referral = await store.insert_referral(
                 session,
@@ -67,9 +69,10 @@ class Router:
         elif referral.state in FINAL_REFERRAL_STATES or referral.revision > data.revision:
             log.info("screening ignored", extra={"state": referral.state, "revision": data.revision})
             return
+        else:
+            history = await store.assignments_of(session, referral_id)
         referral.clinic_id, referral.revision = data.clinic_id, data.revision
         referral.screening = data.model_dump(mode="json")
-        history = await store.assignments_of(session, referral_id)
         current = store.active(history)
         if not data.routable:
             if current is not None and current.state == AssignmentState.ACCEPTED:
@@ -86,7 +89,7 @@ class Router:
             await routing.mark_unroutable(session, referral, located or "not located", trace)
             return
         referral.latitude, referral.longitude = located.latitude, located.longitude
-        await routing.route(session, referral, self.directory.index, trace)
+        await routing.route(session, referral, self.directory.index, trace, history)
 
     async def withdrawn(
         self, session: AsyncSession, referral_id: uuid.UUID, data: ReferralWithdrawn, trace: str | None

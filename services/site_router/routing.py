@@ -105,12 +105,18 @@ async def reserve_from_database(
 
 
 async def route(
-    session: AsyncSession, referral: store.ReferralRecord, index: SiteIndex | None, trace: str | None
+    session: AsyncSession,
+    referral: store.ReferralRecord,
+    index: SiteIndex | None,
+    trace: str | None,
+    history: Sequence[store.Assignment] | None = None,
 ) -> None:
     """Send a located referral to the nearest free site it has not been declined by, else waitlist it,
-    or make it unroutable when every site has declined it."""
+    or make it unroutable when every site has declined it. ``history``: its assignments, if the caller
+    has just read them (this transaction holds the referral's lock, so they cannot have changed)."""
     assert referral.latitude is not None and referral.longitude is not None
-    history = await store.assignments_of(session, referral.referral_id)
+    if history is None:
+        history = await store.assignments_of(session, referral.referral_id)
     declined = store.declined_codes(history)
     if declined and declined_by_every_site(declined, await store.all_site_codes(session)):
         reason = f"declined by every site ({', '.join(sorted(declined))})"
@@ -133,7 +139,8 @@ async def route(
             trace,
         )
         return
-    await store.dequeue(session, referral.referral_id)
+    if referral.state == ReferralState.WAITLISTED:  # only a waitlisted referral has a place to leave
+        await store.dequeue(session, referral.referral_id)
     await assign(session, referral, *choice, rank=len(history) + 1, trace=trace)
 
 

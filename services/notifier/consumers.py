@@ -15,17 +15,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import store
 from services.notifier.domain import message_id, plan
-from shared.consumer import Handler
+from shared.consumer import Handler, Together
 from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided
 
 
 async def on_routed(
-    session: AsyncSession, envelope: Envelope, data: ReferralRouted, *, message_id_domain: str
+    session: AsyncSession, items: list[tuple[Envelope, ReferralRouted]], *, message_id_domain: str
 ) -> None:
-    """Site coordinator, patient and referrer; a referral routed again names the site it leaves."""
-    previous = await _last_routed(session, envelope)
-    previous_site = previous.site.name if previous and previous.site.code != data.site.code else None
-    await _record(session, envelope, data, previous_site, message_id_domain)
+    """Site coordinator, patient and referrer; a referral routed again names the site it leaves. The
+    routings before these are read with one query for the whole transaction: routed events of a
+    referral share a partition, so an earlier one is recorded, or earlier in ``items``."""
+    last = await store.latest_routed_sites(session, {envelope.referral_id for envelope, _ in items})
+    for envelope, data in items:
+        previous = last.get(envelope.referral_id)
+        previous_site = previous.name if previous and previous.code != data.site.code else None
+        _record(session, envelope, data, previous_site, message_id_domain)
+        last[envelope.referral_id] = data.site
 
 
 async def on_site_decided(
@@ -33,23 +38,17 @@ async def on_site_decided(
 ) -> None:
     """The referrer hears of every site decision. The site's name is looked up at send time: this
     topic is not ordered with ``referral.routed``, so the routing may not be recorded yet."""
-    await _record(session, envelope, data, None, message_id_domain)
+    _record(session, envelope, data, None, message_id_domain)
 
 
-def handlers(message_id_domain: str) -> Mapping[str, Handler]:
+def handlers(message_id_domain: str) -> Mapping[str, Handler | Together]:
     return {
-        "referral.routed": partial(on_routed, message_id_domain=message_id_domain),
+        "referral.routed": Together(partial(on_routed, message_id_domain=message_id_domain)),
         "referral.site_decided": partial(on_site_decided, message_id_domain=message_id_domain),
     }
 
 
-async def _last_routed(session: AsyncSession, envelope: Envelope) -> ReferralRouted | None:
-    """The routing before this one: routed events of a referral share a partition, so it is recorded."""
-    sources = await store.routed_sources(session, envelope.referral_id)
-    return sources[0] if sources else None
-
-
-async def _record(
+def _record(
     session: AsyncSession, envelope: Envelope, data: EventData, site_name: str | None, domain: str
 ) -> None:
     planned = plan(data)

@@ -7,7 +7,7 @@ contact details: those are fetched from intake at send time and only a masked ad
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlmodel import Field, SQLModel, col
 
 from services.notifier.domain import Planned, State
 from shared.consumer import ProcessedEvent
-from shared.events import Envelope, ReferralRouted
+from shared.events import Envelope, ReferralRouted, SiteRef
 from shared.outbox import OutboxRecord
 
 
@@ -113,6 +113,26 @@ def add_planned(
                 updated_at=now,
             )
         )
+
+
+async def latest_routed_sites(
+    session: AsyncSession, referral_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, SiteRef]:
+    """The site of each referral's latest routing the notifier has recorded (none: not in the dict)."""
+    result = await session.execute(
+        select(col(Notification.referral_id), col(Notification.source))
+        .where(
+            col(Notification.referral_id).in_(list(referral_ids)), col(Notification.recipient_role) == "site"
+        )
+        .order_by(col(Notification.id).desc())
+    )
+    latest: dict[uuid.UUID, SiteRef] = {}
+    for referral_id, source in result:
+        if referral_id not in latest:
+            data = Envelope.model_validate_json(source).payload()
+            if isinstance(data, ReferralRouted):
+                latest[referral_id] = data.site
+    return latest
 
 
 async def routed_sources(session: AsyncSession, referral_id: uuid.UUID) -> list[ReferralRouted]:

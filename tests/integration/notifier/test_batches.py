@@ -18,7 +18,7 @@ from services.notifier.store import TABLES, Notification
 from shared.db import Database
 from shared.events import ReferralRouted
 from shared.outbox import OutboxRecord
-from tests.integration.notifier.conftest import REFERRER, Stack, assert_each_email_once, routed
+from tests.integration.notifier.conftest import DFCI, REFERRER, WCM, Stack, assert_each_email_once, routed
 from tests.support.kafka import eventually
 from tests.support.smtp import SmtpServer
 
@@ -114,7 +114,7 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
         async with db.session() as session:
             data = event.payload()
             assert isinstance(data, ReferralRouted)
-            await on_routed(session, event, data, message_id_domain="trialroute.notifier")
+            await on_routed(session, [(event, data)], message_id_domain="trialroute.notifier")
         assert await dispatcher.dispatch_once() == 3
         async with db.session() as session:
             notified = (
@@ -139,3 +139,24 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
     assert len(notified) == 2, "no referral.notified for the row whose lease was lost"
     assert len(stack.smtp.messages) == 3
     assert len(stack.intake.reads) == 1
+
+
+async def test_routings_of_one_referral_recorded_together_name_the_site_each_one_leaves(stack: Stack) -> None:
+    referral_id = stack.referral()
+    earlier = routed(referral_id, WCM)
+    db = Database(stack.database_url)
+    await db.create_tables(TABLES)
+    try:
+        async with db.session() as session:  # recorded before: the batch must read it from the store
+            await on_routed(session, [(earlier, earlier.payload())], message_id_domain="trialroute.notifier")
+        together = [routed(referral_id, DFCI, rank=2), routed(referral_id, WCM, rank=3)]
+        async with db.session() as session:
+            batch = [(event, event.payload()) for event in together]
+            await on_routed(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
+    finally:
+        await db.dispose()
+
+    sites = {
+        r.source_event_id: r.previous_site for r in await stack.notifications() if r.recipient_role == "site"
+    }
+    assert sites == {earlier.id: None, together[0].id: WCM.name, together[1].id: DFCI.name}

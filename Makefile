@@ -12,7 +12,7 @@ test:
 run: bootstrap
 	.venv/bin/trialroute run
 
-# Every benchmark with modest sizes (~10 minutes), then a summary table; see bench/README.md.
+# Every benchmark with modest sizes (~4 minutes), then a summary table; see bench/README.md.
 bench:
 	scripts/bench.sh
 

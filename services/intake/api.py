@@ -18,7 +18,7 @@ from services.intake.queries import Queries
 from services.intake.schemas import (
     EXAMPLE_ID,
     AmendmentCreate,
-    ContactPublic,
+    ContactList,
     ReferralCreate,
     ReferralPage,
     ReferralPublic,
@@ -214,15 +214,26 @@ async def withdraw_referral(
     )
 
 
+MAX_CONTACTS = 100
+"""Referrals per contact read: a dispatch batch's worth, and a URL of a few kilobytes at most."""
+
+
 @router.get(
-    "/internal/v1/referrals/{referral_id}/contact",
+    "/internal/v1/contacts",
     tags=["internal"],
-    summary="Patient and referrer contact details (notifier only)",
-    description="Scope `contact:read`, a service token (not a clinic's or a site's). Every read is "
-    "recorded (client, time, referral). The patient's email is null unless they consented to contact.",
-    responses=problems(401, 403, 404, 422),
+    summary="Patient and referrer contact details of some referrals (notifier only)",
+    description="Scope `contact:read`, a service token (not a clinic's or a site's). One call for the "
+    f"referrals of a dispatch batch (`referral_id` repeated, at most {MAX_CONTACTS}); an unknown id is "
+    "left out of `items`. Every read is recorded (client, time, referral). The patient's email is null "
+    "unless they consented to contact.",
+    responses=problems(401, 403, 422),
 )
-async def read_contact(
-    referral_id: ReferralId, principal: ContactReader, queries: QueriesDep
-) -> ContactPublic:
-    return await queries.contact(principal, referral_id)
+async def read_contacts(
+    referral_id: Annotated[
+        list[uuid.UUID],
+        Query(min_length=1, max_length=MAX_CONTACTS, description="a referral's id (repeatable)"),
+    ],
+    principal: ContactReader,
+    queries: QueriesDep,
+) -> ContactList:
+    return await queries.contacts(principal, list(dict.fromkeys(referral_id)))

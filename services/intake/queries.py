@@ -12,6 +12,7 @@ from services.intake import store
 from services.intake.config import IntakeSettings
 from services.intake.domain import Status, decode_cursor, encode_cursor
 from services.intake.schemas import (
+    ContactList,
     ContactPublic,
     DecisionPublic,
     NotificationPublic,
@@ -84,37 +85,40 @@ class Queries:
         next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None
         return ReferralPage(items=[_summary(r) for r in rows], next_cursor=next_cursor)
 
-    async def contact(self, principal: Principal, referral_id: uuid.UUID) -> ContactPublic:
-        """Contact details for the notifier; the read and its reader are logged in the same transaction."""
+    async def contacts(self, principal: Principal, referral_ids: Sequence[uuid.UUID]) -> ContactList:
+        """Contact details for the notifier, for a dispatch batch's referrals at once; each read and its
+        reader are logged in the same transaction."""
         if principal.clinic_id is not None or principal.site_code is not None:
             raise Forbidden("contact details are for the notifier service, not for a clinic or site token")
         allowed = self.settings.contact_client_ids
         if allowed and principal.client_id not in allowed:
             raise Forbidden("this client may not read contact details")
         async with self.db.session() as session:
-            referral = await store.get_referral(session, referral_id)
-            if referral is None:
-                raise NotFound("no such referral")
-            session.add(
-                ContactAccess(
-                    referral_id=referral.id, client_id=principal.client_id, subject=principal.subject
-                )
+            referrals = await store.get_referrals(session, referral_ids)
+            session.add_all(
+                ContactAccess(referral_id=r.id, client_id=principal.client_id, subject=principal.subject)
+                for r in referrals
             )
-        with referral_context(referral.id):
-            log.info("contact details read", extra={"client_id": principal.client_id})
-        consent = referral.consent_to_contact
-        return ContactPublic(
-            referral_id=referral.id,
-            status=Status(referral.status),
-            patient=PatientContact(
-                given_name=referral.given_name,
-                family_name=referral.family_name,
-                email=referral.email if consent else None,
-                preferred_language=referral.preferred_language,
-                consent_to_contact=consent,
-            ),
-            referrer=ReferrerContact(name=referral.referrer_name, email=referral.referrer_email),
-        )
+        for referral in referrals:
+            with referral_context(referral.id):
+                log.info("contact details read", extra={"client_id": principal.client_id})
+        return ContactList(items=[_contact(referral) for referral in referrals])
+
+
+def _contact(referral: Referral) -> ContactPublic:
+    consent = referral.consent_to_contact
+    return ContactPublic(
+        referral_id=referral.id,
+        status=Status(referral.status),
+        patient=PatientContact(
+            given_name=referral.given_name,
+            family_name=referral.family_name,
+            email=referral.email if consent else None,
+            preferred_language=referral.preferred_language,
+            consent_to_contact=consent,
+        ),
+        referrer=ReferrerContact(name=referral.referrer_name, email=referral.referrer_email),
+    )
 
 
 def _summary(referral: Referral) -> ReferralSummary:

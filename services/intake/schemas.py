@@ -159,6 +159,12 @@ class ContactPublic(_View):
     referrer: ReferrerContact
 
 
+class ContactList(_View):
+    """The contact details of the referrals asked for that exist; an unknown id is left out."""
+
+    items: list[ContactPublic]
+
+
 class FieldError(_View):
     field: str = Field(description="JSON path of the invalid field", examples=["patient.date_of_birth"])
     reason: str = Field(examples=["must not be after 2026-11-10"])

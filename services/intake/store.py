@@ -192,6 +192,11 @@ async def get_referral(
     return (await session.execute(query)).scalars().first()
 
 
+async def get_referrals(session: AsyncSession, ids: Sequence[uuid.UUID]) -> Sequence[Referral]:
+    """Those of the referrals ``ids`` that exist, in no particular order."""
+    return (await session.execute(select(Referral).where(col(Referral.id).in_(ids)))).scalars().all()
+
+
 async def referral_with_timeline(
     session: AsyncSession, referral_id: uuid.UUID, clinic_id: str
 ) -> tuple[Referral, list[TimelineEntry]] | None:

@@ -8,6 +8,7 @@ the client's scopes): the notification is tried again later, never lost.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,7 +35,7 @@ class ReferrerContact(_Contract):
 
 
 class Contact(_Contract):
-    """``GET /internal/v1/referrals/{id}/contact`` on intake (scope ``contact:read``)."""
+    """One item of ``GET /internal/v1/contacts`` on intake (scope ``contact:read``)."""
 
     referral_id: uuid.UUID
     patient: PatientContact
@@ -46,21 +47,38 @@ class Contact(_Contract):
     __str__ = __repr__
 
 
+class _ContactList(_Contract):
+    items: list[Contact]
+
+
+MAX_PER_READ = 100
+"""Intake's limit of referrals per read."""
+
+
 class ContactsClient:
     def __init__(self, base_url: str, tokens: ServiceTokenSource, *, timeout_s: float) -> None:
         self.tokens = tokens
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), auth=tokens, timeout=timeout_s)
         self._refused: str | None = None
 
-    async def fetch(self, referral_id: uuid.UUID) -> Contact:
-        """The referral's contact details; ``DeliveryError`` (transient) when they cannot be had now."""
+    async def fetch(self, referral_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Contact]:
+        """The contact details of those of ``referral_ids`` intake knows, read in as few calls as its
+        limit allows; ``DeliveryError`` (transient) when they cannot be had now."""
+        ids = [str(referral_id) for referral_id in referral_ids]
+        found: dict[uuid.UUID, Contact] = {}
+        for start in range(0, len(ids), MAX_PER_READ):
+            params = [("referral_id", referral_id) for referral_id in ids[start : start + MAX_PER_READ]]
+            found.update((c.referral_id, c) for c in await self._read(params))
+        return found
+
+    async def _read(self, params: list[tuple[str, str]]) -> list[Contact]:
         try:
             refused, self._refused = self._refused, None
             if refused:
                 # Intake refused that token (403): the client's scopes may have been fixed since, and
                 # a cached token would go on lacking them until it expires.
                 await self.tokens.token(replacing=refused)
-            response = await self.http.get(f"/internal/v1/referrals/{referral_id}/contact")
+            response = await self.http.get("/internal/v1/contacts", params=params)
         except ServiceTokenError as exc:
             raise DeliveryError(f"no token for intake: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -73,7 +91,7 @@ class ContactsClient:
         if response.status_code != 200:
             raise DeliveryError(f"intake answered {response.status_code}: {_detail(response)}")
         try:
-            return Contact.model_validate_json(response.content)
+            return _ContactList.model_validate_json(response.content).items
         except ValidationError as exc:
             errors = exc.error_count()  # the errors themselves could quote contact details
             raise DeliveryError(f"intake's contact answer breaks the contract ({errors} errors)") from exc

@@ -22,7 +22,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -92,31 +92,35 @@ class Attempt:
 
 
 class BatchContacts:
-    """Contact details for one dispatch batch: one fetch per referral, shared by the rows that need
-    it (the patient's and the referrer's email), awaited by each and dropped with the batch. Nothing
-    outlives the batch: contact details are PHI and the notifier does not keep them. A failed fetch
-    fails every row that needed it, as a fetch of its own would have."""
+    """Contact details for one dispatch batch: one read for all the referrals whose rows need them
+    (the patient's and the referrer's email), made when the first row asks, awaited by each and dropped
+    with the batch. Nothing outlives the batch: contact details are PHI and the notifier does not keep
+    them. A failed read fails every row that needed it; each is tried again later."""
 
-    def __init__(self, client: ContactsClient) -> None:
+    def __init__(self, client: ContactsClient, referral_ids: Collection[uuid.UUID]) -> None:
         self.client = client
-        self._fetches: dict[uuid.UUID, asyncio.Task[Contact]] = {}
+        self.referral_ids = referral_ids
+        self._read: asyncio.Task[dict[uuid.UUID, Contact]] | None = None
 
     async def fetch(self, referral_id: uuid.UUID) -> Contact:
-        fetch = self._fetches.get(referral_id)
-        if fetch is None:
-            fetch = self._fetches[referral_id] = asyncio.create_task(self.client.fetch(referral_id))
-        # Shielded: one row's delivery timing out must not cancel the fetch its sibling awaits.
-        return await asyncio.shield(fetch)
+        if self._read is None:
+            self._read = asyncio.create_task(self.client.fetch(self.referral_ids))
+        # Shielded: one row's delivery timing out must not cancel the read its siblings await.
+        contact = (await asyncio.shield(self._read)).get(referral_id)
+        if contact is None:
+            raise DeliveryError("intake has no such referral")
+        return contact
 
     def close(self) -> None:
-        """Drop every fetch of the batch (cancelling any still running, collecting failures)."""
-        fetches, self._fetches = self._fetches, {}
-        for fetch in fetches.values():
-            if fetch.done():
-                if not fetch.cancelled():
-                    fetch.exception()  # retrieved: each awaiting row has had it already
-            else:
-                fetch.cancel()
+        """Drop the batch's read (cancelled if still running, its failure collected)."""
+        read, self._read = self._read, None
+        if read is None:
+            return
+        if read.done():
+            if not read.cancelled():
+                read.exception()  # retrieved: each awaiting row has had it already
+        else:
+            read.cancel()
 
 
 class Dispatcher:
@@ -167,7 +171,8 @@ class Dispatcher:
             )
         if not rows:
             return 0
-        contacts = BatchContacts(self.contacts)
+        needing = {r.referral_id for r in rows if needs_contact(cast(RecipientRole, r.recipient_role))}
+        contacts = BatchContacts(self.contacts, needing)
         pending = {asyncio.ensure_future(self._attempt(row, contacts)) for row in rows}
         try:
             while pending:

@@ -23,7 +23,7 @@ OPERATIONS = {
         "referrals:write",
         {"401", "403", "404", "409", "422"},
     ),
-    ("get", "/internal/v1/referrals/{referral_id}/contact"): ("contact:read", {"401", "403", "404", "422"}),
+    ("get", "/internal/v1/contacts"): ("contact:read", {"401", "403", "422"}),
 }
 
 

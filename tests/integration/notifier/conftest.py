@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -29,7 +29,6 @@ from shared.app import create_app as create_service_app
 from shared.auth import Principal, Scope, TokenValidator, require
 from shared.db import Database
 from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer, SiteRef
-from shared.problems import NotFound
 from shared.settings import KafkaSettings
 from tests.support.auth import Issuer, http, issuer
 from tests.support.kafka import eventually, produce, read_topic
@@ -89,6 +88,9 @@ class Intake:
     url: str
     book: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
     reads: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    """(client, referral) for each referral asked for, in each call."""
+    calls: list[list[uuid.UUID]] = field(default_factory=list)
+    """The referrals asked for, call by call."""
 
     def add(
         self,
@@ -119,13 +121,13 @@ async def intake(issuer: Issuer) -> AsyncIterator[Intake]:
     standin = Intake(url="")
     router = APIRouter()
 
-    @router.get("/internal/v1/referrals/{referral_id}/contact")
-    async def contact(referral_id: uuid.UUID, principal: ContactReader) -> dict[str, Any]:
-        standin.reads.append((principal.client_id, referral_id))
-        found = standin.book.get(referral_id)
-        if found is None:
-            raise NotFound(f"no referral {referral_id}")
-        return found
+    @router.get("/internal/v1/contacts")
+    async def contacts(
+        principal: ContactReader, referral_id: Annotated[list[uuid.UUID], Query()]
+    ) -> dict[str, Any]:
+        standin.calls.append(referral_id)
+        standin.reads += [(principal.client_id, r) for r in referral_id]
+        return {"items": [standin.book[r] for r in referral_id if r in standin.book]}
 
     async with httpx.AsyncClient(timeout=5) as jwks_http:
         validator = TokenValidator(issuer.oauth, "intake", jwks_http)

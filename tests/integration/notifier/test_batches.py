@@ -25,11 +25,11 @@ from tests.support.smtp import SmtpServer
 pytestmark = pytest.mark.integration
 
 
-async def test_the_rows_of_a_referral_share_one_contact_read_per_batch_even_when_it_fails(
+async def test_the_rows_of_a_referral_share_one_contact_read_per_batch_even_when_it_is_missing(
     stack: Stack,
 ) -> None:
     known = [stack.referral() for _ in range(3)]
-    unknown = uuid.uuid4()  # intake does not know it yet: 404, so its patient and referrer wait
+    unknown = uuid.uuid4()  # intake does not know it yet, so its patient and referrer wait
     async with stack.run():
         for referral_id in [*known, unknown]:
             await stack.publish(routed(referral_id))
@@ -38,7 +38,7 @@ async def test_the_rows_of_a_referral_share_one_contact_read_per_batch_even_when
             rows = await stack.notifications(unknown)
             waiting = [r for r in rows if r.recipient_role != "site"]
             return len(waiting) == 2 and all(
-                r.attempts >= 2 and "intake answered 404" in str(r.last_error) for r in waiting
+                r.attempts >= 2 and "intake has no such referral" in str(r.last_error) for r in waiting
             )
 
         await eventually(refused_twice, what="the unknown referral's patient and referrer emails retried")
@@ -50,6 +50,30 @@ async def test_the_rows_of_a_referral_share_one_contact_read_per_batch_even_when
     attempts = {r.recipient_role: r.attempts for r in rows if r.referral_id == unknown}
     assert attempts["patient"] == attempts["referrer"] == reads[unknown], "one read per attempt of both"
     assert_each_email_once(stack.smtp, 12)
+
+
+async def test_one_contact_read_serves_every_referral_of_a_dispatch_batch(stack: Stack) -> None:
+    settings = stack.make_settings()
+    referrals = [stack.referral() for _ in range(3)]
+    db = Database(stack.database_url)
+    await db.create_tables(TABLES)
+    contacts, tokens = contact_reader(settings)
+    mailer = Mailer(settings)
+    dispatcher = Dispatcher(db, settings, mailer=mailer, templates=Templates(), contacts=contacts)
+    try:
+        async with db.session() as session:  # all three routings pending before the dispatcher runs
+            events = [routed(referral_id) for referral_id in referrals]
+            batch = [(event, event.payload()) for event in events]
+            await on_routed(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
+        assert await dispatcher.dispatch_once() == 9
+    finally:
+        await mailer.aclose()
+        await contacts.aclose()
+        await tokens.aclose()
+        await db.dispose()
+
+    assert [sorted(call) for call in stack.intake.calls] == [sorted(referrals)]
+    assert_each_email_once(stack.smtp, 9)
 
 
 async def test_messages_go_over_reused_smtp_connections(stack: Stack) -> None:

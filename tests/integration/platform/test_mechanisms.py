@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -271,3 +272,24 @@ async def _backlog_below(db: Database, n: int) -> bool:
 
 async def _handled_at_least(db: Database, n: int) -> bool:
     return await handled_count(db) >= n
+
+
+async def test_the_relay_publishes_from_the_embedded_sqlite_store_in_order(
+    tmp_path: Path, kafka: KafkaSettings
+) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
+    await database.create_tables(TABLES)
+    key = uuid.uuid4()
+    events = [withdrawn(key) for _ in range(3)]  # one key, one partition: its order is kept
+    async with database.session() as session:
+        for envelope in events:
+            add_event(session, envelope)
+    relay = OutboxRelay(database, kafka, service="test")
+    try:
+        assert await relay.publish_batch() == 3
+        assert await relay.publish_batch() == 0
+    finally:
+        await relay._drop_producer()
+        await database.dispose()
+    published = [json.loads(r.value)["id"] for r in await read_topic(kafka, "referral.withdrawn")]
+    assert published == [str(e.id) for e in events]

@@ -259,9 +259,8 @@ class Dispatcher:
         nothing of it was committed, and each is recorded on its own with ``_record``'s retries."""
         if len(attempts) > 1:
             try:
-                now = self.clock()
                 async with self.db.session() as session:
-                    owned = [await self._write(session, attempt, now) for attempt in attempts]
+                    ours = await self._write(session, attempts, self.clock())
             except Exception as exc:
                 log.warning(
                     "could not record %d outcomes together, recording one by one",
@@ -269,8 +268,8 @@ class Dispatcher:
                     extra={"error": type(exc).__name__},
                 )
             else:
-                for attempt, ours in zip(attempts, owned, strict=True):
-                    self._report(attempt, ours)
+                for attempt in attempts:
+                    self._report(attempt, attempt.row.id in ours)
                 return
         for attempt in attempts:
             await self._record(attempt)
@@ -287,52 +286,54 @@ class Dispatcher:
             ):
                 with retrying:
                     async with self.db.session() as session:
-                        ours = await self._write(session, attempt, self.clock())
+                        ours = await self._write(session, [attempt], self.clock())
         except Exception as exc:
             # The lease runs out and another pass tries again (with the same Message-ID).
             with attempt.context():
                 log.error("could not record a delivery outcome", extra={"error": type(exc).__name__})
             return
-        self._report(attempt, ours)
+        self._report(attempt, attempt.row.id in ours)
 
-    async def _write(self, session: AsyncSession, attempt: Attempt, now: datetime) -> bool:
-        """Write one outcome in ``session``; False when the lease was lost (nothing is written then:
-        the row belongs to another pass, which records its own outcome)."""
+    async def _write(self, session: AsyncSession, attempts: list[Attempt], now: datetime) -> set[int]:
+        """Write the outcomes in ``session`` and return the ids of the rows still ours; nothing is
+        written for a row whose lease was lost (it belongs to another pass, which records its own)."""
+        ours = await store.finish(session, [(a.row, self._outcome(a, now)) for a in attempts], now=now)
+        for attempt in attempts:
+            row, outcome = attempt.row, attempt.outcome
+            if row.id not in ours:
+                continue
+            if isinstance(outcome, Delivered):
+                assert attempt.envelope is not None
+                add_event(session, notified_event(row, attempt.envelope))
+            elif isinstance(outcome, DeliveryError) and self._gives_up(row, outcome):
+                session.add(self._dead_letter(row, _error_text(outcome), now))
+        return ours
+
+    def _outcome(self, attempt: Attempt, now: datetime) -> dict[str, Any]:
+        """The columns an outcome sets on its row."""
         row, outcome = attempt.row, attempt.outcome
         if isinstance(outcome, Skipped):
-            return await store.finish(
-                session, row, now=now, state=State.SKIPPED, skip_reason=outcome.reason, last_error=None
-            )
+            return {"state": State.SKIPPED, "skip_reason": outcome.reason, "last_error": None}
         if isinstance(outcome, Delivered):
-            assert attempt.envelope is not None
-            ours = await store.finish(
-                session,
-                row,
-                now=now,
-                state=State.SENT,
-                recipient=outcome.recipient,
-                language=outcome.language,
-                sent_at=now,
-                last_error=None,
-            )
-            if ours:
-                add_event(session, notified_event(row, attempt.envelope))
-            return ours
-        message = redact(str(outcome))[:1000]
-        if gives_up(row.attempts, self.settings.max_attempts, permanent=outcome.permanent):
-            ours = await store.finish(session, row, now=now, state=State.FAILED, last_error=message)
-            if ours:
-                session.add(self._dead_letter(row, message, now))
-            return ours
+            return {
+                "state": State.SENT,
+                "recipient": outcome.recipient,
+                "language": outcome.language,
+                "sent_at": now,
+                "last_error": None,
+            }
+        message = _error_text(outcome)
+        if self._gives_up(row, outcome):
+            return {"state": State.FAILED, "last_error": message}
         delay = retry_delay_s(row.attempts, self.settings.retry_base_s, self.settings.retry_max_s)
-        return await store.finish(
-            session,
-            row,
-            now=now,
-            state=State.PENDING,
-            last_error=message,
-            next_attempt_at=now + timedelta(seconds=delay),
-        )
+        return {
+            "state": State.PENDING,
+            "last_error": message,
+            "next_attempt_at": now + timedelta(seconds=delay),
+        }
+
+    def _gives_up(self, row: Notification, outcome: DeliveryError) -> bool:
+        return gives_up(row.attempts, self.settings.max_attempts, permanent=outcome.permanent)
 
     def _report(self, attempt: Attempt, ours: bool) -> None:
         """Metrics and the log line of a committed outcome."""
@@ -341,14 +342,14 @@ class Dispatcher:
             if isinstance(outcome, DeliveryError):
                 if not ours:
                     return
-                give_up = gives_up(row.attempts, self.settings.max_attempts, permanent=outcome.permanent)
+                give_up = self._gives_up(row, outcome)
                 metrics.emails.labels(SERVICE, "failed" if give_up else "retry").inc()
                 log.warning(
                     "notification failed" if give_up else "notification will be retried",
                     extra={
                         "notification": row.id,
                         "attempts": row.attempts,
-                        "error": redact(str(outcome))[:1000],
+                        "error": _error_text(outcome),
                     },
                 )
                 return
@@ -447,3 +448,8 @@ def render_context(
     if contact is not None and row.recipient_role == "patient":
         context["patient_given_name"] = contact.patient.given_name
     return context
+
+
+def _error_text(error: DeliveryError) -> str:
+    """An error as stored and logged: addresses redacted, at most 1,000 characters."""
+    return redact(str(error))[:1000]

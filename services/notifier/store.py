@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     or_,
     select,
     update,
@@ -198,20 +199,37 @@ async def claim_due(
     return result.scalars().all()
 
 
-async def finish(session: AsyncSession, row: Notification, *, now: datetime, **values: Any) -> bool:
-    """Record the outcome of a claimed notification, if the claim is still ours (the lease did not run
-    out and pass it to another dispatcher, which will record its own outcome)."""
-    result = await session.execute(
-        update(Notification)
-        .where(
-            col(Notification.id) == row.id,
-            col(Notification.claim) == row.claim,
-            col(Notification.state) == State.SENDING,
-        )
-        .values(claim=None, claimed_until=None, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
+async def finish(
+    session: AsyncSession, outcomes: Sequence[tuple[Notification, dict[str, Any]]], *, now: datetime
+) -> set[int]:
+    """Record the outcomes (row, column values) of claimed notifications whose claim is still ours, and
+    return their ids; a row whose lease ran out and passed to another dispatcher is left to it (that
+    dispatcher records its own outcome). The rows are locked first, so no lease passes on meanwhile
+    (SQLite: its single writer does that), then each kind of outcome is one multi-row UPDATE."""
+    ids = sorted(row.id for row, _ in outcomes if row.id is not None)
+    held = await session.execute(
+        select(col(Notification.id), col(Notification.claim))
+        .where(col(Notification.id).in_(ids), col(Notification.state) == State.SENDING)
+        .order_by(col(Notification.id))
+        .with_for_update()
     )
-    return bool(getattr(result, "rowcount", 0) == 1)
+    claims = dict(held.all())
+    ours = {row.id for row, _ in outcomes if row.claim is not None and claims.get(row.id) == row.claim}
+    table = Notification.__table__  # type: ignore[attr-defined]
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row, values in outcomes:
+        if row.id in ours:
+            done = {**values, "claim": None, "claimed_until": None, "updated_at": now}
+            params = {f"v_{name}": value for name, value in done.items()}
+            by_columns.setdefault(tuple(sorted(done)), []).append({"b_id": row.id, **params})
+    for names, rows in by_columns.items():
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"v_{name}") for name in names})
+        )
+        await session.execute(statement, rows)
+    return ours
 
 
 async def for_referral(

@@ -25,7 +25,8 @@ async def on_routed(
     """Site coordinator, patient and referrer; a referral routed again names the site it leaves. The
     routings before these are read with one query for the whole transaction: routed events of a
     referral share a partition, so an earlier one is recorded, or earlier in ``items``."""
-    last = await store.latest_routed_sites(session, {envelope.referral_id for envelope, _ in items})
+    before = await store.routings(session, {envelope.referral_id for envelope, _ in items})
+    last = {referral_id: routed[0].site for referral_id, routed in before.items()}
     for envelope, data in items:
         previous = last.get(envelope.referral_id)
         previous_site = previous.name if previous and previous.code != data.site.code else None

@@ -251,7 +251,7 @@ class Dispatcher:
     async def _site_name(self, referral_id: uuid.UUID, site_code: str) -> str:
         """The deciding site's name, from the routing it decides on, if the notifier has seen it."""
         async with self.db.session() as session:
-            routings = await store.routed_sources(session, referral_id)
+            routings = (await store.routings(session, [referral_id])).get(referral_id, [])
         return next((r.site.name for r in routings if r.site.code == site_code), f"Site {site_code}")
 
     async def _record_together(self, attempts: list[Attempt]) -> None:

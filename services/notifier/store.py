@@ -31,7 +31,7 @@ from sqlmodel import Field, SQLModel, col
 
 from services.notifier.domain import Planned, State
 from shared.consumer import ProcessedEvent
-from shared.events import Envelope, ReferralRouted, SiteRef
+from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
 
 
@@ -116,10 +116,11 @@ def add_planned(
         )
 
 
-async def latest_routed_sites(
+async def routings(
     session: AsyncSession, referral_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, SiteRef]:
-    """The site of each referral's latest routing the notifier has recorded (none: not in the dict)."""
+) -> dict[uuid.UUID, list[ReferralRouted]]:
+    """Each referral's routings the notifier has recorded (one site email each), newest first; a
+    referral with none is not in the dict."""
     result = await session.execute(
         select(col(Notification.referral_id), col(Notification.source))
         .where(
@@ -127,28 +128,12 @@ async def latest_routed_sites(
         )
         .order_by(col(Notification.id).desc())
     )
-    latest: dict[uuid.UUID, SiteRef] = {}
+    found: dict[uuid.UUID, list[ReferralRouted]] = {}
     for referral_id, source in result:
-        if referral_id not in latest:
-            data = Envelope.model_validate_json(source).payload()
-            if isinstance(data, ReferralRouted):
-                latest[referral_id] = data.site
-    return latest
-
-
-async def routed_sources(session: AsyncSession, referral_id: uuid.UUID) -> list[ReferralRouted]:
-    """The referral's routings the notifier has recorded, newest first (one site email each)."""
-    result = await session.execute(
-        select(col(Notification.source))
-        .where(col(Notification.referral_id) == referral_id, col(Notification.recipient_role) == "site")
-        .order_by(col(Notification.id).desc())
-    )
-    routings = []
-    for source in result.scalars():
         data = Envelope.model_validate_json(source).payload()
         if isinstance(data, ReferralRouted):
-            routings.append(data)
-    return routings
+            found.setdefault(referral_id, []).append(data)
+    return found
 
 
 def _due(now: datetime) -> ColumnElement[bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -200,7 +201,35 @@ def site_codes() -> list[str]:
     return [site["code"] for site in json.loads(SEED_SITES.read_text())["sites"]]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, below the kernel's ephemeral range and never handed out before by this
+    process. A port from ``bind(0)`` comes from the ephemeral range: released, it can be taken by an
+    outgoing connection or by another ``bind(0)`` (a test's in-process server) before the service binds
+    it, and that other server's ``/healthz`` then passes for the service's."""
+    low, high = _below_ephemeral_range()
+    for _ in range(1000):
+        port = _random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}-{high}")
+
+
+_random = random.SystemRandom()
+
+
+def _below_ephemeral_range(span: int = 10_000) -> tuple[int, int]:
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768  # Linux's default
+    return max(1024, first - span), first

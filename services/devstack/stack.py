@@ -202,6 +202,7 @@ def site_codes() -> list[str]:
 
 
 _handed_out: set[int] = set()
+_random = random.SystemRandom()
 
 
 def free_port() -> int:
@@ -222,9 +223,6 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free loopback port in {low}-{high}")
-
-
-_random = random.SystemRandom()
 
 
 def _below_ephemeral_range(span: int = 10_000) -> tuple[int, int]:

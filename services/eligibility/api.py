@@ -168,12 +168,13 @@ async def read_assessment(
 ) -> AssessmentPublic:
     """The latest assessment, for the referring clinic (`assessments:read` or `referrals:read`) or the
     site the referral is routed to (`site:referrals`); 404 for anyone else."""
-    latest = await store.latest_assessment(session, referral_id)
+    by_revision = {a.revision: a for a in await store.assessments_of(session, referral_id)}
+    latest = by_revision[max(by_revision)] if by_revision else None
     if latest is None or not await _may_read(session, principal, latest):
         raise NotFound("no assessment of this referral")
     if revision is None or revision == latest.revision:
         return AssessmentPublic.of(latest, latest.revision)
-    older = await store.get_assessment(session, referral_id, revision)
+    older = by_revision.get(revision)
     if older is None:
         raise NotFound(f"revision {revision} of this referral has not been assessed")
     return AssessmentPublic.of(older, latest.revision)

@@ -82,32 +82,10 @@ TABLES = [
 ]
 
 
-async def get_assessment(
-    session: AsyncSession, referral_id: uuid.UUID, revision: int
-) -> AssessmentRow | None:
-    result = await session.execute(
-        select(AssessmentRow).where(
-            col(AssessmentRow.referral_id) == referral_id, col(AssessmentRow.revision) == revision
-        )
-    )
-    return result.scalar_one_or_none()
-
-
 async def assessments_of(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[AssessmentRow]:
     """Every revision's assessment of the referral (a handful at most), in one round trip."""
     result = await session.execute(select(AssessmentRow).where(col(AssessmentRow.referral_id) == referral_id))
     return result.scalars().all()
-
-
-async def latest_assessment(session: AsyncSession, referral_id: uuid.UUID) -> AssessmentRow | None:
-    """The assessment of the highest revision: the referral's current one, whatever arrived last."""
-    result = await session.execute(
-        select(AssessmentRow)
-        .where(col(AssessmentRow.referral_id) == referral_id)
-        .order_by(col(AssessmentRow.revision).desc())
-        .limit(1)
-    )
-    return result.scalar_one_or_none()
 
 
 async def record_routing(

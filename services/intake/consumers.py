@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 async def on_status_events(session: AsyncSession, items: list[tuple[Envelope, EventData]]) -> None:
     """Record status events of other services on their referrals' timelines: the referrals are locked
     and their timelines read once for all of them, and each touched referral is folded once."""
-    referrals = await store.lock_referrals(session, sorted({envelope.referral_id for envelope, _ in items}))
+    ids = sorted({envelope.referral_id for envelope, _ in items})
+    referrals = await store.get_referrals(session, ids, lock=True)
     entries = await store.timelines(session, list(referrals))
     known = {entry.event_id for timeline in entries.values() for entry in timeline}
     touched: set[uuid.UUID] = set()

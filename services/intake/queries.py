@@ -94,7 +94,7 @@ class Queries:
         if allowed and principal.client_id not in allowed:
             raise Forbidden("this client may not read contact details")
         async with self.db.session() as session:
-            referrals = await store.get_referrals(session, referral_ids)
+            referrals = list((await store.get_referrals(session, referral_ids)).values())
             session.add_all(
                 ContactAccess(referral_id=r.id, client_id=principal.client_id, subject=principal.subject)
                 for r in referrals

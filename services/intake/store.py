@@ -192,11 +192,6 @@ async def get_referral(
     return (await session.execute(query)).scalars().first()
 
 
-async def get_referrals(session: AsyncSession, ids: Sequence[uuid.UUID]) -> Sequence[Referral]:
-    """Those of the referrals ``ids`` that exist, in no particular order."""
-    return (await session.execute(select(Referral).where(col(Referral.id).in_(ids)))).scalars().all()
-
-
 async def referral_with_timeline(
     session: AsyncSession, referral_id: uuid.UUID, clinic_id: str
 ) -> tuple[Referral, list[TimelineEntry]] | None:
@@ -233,9 +228,14 @@ async def timeline(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[Ti
     return (await session.execute(query)).scalars().all()
 
 
-async def lock_referrals(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Referral]:
-    """The referrals among ``ids``, locked in id order (one order for every writer: no deadlock)."""
-    query = select(Referral).where(col(Referral.id).in_(ids)).order_by(col(Referral.id)).with_for_update()
+async def get_referrals(
+    session: AsyncSession, ids: Sequence[uuid.UUID], *, lock: bool = False
+) -> dict[uuid.UUID, Referral]:
+    """Those of the referrals ``ids`` that exist; ``lock`` takes them in id order (one order for every
+    writer: no deadlock)."""
+    query = select(Referral).where(col(Referral.id).in_(ids)).order_by(col(Referral.id))
+    if lock:
+        query = query.with_for_update()
     return {referral.id: referral for referral in (await session.execute(query)).scalars()}
 
 

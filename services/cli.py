@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -71,7 +70,7 @@ def topics() -> None:
 def dead_letters_list(topic: Annotated[str, typer.Argument(help="e.g. referral.submitted")]) -> None:
     """Print each dead letter of TOPIC as one JSON line (error, consumer, partition, offset)."""
     for letter in asyncio.run(list_dead_letters(KafkaSettings(), topic)):
-        typer.echo(json.dumps(letter))
+        typer.echo(letter.model_dump_json())
 
 
 @dead_letters_app.command("replay")
@@ -85,7 +84,7 @@ def dead_letters_replay(
     kafka = KafkaSettings()
     letters = asyncio.run(list_dead_letters(kafka, topic))
     if offset:
-        letters = [x for x in letters if x["dlq_offset"] in set(offset)]
+        letters = [x for x in letters if x.dlq_offset in set(offset)]
     typer.echo(f"replayed {asyncio.run(replay(kafka, letters))} record(s)")
 
 

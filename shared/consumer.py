@@ -14,55 +14,127 @@ nothing. Failures split in two:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
-from shared.db import Database, is_transient_error
-from shared.events import DEAD_LETTER_SUFFIX, Envelope, UnknownEventType
-from shared.kafka import new_consumer, new_producer
+from shared.db import Database
+from shared.dead_letters import DeadLetters
+from shared.events import EVENT_TYPES, Envelope, EventData, UnknownEventType
+from shared.kafka import new_consumer
 from shared.observability import metrics, referral_context
+from shared.retry import TransientError, is_transient, pause, quietly, until_stopped
 from shared.settings import KafkaSettings
+from shared.store import timestamp, utcnow
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
-"""``handler(session, envelope, data)``: ``data`` is the envelope's validated, typed payload."""
+E = TypeVar("E", bound=EventData)
+E_contra = TypeVar("E_contra", bound=EventData, contravariant=True)
 
 
-@dataclass(frozen=True)
+class Handler(Protocol[E_contra]):
+    """``handler(session, envelope, data)``: ``data`` is the envelope's validated payload, of the event
+    class the handler was registered for."""
+
+    def __call__(self, session: AsyncSession, envelope: Envelope, data: E_contra, /) -> Awaitable[None]: ...
+
+
+class BatchHandler(Protocol[E]):
+    """``handler(session, [(envelope, data), ...])``: all of a transaction's new events of its classes."""
+
+    def __call__(self, session: AsyncSession, items: list[tuple[Envelope, E]], /) -> Awaitable[None]: ...
+
+
+Item = tuple[Envelope, EventData]
+
+
+@dataclass(frozen=True, eq=False)
 class Together:
-    """A handler that takes all of a transaction's new events of its types in one call, in order, so
+    """A handler that takes all of a transaction's new events of its classes in one call, in order, so
     that it can read and write them with a few statements instead of a few per event. It runs after the
     per-event handlers of the same transaction; a record handled alone comes as a list of one."""
 
-    handle: Callable[[AsyncSession, list[tuple[Envelope, Any]]], Awaitable[None]]
+    handle: Callable[[AsyncSession, list[Item]], Awaitable[None]]
 
 
-class TransientError(Exception):
-    """A failure that will pass (a service down, a lock timeout): retry, never dead-letter."""
+@dataclass(frozen=True)
+class One:
+    handle: Callable[[AsyncSession, Envelope, EventData], Awaitable[None]]
+
+
+class Handlers:
+    """Which handler takes each event class. The classes are the one fact: the topics a consumer
+    subscribes to follow from them, and each payload is checked to be of its handler's class."""
+
+    def __init__(self) -> None:
+        self._by_event: dict[type[EventData], One | Together] = {}
+
+    def on(self, event: type[E], handler: Handler[E]) -> Handlers:
+        """Handle each event of class ``event`` on its own."""
+
+        async def checked(session: AsyncSession, envelope: Envelope, data: EventData) -> None:
+            await handler(session, envelope, _payload_of((event,), envelope, data))
+
+        return self._add((event,), One(checked))
+
+    def together(self, events: Sequence[type[E]], handler: BatchHandler[E]) -> Handlers:
+        """Handle the events of ``events``' classes of one transaction in one call (see ``Together``)."""
+        classes = tuple(events)
+
+        async def checked(session: AsyncSession, items: list[Item]) -> None:
+            await handler(
+                session, [(envelope, _payload_of(classes, envelope, data)) for envelope, data in items]
+            )
+
+        return self._add(classes, Together(checked))
+
+    def _add(self, events: tuple[type[EventData], ...], handler: One | Together) -> Handlers:
+        for event in events:
+            if event in self._by_event:
+                raise ValueError(f"{event.__name__} has a handler already")
+            self._by_event[event] = handler
+        return self
+
+    def of(self, envelope: Envelope) -> One | Together | None:
+        """The handler of the envelope's event class, if this consumer handles it."""
+        model = EVENT_TYPES.get((envelope.type, envelope.version))
+        return self._by_event.get(model) if model is not None else None
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({event.event_type for event in self._by_event})
+
+
+def _payload_of(events: tuple[type[E], ...], envelope: Envelope, data: EventData) -> E:
+    """``data`` as the class its handler takes (a registry that maps a type to another model is a bug
+    that no retry fixes)."""
+    for event in events:
+        if isinstance(data, event):
+            return data
+    raise PoisonMessage(f"{envelope.type} v{envelope.version} is not a {events[0].__name__}")
 
 
 class PoisonMessage(Exception):
     """A record that can never be handled: dead-letter it at once."""
 
 
-TRANSIENT = (TransientError, sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError)
-"""Retried without end; so are database errors ``shared.db.is_transient_error`` recognises by SQLSTATE."""
 PERMANENT = (PoisonMessage, ValidationError, UnknownEventType, json.JSONDecodeError, UnicodeDecodeError)
+"""Dead-lettered at the first attempt. Transient failures (``shared.retry.is_transient``) are retried
+without end; anything else a few times, then dead-lettered."""
+
+__all__ = ["ConsumerLoop", "Handler", "Handlers", "PoisonMessage", "ProcessedEvent", "TransientError"]
 
 
 class _Stopping(Exception):
@@ -76,11 +148,11 @@ class ProcessedEvent(SQLModel, table=True):
 
     consumer: str = Field(primary_key=True)
     event_id: str = Field(primary_key=True)
-    processed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    processed_at: datetime = timestamp()
 
 
 class ConsumerLoop:
-    """Consume ``handlers``' event types as one member of ``group_id``."""
+    """Consume the events ``handlers`` take as one member of ``group_id``."""
 
     def __init__(
         self,
@@ -89,7 +161,7 @@ class ConsumerLoop:
         *,
         service: str,
         group_id: str,
-        handlers: Mapping[str, Handler | Together],
+        handlers: Handlers,
         attempts_before_dead_letter: int = 3,
         max_backoff_s: float = 5.0,
         transaction_max: int = 50,
@@ -98,17 +170,17 @@ class ConsumerLoop:
         self.kafka = kafka
         self.service = service
         self.group_id = group_id
-        self.handlers = dict(handlers)
+        self.handlers = handlers
         self.attempts_before_dead_letter = attempts_before_dead_letter
         self.max_backoff_s = max_backoff_s
         self.transaction_max = transaction_max
+        self.dead_letters = DeadLetters(kafka, service=service, consumer=group_id)
         self.assigned: set[TopicPartition] = set()
-        self._producer: AIOKafkaProducer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; a broker outage restarts the client after a pause."""
         while not stop.is_set():
-            consumer = new_consumer(self.kafka, group_id=self.group_id, topics=self.handlers)
+            consumer = new_consumer(self.kafka, group_id=self.group_id, topics=self.handlers.topics)
             try:
                 await consumer.start()
                 while not stop.is_set():
@@ -121,11 +193,11 @@ class ConsumerLoop:
                 break
             except Exception as exc:
                 log.warning("consumer restarting", extra={"error": type(exc).__name__, "detail": str(exc)})
-                await _pause(stop, 1.0)
+                await pause(stop, 1.0)
             finally:
                 self.assigned = set()
-                await _quietly(consumer.stop())
-        await self._drop_producer()
+                await quietly(consumer.stop())
+        await self.dead_letters.close()
 
     async def _handle_batch(
         self,
@@ -144,7 +216,7 @@ class ConsumerLoop:
             if stop.is_set():
                 return
             group = records[start : start + self.transaction_max]
-            if len(group) > 1 and await self._apply_together(group):
+            if len(group) > 1 and await self.apply_together(group):
                 await consumer.commit(_next_offsets(group))
             else:
                 await self._one_by_one(consumer, group, stop)
@@ -175,7 +247,7 @@ class ConsumerLoop:
 
         await asyncio.gather(*(one_partition(tp, recs) for tp, recs in by_partition.items()))
 
-    async def _apply_together(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+    async def apply_together(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> bool:
         """Handle ``records`` in one transaction; False (and nothing written) if any of them fails."""
         try:
             envelopes = [Envelope.from_bytes(record.value or b"") for record in records]
@@ -192,65 +264,73 @@ class ConsumerLoop:
             )
             return False
         for record, outcome in zip(records, outcomes, strict=True):
-            topic = record.topic.removeprefix(self.kafka.topic_prefix)
-            metrics.events_consumed.labels(self.service, topic, outcome).inc()
+            self._count(record, outcome)
         return True
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event) -> None:
-        """Handle one record for good: handled, skipped as a duplicate, or dead-lettered."""
-        topic = record.topic.removeprefix(self.kafka.topic_prefix)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                envelope = Envelope.from_bytes(record.value or b"")
-                with referral_context(envelope.referral_id, envelope.trace):
-                    outcome = await self._apply(envelope)
-                metrics.events_consumed.labels(self.service, topic, outcome).inc()
-                return
-            except PERMANENT as exc:
-                await self._dead_letter(record, exc, stop)
-                return
-            except Exception as exc:
-                if isinstance(exc, TRANSIENT) or is_transient_error(exc):
-                    # e.g. a DBAPIError "the database system is shutting down": dead-lettering it after
-                    # three quick attempts lost events whenever PostgreSQL restarted.
-                    delay = min(0.1 * 2**attempt, self.max_backoff_s)
-                    log.warning(
-                        "transient failure, retrying", extra={"error": type(exc).__name__, "topic": topic}
-                    )
-                elif attempt >= self.attempts_before_dead_letter:
-                    log.exception("handler keeps failing, dead-lettering", extra={"topic": topic})
-                    await self._dead_letter(record, exc, stop)
-                    return
-                else:
-                    delay = min(0.1 * 2**attempt, self.max_backoff_s)
+        """Handle one record for good: handled, skipped as a duplicate, or dead-lettered. Transient
+        failures are retried until they pass (the partition waits; nothing is skipped); other failures
+        ``attempts_before_dead_letter`` times; a record that can never be read or handled at once."""
+
+        def keeps_failing(state: Any) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            return (
+                error is not None
+                and not is_transient(error)
+                and state.attempt_number >= self.attempts_before_dead_letter
+            )
+
+        def retrying(state: Any) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            topic = record.topic.removeprefix(self.kafka.topic_prefix)
+            log.warning("handler failed, retrying", extra={"error": type(error).__name__, "topic": topic})
+
+        try:
+            async for attempt in until_stopped(
+                stop,
+                retry=lambda error: not isinstance(error, PERMANENT),
+                give_up=keeps_failing,
+                first_s=0.2,
+                max_s=self.max_backoff_s,
+                before_sleep=retrying,
+            ):
+                with attempt:
+                    envelope = Envelope.from_bytes(record.value or b"")
+                    with referral_context(envelope.referral_id, envelope.trace):
+                        outcome = await self._apply(envelope)
+        except PERMANENT as exc:
+            await self._dead_letter(record, exc, stop)
+            return
+        except Exception as exc:
             if stop.is_set():
-                raise _Stopping
-            await _pause(stop, delay)
+                raise _Stopping from exc
+            log.exception("handler keeps failing, dead-lettering", extra={"topic": record.topic})
+            await self._dead_letter(record, exc, stop)
+            return
+        self._count(record, outcome)
 
     async def _apply(self, envelope: Envelope) -> str:
-        if envelope.type not in self.handlers:
+        if self.handlers.of(envelope) is None:
             return "ignored"
         data = envelope.payload()
         async with self.db.session() as session:
             [outcome] = await self._handle_in(session, [(envelope, data)])
         return outcome
 
-    async def _handle_in(self, session: AsyncSession, items: list[tuple[Envelope, Any]]) -> list[str]:
+    async def _handle_in(self, session: AsyncSession, items: list[Item]) -> list[str]:
         """Handle each event in the caller's transaction once per consumer group: an id recorded before,
         or a second copy in ``items``, is a duplicate. Returns each event's outcome."""
-        ids = [str(envelope.id) for envelope, _ in items if envelope.type in self.handlers]
+        handlers = [self.handlers.of(envelope) for envelope, _ in items]
+        ids = [str(envelope.id) for (envelope, _), handler in zip(items, handlers, strict=True) if handler]
         query = select(col(ProcessedEvent.event_id)).where(
             col(ProcessedEvent.consumer) == self.group_id, col(ProcessedEvent.event_id).in_(ids)
         )
         seen = set((await session.execute(query)).scalars()) if ids else set()
         outcomes: list[str] = []
-        together: dict[Together, list[tuple[Envelope, Any]]] = {}
+        together: dict[Together, list[Item]] = {}
         processed: list[dict[str, Any]] = []
-        now = datetime.now(UTC)
-        for envelope, data in items:
-            handler = self.handlers.get(envelope.type)
+        now = utcnow()
+        for (envelope, data), handler in zip(items, handlers, strict=True):
             event_id = str(envelope.id)
             if handler is None:
                 outcomes.append("ignored")
@@ -263,7 +343,7 @@ class ConsumerLoop:
                     together.setdefault(handler, []).append((envelope, data))
                 else:
                     with referral_context(envelope.referral_id, envelope.trace):
-                        await handler(session, envelope, data)
+                        await handler.handle(session, envelope, data)
                 outcomes.append("handled")
         for batched, fresh in together.items():
             await batched.handle(session, fresh)
@@ -274,40 +354,15 @@ class ConsumerLoop:
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: BaseException, stop: asyncio.Event
     ) -> None:
+        try:
+            await self.dead_letters.send(record, error, stop)
+        except Exception as exc:  # stopped before the letter was stored: the record stays uncommitted
+            raise _Stopping from exc
+        self._count(record, "dead_lettered")
+
+    def _count(self, record: ConsumerRecord[bytes, bytes], outcome: str) -> None:
         topic = record.topic.removeprefix(self.kafka.topic_prefix)
-        letter = dead_letter_body(record, error, consumer=self.group_id)
-        delay = 0.2
-        while True:
-            try:
-                producer = await self._ensure_producer()
-                await asyncio.wait_for(
-                    producer.send_and_wait(
-                        self.kafka.topic(topic + DEAD_LETTER_SUFFIX),
-                        value=json.dumps(letter).encode(),
-                        key=record.key,
-                    ),
-                    timeout=self.kafka.send_timeout_s,
-                )
-                break
-            except Exception as exc:
-                # The record must not vanish: until the dead letter is stored, the partition waits.
-                log.warning("dead-letter publish failed, retrying", extra={"error": type(exc).__name__})
-                await self._drop_producer()
-                if stop.is_set():
-                    raise _Stopping from exc
-                await _pause(stop, delay)
-                delay = min(delay * 2, self.max_backoff_s)
-        metrics.dead_letters.labels(self.service, topic).inc()
-        metrics.events_consumed.labels(self.service, topic, "dead_lettered").inc()
-        log.error(
-            "record dead-lettered",
-            extra={
-                "topic": topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": type(error).__name__,
-            },
-        )
+        metrics.events_consumed.labels(self.service, topic, outcome).inc()
 
     async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in self.assigned:
@@ -316,66 +371,7 @@ class ConsumerLoop:
                 lag = end - await consumer.position(tp)
                 metrics.consumer_lag.labels(self.service, tp.topic).set(lag)
 
-    async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            self._producer = await new_producer(self.kafka, client_id=f"{self.group_id}-dlq")
-        return self._producer
-
-    async def _drop_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await _quietly(producer.stop())
-
-
-MAX_DEAD_LETTER_VALUE_BYTES = 256 * 1024
-"""The most of the original value a letter carries; every event the services publish is far smaller
-(request bodies stop at 64 KiB). Base64 grows a value by a third, and a letter over the broker's
-message limit (1 MB by default) could never be published: its partition would wait forever."""
-
 
 def _next_offsets(records: list[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, OffsetAndMetadata]:
     """Where each partition resumes after ``records`` (each partition's records in offset order)."""
     return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "") for r in records}
-
-
-def dead_letter_body(
-    record: ConsumerRecord[bytes, bytes], error: BaseException, *, consumer: str
-) -> dict[str, Any]:
-    """The error and the original record, enough to understand and replay it. A value too large to
-    carry is cut (``value_truncated``); the whole record stays on its topic at partition and offset."""
-    value = record.value or b""
-    return {
-        "error": f"{type(error).__name__}: {_short(error)}",
-        "consumer": consumer,
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "key": record.key.decode(errors="replace") if record.key else None,
-        "value_b64": base64.b64encode(value[:MAX_DEAD_LETTER_VALUE_BYTES]).decode(),
-        "value_bytes": len(value),
-        "value_truncated": len(value) > MAX_DEAD_LETTER_VALUE_BYTES,
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-
-
-def _short(error: BaseException) -> str:
-    if isinstance(error, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_input=False)
-        )
-    return str(error)[:500]
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    try:
-        await asyncio.wait_for(awaitable, timeout=10)
-    except Exception:  # noqa: S110 - shutting down: nothing useful to do with the error
-        pass

@@ -17,40 +17,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random
+
+from shared.retry import conflicts
 
 T = TypeVar("T")
-
-TRANSIENT_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
-"""Connection exceptions, insufficient resources, the server shutting down or starting up,
-serialization failures and deadlocks: errors that pass by themselves (prefixes of SQLSTATE codes)."""
-
-
-def is_transient_error(error: BaseException) -> bool:
-    """True for a database failure worth retrying (the server restarting, a lost connection).
-
-    SQLAlchemy's asyncpg dialect raises some of these as a bare ``DBAPIError``, not as
-    ``OperationalError``: "the database system is shutting down" (57P01/57P03) during a restart,
-    for one. Only the SQLSTATE tells them apart from a constraint violation or a bad query.
-    """
-    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError | TimeoutError):
-        return True
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-        return isinstance(code, str) and code.startswith(TRANSIENT_SQLSTATES)
-    return False
-
-
-CONFLICT_SQLSTATES = ("40001", "40P01")
-"""A serialization failure or a deadlock: the database aborted one transaction so that others could go
-on; the same work run again from the start succeeds."""
-
-
-def is_conflict(error: BaseException) -> bool:
-    code = getattr(getattr(error, "orig", None), "sqlstate", None)
-    return isinstance(error, sa_exc.DBAPIError) and code in CONFLICT_SQLSTATES
 
 
 class Database:
@@ -84,12 +54,7 @@ class Database:
         """``work`` in one transaction, run again from the start if the database aborts it to break a
         deadlock or a serialization conflict (what PostgreSQL advises for both). Use cases that take
         several locks (a referral, then the waitlist, then sites) can meet in opposite orders."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_conflict),
-            stop=stop_after_attempt(attempts),
-            wait=wait_random(0.01, 0.1),
-            reraise=True,
-        ):
+        async for attempt in conflicts(attempts):
             with attempt:
                 async with self.session() as session:
                     return await work(session)

@@ -1,24 +1,159 @@
-"""Ops' view of dead letters: list them and replay them onto the topic they came from.
+"""Dead letters: records that can never be handled, kept with their error on ``<topic>.dlq``.
 
-Replaying is safe because consumers are idempotent: a group that already handled the event skips it.
+One model, ``DeadLetter``, is what every writer publishes (the consumer loop, the notifier's dispatcher
+through its outbox) and what ops list and replay (``trialroute dead-letters``). Replaying is safe
+because consumers are idempotent: a group that already handled the event skips it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
-from typing import Any
+import logging
+from datetime import datetime
 
-from shared.events import DEAD_LETTER_SUFFIX
-from shared.kafka import new_producer
+from aiokafka import ConsumerRecord
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.events import dead_letter_topic
+from shared.kafka import Producer
+from shared.observability import metrics
+from shared.retry import always, until_stopped
 from shared.settings import KafkaSettings
+from shared.store import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_VALUE_BYTES = 256 * 1024
+"""The most of the original value a letter carries; every event the services publish is far smaller
+(request bodies stop at 64 KiB). Base64 grows a value by a third, and a letter over the broker's
+message limit (1 MB by default) could never be published: its partition would wait forever."""
 
 
-async def list_dead_letters(kafka: KafkaSettings, topic: str) -> list[dict[str, Any]]:
+class FailedNotification(BaseModel):
+    """Which email the notifier gave up on, when the letter is the dispatcher's."""
+
+    id: int | None
+    recipient_role: str
+    template: str
+    message_id: str
+    attempts: int
+
+
+class DeadLetter(BaseModel):
+    """The error and the original record, enough to understand and replay it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    error: str = Field(description="the exception's type and message (no values of the record)")
+    consumer: str = Field(description="the consumer group (or loop) that gave up")
+    topic: str = Field(description="the full name of the topic the record came from (with any prefix)")
+    partition: int | None = None
+    offset: int | None = None
+    timestamp: int | None = Field(default=None, description="the record's Kafka timestamp (ms)")
+    key: str | None = None
+    value_b64: str = Field(description="the original value, base64, cut at MAX_VALUE_BYTES")
+    value_bytes: int
+    value_truncated: bool = False
+    failed_at: datetime = Field(default_factory=utcnow)
+    notification: FailedNotification | None = None
+    dlq_partition: int | None = Field(default=None, description="where the letter is, when read back")
+    dlq_offset: int | None = None
+
+    @classmethod
+    def of_value(cls, value: bytes, **fields: object) -> DeadLetter:
+        """A letter carrying ``value`` (cut if too large to publish)."""
+        return cls.model_validate(
+            {
+                **fields,
+                "value_b64": base64.b64encode(value[:MAX_VALUE_BYTES]).decode(),
+                "value_bytes": len(value),
+                "value_truncated": len(value) > MAX_VALUE_BYTES,
+            }
+        )
+
+    @classmethod
+    def of_record(
+        cls, record: ConsumerRecord[bytes, bytes], error: BaseException, *, consumer: str
+    ) -> DeadLetter:
+        return cls.of_value(
+            record.value or b"",
+            error=describe(error),
+            consumer=consumer,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=record.timestamp,
+            key=record.key.decode(errors="replace") if record.key else None,
+        )
+
+    def value(self) -> bytes:
+        return base64.b64decode(self.value_b64)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude={"dlq_partition", "dlq_offset"}, exclude_none=True).encode()
+
+
+def describe(error: BaseException) -> str:
+    """An error as a letter carries it: a validation error names the fields, never their values."""
+    if isinstance(error, ValidationError):
+        text = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_input=False)
+        )
+    else:
+        text = str(error)[:500]
+    return f"{type(error).__name__}: {text}"
+
+
+class DeadLetters:
+    """Publishes a consumer group's dead letters. The record must not vanish: until its letter is
+    stored, publishing is retried and the partition waits (``until_stopped``)."""
+
+    def __init__(self, kafka: KafkaSettings, *, service: str, consumer: str) -> None:
+        self.kafka = kafka
+        self.service = service
+        self.consumer = consumer
+        self.producer = Producer(kafka, client_id=f"{consumer}-dlq")
+
+    async def send(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, stop: asyncio.Event
+    ) -> None:
+        """Publish the letter of ``record``; raises the last publish error if stopped before it is."""
+        letter = DeadLetter.of_record(record, error, consumer=self.consumer)
+        topic = record.topic.removeprefix(self.kafka.topic_prefix)
+        async for attempt in until_stopped(stop, retry=always, first_s=0.2, before_sleep=self._failed):
+            with attempt:
+                producer = await self.producer.get()
+                await asyncio.wait_for(
+                    producer.send_and_wait(
+                        self.kafka.topic(dead_letter_topic(topic)), value=letter.to_bytes(), key=record.key
+                    ),
+                    timeout=self.kafka.send_timeout_s,
+                )
+        metrics.dead_letters.labels(self.service, topic).inc()
+        log.error(
+            "record dead-lettered",
+            extra={
+                "topic": topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": type(error).__name__,
+            },
+        )
+
+    async def _failed(self, _state: object) -> None:
+        log.warning("dead-letter publish failed, retrying")
+        await self.producer.drop()
+
+    async def close(self) -> None:
+        await self.producer.drop()
+
+
+async def list_dead_letters(kafka: KafkaSettings, topic: str) -> list[DeadLetter]:
     """Every dead letter of ``topic`` (unprefixed name, e.g. ``referral.submitted``), oldest first."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    name = kafka.topic(topic + DEAD_LETTER_SUFFIX)
+    name = kafka.topic(dead_letter_topic(topic))
     partitions = await _partitions(kafka, name)
     if not partitions:
         return []
@@ -29,14 +164,17 @@ async def list_dead_letters(kafka: KafkaSettings, topic: str) -> list[dict[str, 
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        letters: list[dict[str, Any]] = []
+        letters: list[DeadLetter] = []
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    letter = json.loads(record.value or b"{}")
-                    letter["dlq_partition"], letter["dlq_offset"] = record.partition, record.offset
-                    letters.append(letter)
-        return sorted(letters, key=lambda x: x.get("failed_at", ""))
+                    letter = DeadLetter.model_validate_json(record.value or b"{}")
+                    letters.append(
+                        letter.model_copy(
+                            update={"dlq_partition": record.partition, "dlq_offset": record.offset}
+                        )
+                    )
+        return sorted(letters, key=lambda x: x.failed_at)
     finally:
         await consumer.stop()
 
@@ -61,19 +199,14 @@ async def _partitions(kafka: KafkaSettings, name: str) -> list[int]:
     return sorted(p["partition"] for p in found["partitions"]) if found else []
 
 
-async def replay(kafka: KafkaSettings, letters: list[dict[str, Any]]) -> int:
+async def replay(kafka: KafkaSettings, letters: list[DeadLetter]) -> int:
     """Publish each letter's original record again, with its original key, to its original topic.
 
     Letters whose value was cut (``value_truncated``) are skipped: replaying a fragment would only
     dead-letter it again. Returns how many records were published."""
-    whole = [letter for letter in letters if not letter.get("value_truncated")]
-    producer = await new_producer(kafka, client_id="dead-letter-replay")
-    try:
+    whole = [letter for letter in letters if not letter.value_truncated]
+    async with Producer(kafka, client_id="dead-letter-replay") as producer:
         for letter in whole:
-            key = letter["key"].encode() if letter.get("key") else None
-            await producer.send_and_wait(
-                letter["topic"], value=base64.b64decode(letter["value_b64"]), key=key
-            )
-    finally:
-        await producer.stop()
+            key = letter.key.encode() if letter.key else None
+            await producer.send_and_wait(letter.topic, value=letter.value(), key=key)
     return len(whole)

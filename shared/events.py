@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,9 +19,15 @@ RecipientRole = Literal["site", "patient", "referrer"]
 
 
 class EventData(BaseModel):
-    """Base of every event payload: frozen, and tolerant of fields added by newer producers."""
+    """Base of every event payload: frozen, and tolerant of fields added by newer producers.
+
+    A concrete event names its type (which is also its topic) and the version of its payload; nothing
+    else in the code spells a topic."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_type: ClassVar[str]
+    event_version: ClassVar[int] = 1
 
 
 class Referrer(EventData):
@@ -47,14 +53,16 @@ class ReferralSnapshot(EventData):
 
 
 class ReferralSubmitted(ReferralSnapshot):
-    pass
+    event_type = "referral.submitted"
 
 
 class ReferralAmended(ReferralSnapshot):
-    pass
+    event_type = "referral.amended"
 
 
 class ReferralWithdrawn(EventData):
+    event_type = "referral.withdrawn"
+
     clinic_id: str
     reason: str | None = None
 
@@ -66,6 +74,8 @@ class CriterionVerdict(EventData):
 
 
 class ReferralScreened(EventData):
+    event_type = "referral.screened"
+
     clinic_id: str
     revision: int
     ruleset: str
@@ -89,6 +99,8 @@ class SiteRef(EventData):
 
 
 class ReferralRouted(EventData):
+    event_type = "referral.routed"
+
     clinic_id: str
     revision: int
     site: SiteRef
@@ -104,16 +116,22 @@ class ReferralRouted(EventData):
 
 
 class ReferralWaitlisted(EventData):
+    event_type = "referral.waitlisted"
+
     clinic_id: str
     reason: str
 
 
 class ReferralUnroutable(EventData):
+    event_type = "referral.unroutable"
+
     clinic_id: str
     reason: str
 
 
 class ReferralSiteDecided(EventData):
+    event_type = "referral.site_decided"
+
     clinic_id: str
     site_code: str
     decision: SiteDecision
@@ -122,26 +140,43 @@ class ReferralSiteDecided(EventData):
 
 
 class ReferralNotified(EventData):
+    event_type = "referral.notified"
+
     recipient_role: RecipientRole
     template: str
     message_id: str
     source_event_id: uuid.UUID
 
 
-EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
-    ("referral.submitted", 1): ReferralSubmitted,
-    ("referral.amended", 1): ReferralAmended,
-    ("referral.withdrawn", 1): ReferralWithdrawn,
-    ("referral.screened", 1): ReferralScreened,
-    ("referral.routed", 1): ReferralRouted,
-    ("referral.waitlisted", 1): ReferralWaitlisted,
-    ("referral.unroutable", 1): ReferralUnroutable,
-    ("referral.site_decided", 1): ReferralSiteDecided,
-    ("referral.notified", 1): ReferralNotified,
-}
-TOPICS: tuple[str, ...] = tuple(sorted({t for t, _ in EVENT_TYPES}))
+EVENTS: tuple[type[EventData], ...] = (
+    ReferralSubmitted,
+    ReferralAmended,
+    ReferralWithdrawn,
+    ReferralScreened,
+    ReferralRouted,
+    ReferralWaitlisted,
+    ReferralUnroutable,
+    ReferralSiteDecided,
+    ReferralNotified,
+)
+"""Every event model; a new version of an event is a new model with the same ``event_type``."""
+EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {(m.event_type, m.event_version): m for m in EVENTS}
+TOPICS: tuple[str, ...] = tuple(sorted({m.event_type for m in EVENTS}))
 DEAD_LETTER_SUFFIX = ".dlq"
-_TYPE_OF = {model: key for key, model in EVENT_TYPES.items()}
+STATUS_EVENTS: tuple[type[EventData], ...] = (
+    ReferralScreened,
+    ReferralRouted,
+    ReferralWaitlisted,
+    ReferralUnroutable,
+    ReferralNotified,
+    ReferralSiteDecided,
+)
+"""The events that change where a referral stands, as the clinic sees it on its timeline."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Where the records of ``topic`` that can never be handled go, with their error."""
+    return topic + DEAD_LETTER_SUFFIX
 
 
 class UnknownEventType(ValueError):
@@ -167,10 +202,9 @@ class Envelope(BaseModel):
         cls, data: EventData, *, producer: str, referral_id: uuid.UUID, trace: str | None = None
     ) -> Envelope:
         """Build the envelope of a typed payload; the type and version come from the registry."""
-        event_type, version = _TYPE_OF[type(data)]
         return cls(
-            type=event_type,
-            version=version,
+            type=data.event_type,
+            version=data.event_version,
             producer=producer,
             referral_id=referral_id,
             trace=trace,

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.events import DEAD_LETTER_SUFFIX, TOPICS
+from shared.events import TOPICS, dead_letter_topic
+from shared.retry import quietly
 from shared.settings import KafkaSettings
 
 
@@ -34,6 +35,32 @@ async def new_producer(kafka: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
     return producer
 
 
+class Producer:
+    """One producer's lifecycle, for a loop that publishes: started on first use, and dropped after a
+    failure (a timed-out send leaves it in an unknown state) so that the next use starts a new one."""
+
+    def __init__(self, kafka: KafkaSettings, *, client_id: str) -> None:
+        self.kafka = kafka
+        self.client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+
+    async def get(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            self._producer = await new_producer(self.kafka, client_id=self.client_id)
+        return self._producer
+
+    async def drop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await quietly(producer.stop(), timeout_s=self.kafka.send_timeout_s)
+
+    async def __aenter__(self) -> AIOKafkaProducer:
+        return await self.get()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.drop()
+
+
 def new_consumer(kafka: KafkaSettings, *, group_id: str, topics: Iterable[str]) -> AIOKafkaConsumer:
     """A group member that never commits on its own: offsets move only after the handling commit."""
     return AIOKafkaConsumer(
@@ -49,7 +76,7 @@ def new_consumer(kafka: KafkaSettings, *, group_id: str, topics: Iterable[str]) 
 
 
 def all_topics() -> list[str]:
-    return [*TOPICS, *(t + DEAD_LETTER_SUFFIX for t in TOPICS)]
+    return [*TOPICS, *(dead_letter_topic(t) for t in TOPICS)]
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] | None = None) -> None:

@@ -12,16 +12,17 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, Column, Index, Integer, Row, Text, func, select, update
+from sqlalchemy import Column, Index, Row, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from shared.db import Database
 from shared.events import Envelope
-from shared.kafka import new_producer
+from shared.kafka import Producer
 from shared.observability import metrics
+from shared.retry import keep_working
 from shared.settings import KafkaSettings
+from shared.store import bigint_pk, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,13 @@ class OutboxRecord(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_unsent", "published_at", "id"),)
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    )
+    id: int | None = bigint_pk()
     event_id: uuid.UUID = Field(unique=True)
     topic: str
     key: str
     payload: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    published_at: datetime | None = Field(default=None)
+    created_at: datetime = timestamp()
+    published_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     claim: str | None = Field(default=None, description="SQLite path: which relay claimed the row")
 
 
@@ -57,7 +56,7 @@ def add_event(session: AsyncSession, envelope: Envelope) -> None:
 async def backlog(db: Database) -> int:
     async with db.session() as session:
         result = await session.execute(
-            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.published_at.is_(None))  # type: ignore[union-attr]
+            select(func.count()).select_from(OutboxRecord).where(col(OutboxRecord.published_at).is_(None))
         )
         return int(result.scalar_one())
 
@@ -79,25 +78,19 @@ class OutboxRelay:
         self.service = service
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self._producer: AIOKafkaProducer | None = None
+        self.producer = Producer(kafka, client_id=f"{service}-relay")
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set; errors rebuild the producer and retry after a pause."""
-        backoff = self.poll_interval_s
+        """Relay until ``stop`` is set. A failure drops the producer (a timed-out send leaves it in an
+        unknown state) and the rows stay unsent, to be tried again after a backoff."""
         try:
-            while not stop.is_set():
-                try:
-                    sent = await self.publish_batch()
-                    backoff = self.poll_interval_s
-                except Exception as exc:
-                    log.warning("outbox relay failed, retrying", extra={"error": type(exc).__name__})
-                    await self._drop_producer()
-                    backoff = min(backoff * 2, 5.0)
-                    sent = 0
-                if sent == 0:
-                    await _sleep_or_stop(stop, backoff)
+            await keep_working(stop, self.publish_batch, idle_s=self.poll_interval_s, on_failure=self._failed)
         finally:
-            await self._drop_producer()
+            await self.producer.drop()
+
+    async def _failed(self, error: BaseException) -> None:
+        log.warning("outbox relay failed, retrying", extra={"error": type(error).__name__})
+        await self.producer.drop()
 
     async def publish_batch(self) -> int:
         """Claim, publish and mark one batch in one transaction; returns how many were published."""
@@ -105,7 +98,7 @@ class OutboxRelay:
             rows = await self._claim(session)
             if not rows:
                 return 0
-            producer = await self._ensure_producer()
+            producer = await self.producer.get()
             futures = [
                 await producer.send(
                     self.kafka.topic(row.topic), value=row.payload.encode(), key=row.key.encode()
@@ -118,7 +111,7 @@ class OutboxRelay:
             now = datetime.now(UTC)
             ids = [row.id for row in rows]
             await session.execute(
-                update(OutboxRecord).where(OutboxRecord.id.in_(ids)).values(published_at=now)  # type: ignore[union-attr]
+                update(OutboxRecord).where(col(OutboxRecord.id).in_(ids)).values(published_at=now)
             )
         metrics.outbox_published.labels(self.service).inc(len(rows))
         return len(rows)
@@ -145,28 +138,8 @@ class OutboxRelay:
         # so a second relay waits rather than reading the same rows.
         token = uuid.uuid4().hex
         ids = select(unsent.subquery().c.id)
-        await session.execute(update(OutboxRecord).where(OutboxRecord.id.in_(ids)).values(claim=token))  # type: ignore[union-attr]
+        await session.execute(update(OutboxRecord).where(col(OutboxRecord.id).in_(ids)).values(claim=token))
         result = await session.execute(
             select(*columns).where(col(OutboxRecord.claim) == token).order_by(col(OutboxRecord.id))
         )
         return result.all()
-
-    async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            self._producer = await new_producer(self.kafka, client_id=f"{self.service}-relay")
-        return self._producer
-
-    async def _drop_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), timeout=self.kafka.send_timeout_s)
-            except Exception:  # noqa: S110 - a producer that cannot stop cleanly is discarded anyway
-                pass
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

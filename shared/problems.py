@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.db import is_transient_error
+from shared.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_transient_error(exc):  # the store restarting or unreachable: the client should retry
+        if is_transient(exc):  # a store restarting or unreachable: the client should retry
             log.warning("store unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
             return problem_response(
                 503,

@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Table, Text, delete, select
+from sqlalchemy import JSON, CheckConstraint, Column, Text, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from services.auth.domain import Client, KeySchedule
-
-
-def _timestamp(nullable: bool = False) -> Column[datetime]:
-    return Column(DateTime(timezone=True), nullable=nullable)
+from shared.store import tables, timestamp
 
 
 class ClientRow(SQLModel, table=True):
@@ -27,8 +24,8 @@ class ClientRow(SQLModel, table=True):
     clinic_id: str | None = Field(default=None, max_length=100)
     site_code: str | None = Field(default=None, max_length=100)
     enabled: bool = True
-    created_at: datetime = Field(sa_column=_timestamp())
-    secret_changed_at: datetime = Field(sa_column=_timestamp())
+    created_at: datetime = timestamp(now_by_default=False)
+    secret_changed_at: datetime = timestamp(now_by_default=False)
 
     def to_client(self) -> Client:
         return Client(
@@ -48,10 +45,10 @@ class SigningKeyRow(SQLModel, table=True):
 
     kid: str = Field(primary_key=True, max_length=100)
     private_pem: str = Field(sa_column=Column(Text, nullable=False), description="PKCS#8, encrypted")
-    created_at: datetime = Field(sa_column=_timestamp())
-    signs_from: datetime = Field(sa_column=_timestamp())
-    signs_until: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
-    retire_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    created_at: datetime = timestamp(now_by_default=False)
+    signs_from: datetime = timestamp(now_by_default=False)
+    signs_until: datetime | None = timestamp(nullable=True, now_by_default=False)
+    retire_at: datetime | None = timestamp(nullable=True, now_by_default=False)
 
     def schedule(self) -> KeySchedule:
         return KeySchedule(
@@ -63,7 +60,7 @@ class SigningKeyRow(SQLModel, table=True):
         )
 
 
-TABLES: list[Table] = [ClientRow.__table__, SigningKeyRow.__table__]  # type: ignore[attr-defined]
+TABLES = tables(ClientRow, SigningKeyRow)
 
 
 def as_utc(value: datetime) -> datetime:

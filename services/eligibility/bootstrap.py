@@ -18,12 +18,11 @@ from services.eligibility import api
 from services.eligibility.config import EligibilitySettings
 from services.eligibility.consumers import EligibilityHandlers
 from services.eligibility.store import TABLES
-from shared.app import ALL_ROLES, Check, Loop, Role, ServiceSpec
+from shared.app import ALL_ROLES, Check, Role, ServiceSpec
 from shared.auth import TokenValidator
-from shared.consumer import ConsumerLoop
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
-from shared.outbox import OutboxRelay
+from shared.messaging import event_loops
 
 NAME = "eligibility"
 
@@ -38,19 +37,7 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
     db = Database(settings.database_url)
     http = httpx.AsyncClient(timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
-    loops = []
-    if "consumer" in roles:
-        handlers = EligibilityHandlers(ruleset, study).mapping()
-        consumer = ConsumerLoop(
-            db,
-            settings.kafka,
-            service=NAME,
-            group_id=settings.consumer_group or f"trialroute-{NAME}",
-            handlers=handlers,
-        )
-        loops.append(Loop("consumer", consumer.run))
-    if "relay" in roles:
-        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
+    loops = event_loops(NAME, db, settings, roles, EligibilityHandlers(ruleset, study).registry())
     checks: dict[str, Check] = {"database": db.ping, "kafka": partial(kafka_ping, settings.kafka)}
     if "api" in roles:
         checks["issuer"] = validator.check  # only the API validates tokens

@@ -13,21 +13,22 @@ superseded version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility import store
 from services.eligibility.domain import Assessment, Ruleset, StudySettings, assess, input_hash
-from shared.consumer import Handler, PoisonMessage
+from shared.consumer import Handlers, PoisonMessage
 from shared.events import (
     CriterionVerdict,
     Envelope,
+    ReferralAmended,
     ReferralRouted,
     ReferralScreened,
     ReferralSiteDecided,
     ReferralSnapshot,
+    ReferralSubmitted,
 )
 from shared.outbox import add_event
 from shared.referral import ClinicalData, ScreeningInput
@@ -75,13 +76,14 @@ class EligibilityHandlers:
         self.ruleset = ruleset
         self.study = study
 
-    def mapping(self) -> Mapping[str, Handler]:
-        return {
-            "referral.submitted": self.on_referral,
-            "referral.amended": self.on_referral,
-            "referral.routed": self.on_routed,
-            "referral.site_decided": self.on_site_decided,
-        }
+    def registry(self) -> Handlers:
+        return (
+            Handlers()
+            .on(ReferralSubmitted, self.on_referral)
+            .on(ReferralAmended, self.on_referral)
+            .on(ReferralRouted, self.on_routed)
+            .on(ReferralSiteDecided, self.on_site_decided)
+        )
 
     async def on_referral(self, session: AsyncSession, envelope: Envelope, data: ReferralSnapshot) -> None:
         """Screen one revision; the same revision with the same input again changes nothing."""

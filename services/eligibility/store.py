@@ -10,21 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, UniqueConstraint, select
+from sqlalchemy import JSON, Column, UniqueConstraint, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from shared.consumer import ProcessedEvent
 from shared.outbox import OutboxRecord
-
-
-def _timestamp() -> Any:
-    return Field(
-        default_factory=lambda: datetime.now(UTC),
-        sa_column=Column(DateTime(timezone=True), nullable=False),
-    )
+from shared.store import bigint_pk, tables, timestamp
 
 
 def as_utc(value: datetime) -> datetime:
@@ -36,9 +29,7 @@ class AssessmentRow(SQLModel, table=True):
     __tablename__ = "assessment"
     __table_args__ = (UniqueConstraint("referral_id", "revision", name="uq_assessment_revision"),)
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    )
+    id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(index=True)
     revision: int
     clinic_id: str = Field(description="the referring clinic: who may read the assessment")
@@ -51,7 +42,7 @@ class AssessmentRow(SQLModel, table=True):
     input_hash: str = Field(max_length=64, description="SHA-256 of the canonical ScreeningInput")
     published: bool = Field(description="false for a revision that arrived after a newer one")
     source_event_id: uuid.UUID
-    assessed_at: datetime = _timestamp()
+    assessed_at: datetime = timestamp()
 
 
 class SiteAccessRow(SQLModel, table=True):
@@ -71,15 +62,10 @@ class SiteAccessRow(SQLModel, table=True):
     rank: int = 0
     routed: bool = False
     declined: bool = False
-    updated_at: datetime = _timestamp()
+    updated_at: datetime = timestamp()
 
 
-TABLES = [
-    AssessmentRow.__table__,  # type: ignore[attr-defined]
-    SiteAccessRow.__table__,  # type: ignore[attr-defined]
-    OutboxRecord.__table__,  # type: ignore[attr-defined]
-    ProcessedEvent.__table__,  # type: ignore[attr-defined]
-]
+TABLES = tables(AssessmentRow, SiteAccessRow, OutboxRecord, ProcessedEvent)
 
 
 async def assessments_of(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[AssessmentRow]:

@@ -16,12 +16,11 @@ from services.intake.idempotency import Idempotency
 from services.intake.queries import Queries
 from services.intake.store import TABLES
 from shared import app as shared_app
-from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
+from shared.app import ALL_ROLES, Role, ServiceSpec
 from shared.auth import TokenValidator
-from shared.consumer import ConsumerLoop
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
-from shared.outbox import OutboxRelay
+from shared.messaging import event_loops
 
 NAME = "intake"
 DESCRIPTION = """\
@@ -60,18 +59,7 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
     idempotency = Idempotency(
         db, ttl=timedelta(hours=settings.idempotency_ttl_hours), lock_s=settings.idempotency_lock_s
     )
-    loops = []
-    if "consumer" in roles:
-        consumer = ConsumerLoop(
-            db,
-            settings.kafka,
-            service=NAME,
-            group_id=settings.consumer_group or f"trialroute-{NAME}",
-            handlers=HANDLERS,
-        )
-        loops.append(Loop("consumer", consumer.run))
-    if "relay" in roles:
-        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
+    loops = event_loops(NAME, db, settings, roles, HANDLERS)
     return ServiceSpec(
         name=NAME,
         title="trialroute intake",

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import store
 from services.intake.domain import describe
 from services.intake.store import TimelineEntry
-from shared.consumer import PoisonMessage, Together
-from shared.events import Envelope, EventData
+from shared.consumer import Handlers, PoisonMessage
+from shared.events import STATUS_EVENTS, Envelope, EventData
 from shared.observability import referral_context
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,5 @@ def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     )
 
 
-STATUS_EVENTS = (
-    "referral.screened",
-    "referral.routed",
-    "referral.waitlisted",
-    "referral.unroutable",
-    "referral.notified",
-    "referral.site_decided",
-)
-
-HANDLERS: dict[str, Together] = dict.fromkeys(STATUS_EVENTS, Together(on_status_events))
-"""What intake's consumer group subscribes to, and the handler of each."""
+HANDLERS = Handlers().together(STATUS_EVENTS, on_status_events)
+"""What intake's consumer group takes: every status event, for the referral's timeline."""

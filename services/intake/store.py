@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Column,
-    DateTime,
-    Dialect,
     ForeignKey,
     Index,
-    Integer,
     Text,
-    TypeDecorator,
     and_,
     inspect,
     or_,
@@ -34,39 +29,9 @@ from sqlmodel import Field, SQLModel, col
 from services.intake.domain import OPEN_EXCLUDED, Fact, Status, project
 from shared.consumer import ProcessedEvent
 from shared.outbox import OutboxRecord
+from shared.store import bigint_pk, tables, timestamp, utcnow
 
 _OPEN = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in OPEN_EXCLUDED))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, on PostgreSQL (timestamptz) and SQLite (naive UTC text)."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are ambiguous; pass an aware one")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _at(nullable: bool = False) -> Any:
-    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=nullable))
 
 
 def _json(nullable: bool = True) -> Any:
@@ -94,10 +59,10 @@ class Referral(SQLModel, table=True):
     study: str
     revision: int = 1
     status: str = Status.RECEIVED.value
-    status_at: datetime | None = _at(nullable=True)
+    status_at: datetime | None = timestamp(nullable=True)
     referral_day: date = Field(description="UTC day the current revision was received")
-    created_at: datetime = _at()
-    updated_at: datetime = _at()
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
     # Identity and contact: never in an event, a log line or a clinic-facing list.
     given_name: str
     family_name: str
@@ -123,16 +88,14 @@ class TimelineEntry(SQLModel, table=True):
     __tablename__ = "timeline"
     __table_args__ = (Index("ix_timeline_referral", "referral_id", "occurred_at"),)
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    )
+    id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(sa_column=Column(ForeignKey("referrals.id"), nullable=False))
     event_id: uuid.UUID = Field(unique=True)
     event_type: str
     status: str | None = None
     revision: int | None = None
-    occurred_at: datetime = _at()
-    recorded_at: datetime = _at()
+    occurred_at: datetime = timestamp()
+    recorded_at: datetime = timestamp()
     source: str
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -149,11 +112,11 @@ class IdempotencyKey(SQLModel, table=True):
     fingerprint: str
     state: str = "in_flight"
     lock_token: str | None = None
-    locked_until: datetime = _at()
+    locked_until: datetime = timestamp()
     status_code: int | None = None
     response: dict[str, Any] | None = _json()
-    created_at: datetime = _at()
-    expires_at: datetime = _at()
+    created_at: datetime = timestamp()
+    expires_at: datetime = timestamp()
 
 
 class ContactAccess(SQLModel, table=True):
@@ -161,23 +124,14 @@ class ContactAccess(SQLModel, table=True):
 
     __tablename__ = "contact_access_log"
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    )
+    id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(index=True)
     client_id: str
     subject: str | None = None
-    accessed_at: datetime = _at()
+    accessed_at: datetime = timestamp()
 
 
-TABLES = [
-    Referral.__table__,  # type: ignore[attr-defined]
-    TimelineEntry.__table__,  # type: ignore[attr-defined]
-    IdempotencyKey.__table__,  # type: ignore[attr-defined]
-    ContactAccess.__table__,  # type: ignore[attr-defined]
-    OutboxRecord.__table__,  # type: ignore[attr-defined]
-    ProcessedEvent.__table__,  # type: ignore[attr-defined]
-]
+TABLES = tables(Referral, TimelineEntry, IdempotencyKey, ContactAccess, OutboxRecord, ProcessedEvent)
 
 
 async def get_referral(

@@ -22,10 +22,9 @@ from services.notifier.mail import Mailer, Templates
 from services.notifier.store import TABLES
 from shared.app import ALL_ROLES, Hook, Loop, Role, ServiceSpec
 from shared.auth import ServiceTokenSource, TokenValidator
-from shared.consumer import ConsumerLoop
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
-from shared.outbox import OutboxRelay
+from shared.messaging import consumer_group, event_loops
 
 NAME = "notifier"
 
@@ -51,13 +50,9 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
     db = Database(settings.database_url)
     http = httpx.AsyncClient(timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
-    group = settings.consumer_group or f"trialroute-{NAME}"
-    loops: list[Loop] = []
+    loops = event_loops(NAME, db, settings, roles, handlers(settings.message_id_domain))
     on_stop: list[Hook] = []
     if "consumer" in roles:
-        consumer = ConsumerLoop(
-            db, settings.kafka, service=NAME, group_id=group, handlers=handlers(settings.message_id_domain)
-        )
         contacts, tokens = contact_reader(settings)
         mailer = Mailer(settings)
         dispatcher = Dispatcher(
@@ -66,12 +61,10 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
             mailer=mailer,
             templates=Templates(),
             contacts=contacts,
-            consumer_name=f"{group}-dispatcher",
+            consumer_name=f"{consumer_group(settings, NAME)}-dispatcher",
         )
-        loops += [Loop("consumer", consumer.run), Loop("dispatcher", dispatcher.run)]
+        loops.append(Loop("dispatcher", dispatcher.run))
         on_stop += [mailer.aclose, contacts.aclose, tokens.aclose]
-    if "relay" in roles:
-        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=NAME).run))
     return ServiceSpec(
         name=NAME,
         title="trialroute notifier",

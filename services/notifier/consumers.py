@@ -7,15 +7,13 @@ must not hold up a partition, and with it every other referral on it. The dispat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import store
 from services.notifier.domain import message_id, plan
-from shared.consumer import Handler, Together
+from shared.consumer import Handlers
 from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided
 
 
@@ -42,11 +40,16 @@ async def on_site_decided(
     _record(session, envelope, data, None, message_id_domain)
 
 
-def handlers(message_id_domain: str) -> Mapping[str, Handler | Together]:
-    return {
-        "referral.routed": Together(partial(on_routed, message_id_domain=message_id_domain)),
-        "referral.site_decided": partial(on_site_decided, message_id_domain=message_id_domain),
-    }
+def handlers(message_id_domain: str) -> Handlers:
+    """Routings together (one read of the routings before them), site decisions one by one."""
+
+    async def routed(session: AsyncSession, items: list[tuple[Envelope, ReferralRouted]]) -> None:
+        await on_routed(session, items, message_id_domain=message_id_domain)
+
+    async def site_decided(session: AsyncSession, envelope: Envelope, data: ReferralSiteDecided) -> None:
+        await on_site_decided(session, envelope, data, message_id_domain=message_id_domain)
+
+    return Handlers().together([ReferralRouted], routed).on(ReferralSiteDecided, site_decided)
 
 
 def _record(

@@ -18,8 +18,6 @@ drop the copy. Recording outcomes together widens that window by at most ``RECOR
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import uuid
 from collections.abc import Callable, Collection
@@ -28,9 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.notifier import store
 from services.notifier.config import NotifierSettings
@@ -46,9 +42,9 @@ from services.notifier.domain import (
 )
 from services.notifier.mail import DeliveryError, Mailer, Templates, build_message
 from services.notifier.store import Notification
-from shared.db import Database, is_transient_error
+from shared.db import Database
+from shared.dead_letters import DeadLetter, FailedNotification
 from shared.events import (
-    DEAD_LETTER_SUFFIX,
     Envelope,
     EventData,
     RecipientRole,
@@ -56,14 +52,15 @@ from shared.events import (
     ReferralRouted,
     ReferralSiteDecided,
     UnknownEventType,
+    dead_letter_topic,
 )
 from shared.observability import metrics, redact, referral_context
 from shared.outbox import OutboxRecord, add_event
+from shared.retry import briefly, keep_working
 
 log = logging.getLogger(__name__)
 
 SERVICE = "notifier"
-_DB_BLIPS = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError)
 # How long the outcomes already in wait for the rest of their batch before being committed without it.
 RECORD_GATHER_S = 0.2
 
@@ -146,17 +143,9 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set; a database outage pauses the loop, it never ends it."""
-        while not stop.is_set():
-            try:
-                handled = await self.dispatch_once()
-            except Exception as exc:
-                log.warning("dispatcher pass failed, retrying", extra={"error": type(exc).__name__})
-                handled = 0
-            if handled == 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.dispatch_interval_s)
-                except TimeoutError:
-                    pass
+        await keep_working(
+            stop, self.dispatch_once, idle_s=self.settings.dispatch_interval_s, on_failure=_pass_failed
+        )
 
     async def dispatch_once(self) -> int:
         """Claim one batch of due notifications, deliver them concurrently and record the outcomes;
@@ -278,12 +267,7 @@ class Dispatcher:
         """Commit an outcome, riding out short database blips: after a send, every second the row
         stays uncommitted is a second in which a crash would send the email twice."""
         try:
-            async for retrying in AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, _DB_BLIPS) or is_transient_error(e)),
-                stop=stop_after_delay(self.settings.lease_s / 4),
-                wait=wait_exponential(multiplier=0.1, max=2),
-                reraise=True,
-            ):
+            async for retrying in briefly(self.settings.lease_s / 4):
                 with retrying:
                     async with self.db.session() as session:
                         ours = await self._write(session, [attempt], self.clock())
@@ -361,33 +345,28 @@ class Dispatcher:
             log.info("notification %s", kind, extra={"notification": row.id, "role": row.recipient_role})
 
     def _dead_letter(self, row: Notification, error: str, now: datetime) -> OutboxRecord:
-        """A dead letter in the shape of the consumer loop's (``<source topic>.dlq``), published by the
-        relay because it is written in the same transaction as ``failed``."""
-        letter = {
-            "error": f"DeliveryError: {error}",
-            "consumer": self.consumer_name,
-            "topic": self.settings.kafka.topic(row.source_topic),
-            "partition": None,
-            "offset": None,
-            "timestamp": None,
-            "key": str(row.referral_id),
-            "value_b64": base64.b64encode(row.source.encode()).decode(),
-            "value_bytes": len(row.source.encode()),
-            "value_truncated": False,  # the source event is small; the whole of it is carried
-            "failed_at": now.isoformat(),
-            "notification": {
-                "id": row.id,
-                "recipient_role": row.recipient_role,
-                "template": row.template,
-                "message_id": row.message_id,
-                "attempts": row.attempts,
-            },
-        }
+        """The notification's dead letter on ``<source topic>.dlq``, published by the relay because it
+        is written in the same transaction as ``failed``."""
+        letter = DeadLetter.of_value(
+            row.source.encode(),
+            error=f"DeliveryError: {error}",
+            consumer=self.consumer_name,
+            topic=self.settings.kafka.topic(row.source_topic),
+            key=str(row.referral_id),
+            failed_at=now,
+            notification=FailedNotification(
+                id=row.id,
+                recipient_role=row.recipient_role,
+                template=row.template,
+                message_id=row.message_id,
+                attempts=row.attempts,
+            ),
+        )
         return OutboxRecord(
             event_id=uuid.uuid4(),
-            topic=row.source_topic + DEAD_LETTER_SUFFIX,
+            topic=dead_letter_topic(row.source_topic),
             key=str(row.referral_id),
-            payload=json.dumps(letter),
+            payload=letter.to_bytes().decode(),
         )
 
 
@@ -448,6 +427,10 @@ def render_context(
     if contact is not None and row.recipient_role == "patient":
         context["patient_given_name"] = contact.patient.given_name
     return context
+
+
+def _pass_failed(error: BaseException) -> None:
+    log.warning("dispatcher pass failed, retrying", extra={"error": type(error).__name__})
 
 
 def _error_text(error: DeliveryError) -> str:

@@ -12,11 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Column,
-    DateTime,
     Index,
-    Integer,
     Text,
     UniqueConstraint,
     and_,
@@ -33,10 +30,7 @@ from services.notifier.domain import Planned, State
 from shared.consumer import ProcessedEvent
 from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
-
-
-def _timestamp(nullable: bool = False) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+from shared.store import bigint_pk, table_of, tables, timestamp
 
 
 def as_utc(value: datetime) -> datetime:
@@ -53,9 +47,7 @@ class Notification(SQLModel, table=True):
         Index("ix_notification_referral", "referral_id", "created_at"),
     )
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    )
+    id: int | None = bigint_pk()
     referral_id: uuid.UUID
     source_event_id: uuid.UUID
     source_topic: str = Field(max_length=100)
@@ -64,8 +56,8 @@ class Notification(SQLModel, table=True):
     language: str | None = Field(default=None, max_length=10)
     state: str = Field(default=State.PENDING.value, max_length=10)
     attempts: int = 0
-    next_attempt_at: datetime = _timestamp()
-    claimed_until: datetime | None = _timestamp(nullable=True)
+    next_attempt_at: datetime = timestamp(now_by_default=False)
+    claimed_until: datetime | None = timestamp(nullable=True, now_by_default=False)
     claim: str | None = Field(default=None, max_length=32, description="who holds the lease")
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     skip_reason: str | None = Field(default=None, max_length=200)
@@ -77,12 +69,12 @@ class Notification(SQLModel, table=True):
         max_length=200,
         description="for a routing: the name of the site it replaces, if the referral was routed before",
     )
-    created_at: datetime = _timestamp()
-    updated_at: datetime = _timestamp()
-    sent_at: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = timestamp(now_by_default=False)
+    updated_at: datetime = timestamp(now_by_default=False)
+    sent_at: datetime | None = timestamp(nullable=True, now_by_default=False)
 
 
-TABLES = [Notification.__table__, OutboxRecord.__table__, ProcessedEvent.__table__]  # type: ignore[attr-defined]
+TABLES = tables(Notification, OutboxRecord, ProcessedEvent)
 
 
 def add_planned(
@@ -199,8 +191,12 @@ async def finish(
         .with_for_update()
     )
     claims = dict(held.all())
-    ours = {row.id for row, _ in outcomes if row.claim is not None and claims.get(row.id) == row.claim}
-    table = Notification.__table__  # type: ignore[attr-defined]
+    ours = {
+        row.id
+        for row, _ in outcomes
+        if row.id is not None and row.claim is not None and claims.get(row.id) == row.claim
+    }
+    table = table_of(Notification)
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row, values in outcomes:
         if row.id in ours:

@@ -18,10 +18,9 @@ from services.site_router.referrals import Router
 from services.site_router.store import TABLES
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
-from shared.consumer import ConsumerLoop
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
-from shared.outbox import OutboxRelay
+from shared.messaging import event_loops
 
 SERVICE = "site_router"
 
@@ -40,18 +39,10 @@ def build(
     geocoder = geocoder or Geocoder(index_dir=settings.geonames_index_dir)
     directory = SiteDirectory()
     router = Router(geocoder, directory)
-    loops = [Loop("site-index", partial(directory.keep_fresh, db, settings.index_refresh_s))]
-    if "consumer" in roles:
-        consumer = ConsumerLoop(
-            db,
-            settings.kafka,
-            service=SERVICE,
-            group_id=settings.consumer_group or f"trialroute-{SERVICE}",
-            handlers=consumers.handlers(router),
-        )
-        loops.append(Loop("consumer", consumer.run))
-    if "relay" in roles:
-        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=SERVICE).run))
+    loops = [
+        Loop("site-index", partial(directory.keep_fresh, db, settings.index_refresh_s)),
+        *event_loops(SERVICE, db, settings, roles, consumers.handlers(router)),
+    ]
 
     async def warm_geocoder() -> None:
         """Load the postal-code tables before traffic, so no request or event pays for it."""

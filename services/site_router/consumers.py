@@ -9,12 +9,12 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.site_router.referrals import Router
-from shared.consumer import Handler
+from shared.consumer import Handlers
 from shared.events import Envelope, ReferralScreened, ReferralWithdrawn
 
 
-def handlers(router: Router) -> dict[str, Handler]:
-    """The events the router consumes, by topic."""
+def handlers(router: Router) -> Handlers:
+    """The events the router consumes."""
 
     async def on_screened(session: AsyncSession, envelope: Envelope, data: ReferralScreened) -> None:
         await router.screened(session, envelope.referral_id, data, envelope.trace)
@@ -22,4 +22,4 @@ def handlers(router: Router) -> dict[str, Handler]:
     async def on_withdrawn(session: AsyncSession, envelope: Envelope, data: ReferralWithdrawn) -> None:
         await router.withdrawn(session, envelope.referral_id, data, envelope.trace)
 
-    return {"referral.screened": on_screened, "referral.withdrawn": on_withdrawn}
+    return Handlers().on(ReferralScreened, on_screened).on(ReferralWithdrawn, on_withdrawn)

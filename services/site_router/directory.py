@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from services.site_router import store
 from services.site_router.domain import SiteIndex, SiteView
 from shared.db import Database
+from shared.retry import pause
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,7 @@ class SiteDirectory:
     async def keep_fresh(self, db: Database, interval_s: float, stop: asyncio.Event) -> None:
         """Re-read the sites every ``interval_s`` until ``stop``; a failed read keeps the last copy."""
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
+            await pause(stop, interval_s)
             if stop.is_set():
                 return
             try:

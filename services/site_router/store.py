@@ -16,30 +16,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, Integer, delete, select, text, update
+from sqlalchemy import JSON, CheckConstraint, Column, Index, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from services.site_router.domain import ACTIVE_ASSIGNMENT_STATES, AssignmentState, ReferralState
 from shared.consumer import ProcessedEvent
 from shared.outbox import OutboxRecord
+from shared.store import bigint_pk, tables, timestamp, utcnow
 
 _WAITLIST_LOCK_KEY = 0x5172_0001
 """PostgreSQL advisory lock id of the waitlist (any constant unique within this database)."""
 
 _ACTIVE_SQL = "state IN ('routed', 'accepted')"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _bigint_pk() -> Any:
-    column = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    return Field(default=None, sa_column=column)
 
 
 class Site(SQLModel, table=True):
@@ -64,8 +56,8 @@ class Site(SQLModel, table=True):
     capacity: int = Field(description="referrals the site holds open at once")
     open_count: int = Field(default=0, description="slots reserved by routed or accepted referrals")
     status: str = "recruiting"
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
 
 
 class ReferralRecord(SQLModel, table=True):
@@ -82,8 +74,8 @@ class ReferralRecord(SQLModel, table=True):
     latitude: float | None = None
     longitude: float | None = None
     lock_version: int = Field(default=0, description="bumped by lock_referral: the write takes the lock")
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
 
 
 class Assignment(SQLModel, table=True):
@@ -101,7 +93,7 @@ class Assignment(SQLModel, table=True):
         Index("ix_assignment_site_state", "site_code", "state"),
     )
 
-    id: int | None = _bigint_pk()
+    id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(index=True)
     site_code: str = Field(foreign_key="site.code")
     rank: int
@@ -109,8 +101,8 @@ class Assignment(SQLModel, table=True):
     state: str = AssignmentState.ROUTED
     reason: str | None = None
     enrolled: bool | None = None
-    routed_at: datetime = Field(default_factory=utcnow)
-    decided_at: datetime | None = None
+    routed_at: datetime = timestamp()
+    decided_at: datetime | None = timestamp(nullable=True, now_by_default=False)
 
 
 class WaitlistEntry(SQLModel, table=True):
@@ -118,19 +110,12 @@ class WaitlistEntry(SQLModel, table=True):
 
     __tablename__ = "waitlist"
 
-    id: int | None = _bigint_pk()
+    id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(unique=True)
-    queued_at: datetime = Field(default_factory=utcnow)
+    queued_at: datetime = timestamp()
 
 
-TABLES = [
-    Site.__table__,  # type: ignore[attr-defined]
-    ReferralRecord.__table__,  # type: ignore[attr-defined]
-    Assignment.__table__,  # type: ignore[attr-defined]
-    WaitlistEntry.__table__,  # type: ignore[attr-defined]
-    OutboxRecord.__table__,  # type: ignore[attr-defined]
-    ProcessedEvent.__table__,  # type: ignore[attr-defined]
-]
+TABLES = tables(Site, ReferralRecord, Assignment, WaitlistEntry, OutboxRecord, ProcessedEvent)
 
 _NO_SYNC = {"synchronize_session": False}
 

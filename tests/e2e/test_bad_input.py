@@ -15,7 +15,6 @@ topic, with the error, and the partition moves on: events written after them are
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import uuid
@@ -37,7 +36,7 @@ from schemathesis.checks import not_a_server_error
 
 from services.devstack.stack import SERVICES, Stack, site_codes
 from shared.auth import Scope, bearer_scheme
-from shared.dead_letters import list_dead_letters
+from shared.dead_letters import DeadLetter, list_dead_letters
 from shared.events import EVENT_TYPES
 from shared.kafka import new_producer
 from shared.problems import PROBLEM_JSON
@@ -416,13 +415,13 @@ def consumer_groups(system: Stack) -> dict[str, list[str]]:
 
     handlers = {
         "intake": HANDLERS,
-        "eligibility": EligibilityHandlers(None, None).mapping(),  # type: ignore[arg-type]
+        "eligibility": EligibilityHandlers(None, None).registry(),  # type: ignore[arg-type]
         "site_router": site_router.handlers(None),  # type: ignore[arg-type]
         "notifier": notifier.handlers("fuzz.example.org"),
     }
     groups: dict[str, list[str]] = {}
-    for service, mapping in handlers.items():
-        for topic in mapping:
+    for service, registry in handlers.items():
+        for topic in registry.topics:
             groups.setdefault(topic, []).append(consumer_group(system, service))
     return groups
 
@@ -500,7 +499,7 @@ async def expect_dead_letters(system: Stack, groups: dict[str, list[str]], writt
     """A letter per record and group reading its topic, with the error and the record (cut, if too
     large, and saying so)."""
     kafka = system.config.kafka
-    letters: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+    letters: dict[tuple[str, int | None, int | None, str], DeadLetter] = {}
     expected = {
         (kafka.topic(w.topic), w.partition, w.offset, group): w for w in written for group in groups[w.topic]
     }
@@ -508,7 +507,7 @@ async def expect_dead_letters(system: Stack, groups: dict[str, list[str]], writt
     async def all_letters() -> bool:
         for topic in {w.topic for w in written}:
             for letter in await list_dead_letters(kafka, topic):
-                letters[letter["topic"], letter["partition"], letter["offset"], letter["consumer"]] = letter
+                letters[letter.topic, letter.partition, letter.offset, letter.consumer] = letter
         return set(expected) <= set(letters)
 
     try:
@@ -526,13 +525,13 @@ async def expect_dead_letters(system: Stack, groups: dict[str, list[str]], writt
     problems = []
     for key, w in expected.items():
         letter, where = letters[key], f"{w.topic}[{w.partition}] {w.kind!r} ({key[3]})"
-        kept = base64.b64decode(letter["value_b64"])
-        if not letter["error"]:
+        kept = letter.value()
+        if not letter.error:
             problems.append(f"{where}: no error in the letter")
-        if letter["value_bytes"] != len(w.value) or not w.value.startswith(kept):
+        if letter.value_bytes != len(w.value) or not w.value.startswith(kept):
             problems.append(f"{where}: the letter does not carry the record")
-        if letter["value_truncated"] != (len(kept) < len(w.value)):
-            problems.append(f"{where}: value_truncated is {letter['value_truncated']}")
+        if letter.value_truncated != (len(kept) < len(w.value)):
+            problems.append(f"{where}: value_truncated is {letter.value_truncated}")
     assert not problems, "\n".join(problems)
 
 

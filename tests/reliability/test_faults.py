@@ -11,7 +11,6 @@ documents (a crash between the SMTP server's acceptance and the commit): counted
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -19,8 +18,8 @@ import httpx
 import pytest
 
 from services.devstack.stack import SERVICES, Stack
-from shared.dead_letters import list_dead_letters
-from shared.events import TOPICS
+from shared.dead_letters import DeadLetter, list_dead_letters
+from shared.events import TOPICS, dead_letter_topic
 from shared.kafka import new_producer
 from shared.settings import KafkaSettings
 from tests.reliability.harness import (
@@ -137,7 +136,7 @@ async def test_every_accepted_referral_completes_and_each_email_arrives_once_des
     if held != routed:
         problems.append(f"sites hold {held} slots for {routed} routed referrals")
     problems += [
-        f"{len(v)} dead letters on {t}.dlq: {[x['error'] for x in v][:5]}" for t, v in letters.items() if v
+        f"{len(v)} dead letters on {t}.dlq: {[x.error for x in v][:5]}" for t, v in letters.items() if v
     ]
     problems += [
         f"notification failed: {n['recipient_role']} of {n['referral_id']}: {n['last_error']}" for n in failed
@@ -277,11 +276,13 @@ async def test_the_dead_letter_check_sees_a_dead_letter(kafka: KafkaSettings) ->
     """The fault suite's "no dead letters" means something only if listing finds one that is there."""
     producer = await new_producer(kafka, client_id="reliability-probe")
     try:
-        letter = {"error": "PoisonMessage: probe", "failed_at": "2026-01-01T00:00:00+00:00"}
+        letter = DeadLetter.of_value(
+            b"{}", error="PoisonMessage: probe", consumer="probe", topic=kafka.topic("referral.routed")
+        )
         await producer.send_and_wait(
-            kafka.topic("referral.routed.dlq"), json.dumps(letter).encode(), key=b"probe"
+            kafka.topic(dead_letter_topic("referral.routed")), letter.to_bytes(), key=b"probe"
         )
     finally:
         await producer.stop()
-    assert [x["error"] for x in await list_dead_letters(kafka, "referral.routed")] == [letter["error"]]
+    assert [x.error for x in await list_dead_letters(kafka, "referral.routed")] == [letter.error]
     assert await list_dead_letters(kafka, "referral.screened") == []

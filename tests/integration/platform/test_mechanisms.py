@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from shared.consumer import ConsumerLoop, PoisonMessage, ProcessedEvent, Together
+from shared.consumer import ConsumerLoop, Handlers, PoisonMessage, ProcessedEvent
 from shared.db import Database
 from shared.events import Envelope, ReferralWithdrawn
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
@@ -72,7 +72,7 @@ async def handled_count(db: Database) -> int:
 
 def consumer(db: Database, kafka: KafkaSettings, group: str = "g1") -> ConsumerLoop:
     return ConsumerLoop(
-        db, kafka, service="test", group_id=group, handlers={"referral.withdrawn": record_handling}
+        db, kafka, service="test", group_id=group, handlers=Handlers().on(ReferralWithdrawn, record_handling)
     )
 
 
@@ -103,7 +103,7 @@ async def test_committed_events_survive_a_relay_killed_mid_batch(db: Database, k
     second = OutboxRelay(db, kafka, service="test", batch_size=50)
     while await second.publish_batch():
         pass
-    await second._drop_producer()
+    await second.producer.drop()
     assert await backlog(db) == 0
 
     published = {json.loads(r.value)["id"] for r in await read_topic(kafka, "referral.withdrawn")}
@@ -195,14 +195,13 @@ async def test_a_together_handler_gets_the_new_events_of_a_transaction_in_one_ca
         await produce(kafka, "referral.withdrawn", envelope.to_bytes(), str(key).encode())
     calls: list[int] = []
 
-    async def record_all(session: AsyncSession, items: list[tuple[Envelope, Any]]) -> None:
+    async def record_all(session: AsyncSession, items: list[tuple[Envelope, ReferralWithdrawn]]) -> None:
         calls.append(len(items))
         for envelope, data in items:
             await record_handling(session, envelope, data)
 
-    loop = ConsumerLoop(
-        db, kafka, service="test", group_id="g1", handlers={"referral.withdrawn": Together(record_all)}
-    )
+    handlers = Handlers().together([ReferralWithdrawn], record_all)
+    loop = ConsumerLoop(db, kafka, service="test", group_id="g1", handlers=handlers)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     await eventually(lambda: _handled_at_least(db, 20), what="all events handled")
@@ -259,7 +258,7 @@ async def test_two_instances_of_a_group_split_the_partitions(db: Database, kafka
     relay = OutboxRelay(db, kafka, service="test")
     while await relay.publish_batch():
         pass
-    await relay._drop_producer()
+    await relay.producer.drop()
     await eventually(lambda: _handled_at_least(db, 60), what="all events handled by the group")
     stop.set()
     await asyncio.gather(*tasks)
@@ -289,7 +288,7 @@ async def test_the_relay_publishes_from_the_embedded_sqlite_store_in_order(
         assert await relay.publish_batch() == 3
         assert await relay.publish_batch() == 0
     finally:
-        await relay._drop_producer()
+        await relay.producer.drop()
         await database.dispose()
     published = [json.loads(r.value)["id"] for r in await read_topic(kafka, "referral.withdrawn")]
     assert published == [str(e.id) for e in events]

@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from shared.db import Database
-from shared.dead_letters import DeadLetters
+from shared.dead_letters import DeadLetters, DeadLetterSink
 from shared.events import EVENT_TYPES, Envelope, EventData, UnknownEventType
 from shared.kafka import new_consumer
 from shared.observability import metrics, referral_context
@@ -57,7 +57,10 @@ class BatchHandler(Protocol[E]):
     def __call__(self, session: AsyncSession, items: list[tuple[Envelope, E]], /) -> Awaitable[None]: ...
 
 
-Item = tuple[Envelope, EventData]
+Item: TypeAlias = tuple[Envelope, EventData]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Offsets: TypeAlias = dict[TopicPartition, OffsetAndMetadata]
+Commit: TypeAlias = Callable[[Offsets], Awaitable[None]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,8 +166,10 @@ class ConsumerLoop:
         group_id: str,
         handlers: Handlers,
         attempts_before_dead_letter: int = 3,
+        first_backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         transaction_max: int = 50,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.db = db
         self.kafka = kafka
@@ -172,9 +177,10 @@ class ConsumerLoop:
         self.group_id = group_id
         self.handlers = handlers
         self.attempts_before_dead_letter = attempts_before_dead_letter
+        self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self.transaction_max = transaction_max
-        self.dead_letters = DeadLetters(kafka, service=service, consumer=group_id)
+        self.dead_letters = dead_letters or DeadLetters(kafka, service=service, consumer=group_id)
         self.assigned: set[TopicPartition] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -187,7 +193,9 @@ class ConsumerLoop:
                     batch = await consumer.getmany(timeout_ms=200)
                     self.assigned = set(consumer.assignment())
                     if batch:
-                        await self._handle_batch(consumer, batch, stop)
+                        # each partition's records in order
+                        records = [record for recs in batch.values() for record in recs]
+                        await self.process(records, stop, consumer.commit)
                     await self._record_lag(consumer)
             except _Stopping:
                 break
@@ -199,37 +207,31 @@ class ConsumerLoop:
                 await quietly(consumer.stop())
         await self.dead_letters.close()
 
-    async def _handle_batch(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-        stop: asyncio.Event,
-    ) -> None:
+    async def process(self, records: Sequence[Record], stop: asyncio.Event, commit: Commit) -> None:
+        """Handle polled records for good and ``commit`` the offsets after them: the loop's one path,
+        which tests also drive directly (without a broker, ``commit`` just records the offsets)."""
         # A transaction per record cost more than most handlers (BEGIN, the processed-id lookup, an
         # fsync'd COMMIT), so records are first handled together, up to ``transaction_max`` in one
         # transaction. Any failure in it rolls the whole group back and its records are handled one at a
         # time, where retries and dead letters are decided per record. Offsets are committed once per
         # group, after its transactions committed; a crash before that redelivers records whose ids are
         # recorded, which then change nothing.
-        records = [record for recs in batch.values() for record in recs]  # each partition in order
         for start in range(0, len(records), self.transaction_max):
             if stop.is_set():
                 return
             group = records[start : start + self.transaction_max]
-            if len(group) > 1 and await self.apply_together(group):
-                await consumer.commit(_next_offsets(group))
+            if len(group) > 1 and await self._apply_together(group):
+                await commit(_next_offsets(group))
             else:
-                await self._one_by_one(consumer, group, stop)
+                await self._one_by_one(group, stop, commit)
 
-    async def _one_by_one(
-        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
-    ) -> None:
+    async def _one_by_one(self, records: Sequence[Record], stop: asyncio.Event, commit: Commit) -> None:
         """Each record in its own transaction; partitions are independent, so they go concurrently."""
-        by_partition: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        by_partition: dict[TopicPartition, list[Record]] = {}
         for record in records:
             by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
 
-        async def one_partition(tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        async def one_partition(tp: TopicPartition, records: list[Record]) -> None:
             handled: int | None = None
             try:
                 for record in records:
@@ -240,14 +242,14 @@ class ConsumerLoop:
             except Exception:
                 if handled is not None:  # keep what was done; the failure below is what matters
                     with contextlib.suppress(Exception):
-                        await consumer.commit({tp: OffsetAndMetadata(handled + 1, "")})
+                        await commit({tp: OffsetAndMetadata(handled + 1, "")})
                 raise
             if handled is not None:
-                await consumer.commit({tp: OffsetAndMetadata(handled + 1, "")})
+                await commit({tp: OffsetAndMetadata(handled + 1, "")})
 
         await asyncio.gather(*(one_partition(tp, recs) for tp, recs in by_partition.items()))
 
-    async def apply_together(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> bool:
+    async def _apply_together(self, records: Sequence[Record]) -> bool:
         """Handle ``records`` in one transaction; False (and nothing written) if any of them fails."""
         try:
             envelopes = [Envelope.from_bytes(record.value or b"") for record in records]
@@ -267,7 +269,7 @@ class ConsumerLoop:
             self._count(record, outcome)
         return True
 
-    async def handle_record(self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event) -> None:
+    async def handle_record(self, record: Record, stop: asyncio.Event) -> None:
         """Handle one record for good: handled, skipped as a duplicate, or dead-lettered. Transient
         failures are retried until they pass (the partition waits; nothing is skipped); other failures
         ``attempts_before_dead_letter`` times; a record that can never be read or handled at once."""
@@ -290,7 +292,7 @@ class ConsumerLoop:
                 stop,
                 retry=lambda error: not isinstance(error, PERMANENT),
                 give_up=keeps_failing,
-                first_s=0.2,
+                first_s=self.first_backoff_s,
                 max_s=self.max_backoff_s,
                 before_sleep=retrying,
             ):
@@ -351,16 +353,14 @@ class ConsumerLoop:
             await session.execute(insert(ProcessedEvent), processed)
         return outcomes
 
-    async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], error: BaseException, stop: asyncio.Event
-    ) -> None:
+    async def _dead_letter(self, record: Record, error: BaseException, stop: asyncio.Event) -> None:
         try:
             await self.dead_letters.send(record, error, stop)
         except Exception as exc:  # stopped before the letter was stored: the record stays uncommitted
             raise _Stopping from exc
         self._count(record, "dead_lettered")
 
-    def _count(self, record: ConsumerRecord[bytes, bytes], outcome: str) -> None:
+    def _count(self, record: Record, outcome: str) -> None:
         topic = record.topic.removeprefix(self.kafka.topic_prefix)
         metrics.events_consumed.labels(self.service, topic, outcome).inc()
 
@@ -372,6 +372,6 @@ class ConsumerLoop:
                 metrics.consumer_lag.labels(self.service, tp.topic).set(lag)
 
 
-def _next_offsets(records: list[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, OffsetAndMetadata]:
+def _next_offsets(records: Sequence[Record]) -> Offsets:
     """Where each partition resumes after ``records`` (each partition's records in offset order)."""
     return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "") for r in records}

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 from datetime import datetime
+from typing import Protocol
 
 from aiokafka import ConsumerRecord
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -103,6 +104,17 @@ def describe(error: BaseException) -> str:
     else:
         text = str(error)[:500]
     return f"{type(error).__name__}: {text}"
+
+
+class DeadLetterSink(Protocol):
+    """Where a consumer loop puts the records it gives up on."""
+
+    async def send(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, stop: asyncio.Event
+    ) -> None:
+        """Store the record's letter for good; raise only if stopped before it is stored."""
+
+    async def close(self) -> None: ...
 
 
 class DeadLetters:

@@ -1,7 +1,7 @@
 """How fast the eligibility engine assesses a referral.
 
 The budget is 10,000 assessments per second on one core. This builds a varied synthetic set from the
-example referral of referral.md (ages, diagnoses, thresholds at their boundaries, stale or missing
+example referral of docs/referral.md (ages, diagnoses, thresholds at their boundaries, stale or missing
 assessments, every cohort-relevant field), validates it once as the consumer would, then times
 `assess` alone: throughput over the whole set (best of a few passes) and per-call latency percentiles.
 

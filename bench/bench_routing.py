@@ -1,6 +1,6 @@
 """How fast the site router chooses a site and geocodes a postal code.
 
-The design's budget is one millisecond per routing among 10,000 sites. This builds synthetic sites over the
+The budget is one millisecond per routing among 10,000 sites. This builds synthetic sites over the
 US and Europe, routes random patients with `choose_site` over a `SiteIndex`, and prints throughput and
 latency percentiles, then times geocoding cold (table loaded on first use), uncached and cached.
 

@@ -61,7 +61,7 @@ def _roles(values: list[str]) -> frozenset[Role]:
 
 @app.command()
 def topics() -> None:
-    """Create the design's topics and their dead-letter topics (idempotent)."""
+    """Create every event topic and its dead-letter topic (idempotent; see docs/events.md)."""
     asyncio.run(ensure_topics(KafkaSettings()))
     typer.echo("topics ready")
 

@@ -39,7 +39,7 @@ class Referrer(EventData):
 
 
 class ReferralSnapshot(EventData):
-    """What may leave intake about a referral (see the trial's referral contract): never identity."""
+    """What may leave intake about a referral (docs/referral.md): never identity."""
 
     clinic_id: str
     revision: int = Field(ge=1, description="1 when submitted, +1 per amendment")

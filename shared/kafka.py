@@ -80,7 +80,7 @@ def all_topics() -> list[str]:
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] | None = None) -> None:
-    """Create missing topics (of the design, by default) with the configured number of partitions."""
+    """Create missing topics (by default every event topic and its dead-letter topic) as configured."""
     wanted = {kafka.topic(n) for n in (names if names is not None else all_topics())}
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()

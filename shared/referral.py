@@ -1,4 +1,4 @@
-"""The referral a partner clinic submits (version 1 of the contract in ``trial/referral.md``).
+"""The referral a partner clinic submits (version 1 of the contract in ``docs/referral.md``).
 
 Intake validates ``POST /v1/referrals`` with :class:`ReferralPayload`; the eligibility service
 receives :class:`ScreeningInput` (age in whole years, never the birth date) and the offline
@@ -236,4 +236,4 @@ EXAMPLE_REFERRAL: dict[str, Any] = {
         "transplant_strategy_defined": True,
     },
 }
-"""The example of the referral contract (``trial/referral.md``), verbatim; copy before changing it."""
+"""The example of the referral contract (``docs/referral.md``), verbatim; copy before changing it."""

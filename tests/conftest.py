@@ -100,7 +100,7 @@ async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
 
 @pytest.fixture
 async def kafka(servers: Servers) -> AsyncIterator[KafkaSettings]:
-    """Kafka settings with a topic prefix of this test's own, and the design's topics created.
+    """Kafka settings with a topic prefix of this test's own, and the event topics created.
 
     The topics are deleted afterwards: a broker holding every test's partitions runs out of memory.
     """

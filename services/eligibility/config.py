@@ -1,6 +1,6 @@
 """The eligibility service's settings (prefix ``ELIGIBILITY_``), read once at start-up.
 
-The study settings are the sponsor's to change (``trial/criteria.md``): left unset (``None``), each
+The study settings are the sponsor's to change (``docs/trial/criteria.md``): left unset (``None``), each
 takes the value the rule-set file publishes, so a deployment overrides only what the sponsor changed.
 """
 

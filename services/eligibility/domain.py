@@ -3,7 +3,7 @@
 No I/O and no clock: the reference day travels in :class:`ScreeningInput`; the rule set and the
 study settings are arguments. A :class:`Ruleset` is a validated rule-set file compiled into
 ``steps`` (criterion id, kind, cohorts, bound evaluator); ``rules.py`` supplies the evaluators and
-loads the packaged files. The decision and score follow ``trial/criteria.md``: a failed criterion
+loads the packaged files. The decision and score follow ``docs/trial/criteria.md``: a failed criterion
 beats an unknown one, an unknown one beats eligibility, and the score counts only the criteria that
 apply.
 """
@@ -55,7 +55,7 @@ _FAILED = frozenset({"not_met", "present"})
 
 @dataclass(frozen=True, slots=True)
 class StudySettings:
-    """The study settings the sponsor may change (criteria.md): configuration, not rules."""
+    """The study settings the sponsor may change (docs/trial/criteria.md): configuration, not rules."""
 
     cohort: Cohort = "dose_escalation"
     screening_window_days: int = 28

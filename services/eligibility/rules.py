@@ -2,7 +2,7 @@
 
 The logic is code, its thresholds are data: a new rules version is a new file in ``rulesets/``,
 loaded by :func:`load_ruleset`. Each evaluator is registered under its criterion id of
-``trial/criteria.md`` with the kind it decides and the parameter model its file entry must satisfy;
+``docs/trial/criteria.md`` with the kind it decides and the parameter model its file entry must satisfy;
 compiling a rule set validates the parameters and binds them into a closure, so that assessing a
 referral is plain attribute reads and comparisons, with no validation.
 

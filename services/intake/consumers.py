@@ -57,7 +57,7 @@ async def on_status_events(session: AsyncSession, items: list[tuple[Envelope, Ev
 def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     described = describe(data)
     occurred_at = envelope.occurred_at
-    if occurred_at.tzinfo is None:  # a producer that forgot the zone: the design's times are UTC
+    if occurred_at.tzinfo is None:  # a producer that forgot the zone: event times are UTC (docs/events.md)
         occurred_at = occurred_at.replace(tzinfo=UTC)
     return TimelineEntry(
         referral_id=envelope.referral_id,

@@ -29,7 +29,7 @@ from shared.events import (
 
 
 class Status(StrEnum):
-    """A referral's states (design: after HL7 FHIR Task and BSeR)."""
+    """A referral's states (docs/design.md; after HL7 FHIR Task and BSeR)."""
 
     RECEIVED = "received"
     SCREENED = "screened"

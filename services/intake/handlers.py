@@ -1,7 +1,7 @@
 """Intake's commands: submit, amend, withdraw. Each writes its state and its event in one transaction.
 
 Routes parse and call one of these; consumers never do. The event carries what may leave intake (see
-the trial's referral contract): never the patient's names, birth date, email or phone.
+docs/referral.md): never the patient's names, birth date, email or phone.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """OpenAPI that a clinic can integrate from alone: every field described with an example, every error.
 
 The request models are the shared contract (``shared.referral``), which carries no documentation of
-its own; the descriptions of ``trial/referral.md`` are added here, to the generated schema, rather than
+its own; the descriptions of ``docs/referral.md`` are added here, to the generated schema, rather than
 by copying the models.
 """
 

@@ -1,4 +1,4 @@
-"""The API's bodies: ``ReferralCreate`` (the shared contract of referral.md) and the ``...Public`` views.
+"""The API's bodies: ``ReferralCreate`` (the contract of docs/referral.md) and the ``...Public`` views.
 
 Views never carry the patient's identity or contact details, except the notifier's contact view.
 """

@@ -1,6 +1,6 @@
 """Postal code to coordinates, offline, and great-circle distances.
 
-The design mandates pgeocode over GeoNames data that the project ships (`geonames/`, see its NOTICE.md).
+Routing uses pgeocode over GeoNames data that the project ships (`geonames/`, see its NOTICE.md).
 pgeocode downloads a country's table the first time it is asked for it; here its `Nominatim` reads the
 shipped file instead, so no lookup can reach the network. Only pgeocode's loading step is replaced: the
 per-postal-code index and the query are pgeocode's own.
@@ -255,7 +255,7 @@ class Geocoder:
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Haversine distance in km: what the design routes by (travel time is not known to us)."""
+    """Haversine distance in km: what routing goes by (travel time is not known to us)."""
     phi1, phi2 = math.radians(lat1), math.radians(lat2)
     half_dphi = (phi2 - phi1) / 2
     half_dlambda = math.radians(lon2 - lon1) / 2

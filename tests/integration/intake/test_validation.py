@@ -37,7 +37,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
     return body
 
 
-# One case per rule of trial/referral.md: (the body, the JSON paths the 422 must name).
+# One case per rule of docs/referral.md: (the body, the JSON paths the 422 must name).
 CASES: dict[str, tuple[dict[str, Any], set[str]]] = {
     "clinic_reference required": (without("clinic_reference"), {"clinic_reference"}),
     "clinic_reference not empty": (changed("clinic_reference", ""), {"clinic_reference"}),

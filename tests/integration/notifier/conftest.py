@@ -39,7 +39,7 @@ __all__ = ["http", "issuer", "smtp_server"]  # fixtures
 
 NOTIFIER_CLIENT = "notifier"
 
-# The patient of trial/referral.md: none of this may appear in a site's email.
+# The patient of docs/referral.md: none of this may appear in a site's email.
 PATIENT = {
     "given_name": "Maria",
     "family_name": "Lopez",

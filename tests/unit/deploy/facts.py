@@ -1,5 +1,5 @@
 """What the deployment files are checked against, read from the code itself: the environment variables
-the settings classes read, the ``trialroute`` commands, the design's topics; and loaders for the files.
+the settings classes read, the ``trialroute`` commands, the event topics; and loaders for the files.
 
 Nothing here is a copy of a list kept elsewhere: a field added to a settings class, or a command added
 to the CLI, is known to the tests at once.

@@ -97,7 +97,7 @@ def test_kafka_is_a_single_kraft_node_the_services_reach() -> None:
     for name, service in APP.items():
         if "KAFKA_BOOTSTRAP_SERVERS" in service.get("environment", {}):
             assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == advertised, name
-    # `trialroute topics` creates the design's topics (from the code) before any consumer starts.
+    # `trialroute topics` creates the event topics (from the code) before any consumer starts.
     topics = next(name for name, s in APP.items() if s.get("command") == ["topics"])
     for name in SERVED.values():
         if name != SERVED["auth"]:

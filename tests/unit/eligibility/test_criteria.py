@@ -1,4 +1,4 @@
-"""Every criterion of criteria.md at and around its boundaries, and what missing data does to it."""
+"""Every criterion of docs/trial/criteria.md at and around its boundaries, and what missing data does."""
 
 from __future__ import annotations
 

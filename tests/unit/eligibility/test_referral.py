@@ -1,4 +1,4 @@
-"""The referral contract (referral.md): what intake accepts and what the offline evaluator reads."""
+"""The referral contract (docs/referral.md): what intake accepts and what the offline evaluator reads."""
 
 from __future__ import annotations
 

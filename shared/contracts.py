@@ -1,13 +1,13 @@
 """JSON Schemas of the event contract, generated from the pydantic models in ``shared.events``.
 
 The models are the contract; ``docs/schemas/`` holds what they generate, one file per (type, version)
-(``referral.screened.v1.json``) plus ``envelope.json``, for readers that are not Python. A unit test
+(``referral.screened.v1.json``) plus ``envelope.json`` and ``dead_letter.json``, for readers that are not Python. A unit test
 fails when the files and the models disagree; regenerate with::
 
     python -m shared.contracts docs/schemas
 
-Only ``EVENT_TYPES`` and ``Envelope`` are read, so the files follow the registry whatever else the
-event classes declare.
+Only ``EVENT_TYPES``, ``Envelope`` and ``DeadLetter`` are read, so the files follow the registry
+whatever else the event classes declare.
 """
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from shared.dead_letters import DeadLetter
 from shared.events import EVENT_TYPES, Envelope
 
-__all__ = ["ENVELOPE_FILE", "REGENERATE", "render", "schema_files", "write"]
+__all__ = ["DEAD_LETTER_FILE", "ENVELOPE_FILE", "REGENERATE", "render", "schema_files", "write"]
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ENVELOPE_FILE = "envelope.json"
+DEAD_LETTER_FILE = "dead_letter.json"
 REGENERATE = "python -m shared.contracts docs/schemas"
 
 
 def schema_files() -> dict[str, dict[str, Any]]:
     """``{file name: JSON Schema}`` for the envelope and every registered (type, version)."""
-    files = {ENVELOPE_FILE: _schema(Envelope.model_json_schema())}
+    files = {
+        ENVELOPE_FILE: _schema(Envelope.model_json_schema()),
+        DEAD_LETTER_FILE: _schema(DeadLetter.model_json_schema()),
+    }
     for (event_type, version), model in EVENT_TYPES.items():
         files[f"{event_type}.v{version}.json"] = _schema(model.model_json_schema())
     return files

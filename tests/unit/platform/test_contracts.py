@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.contracts import ENVELOPE_FILE, REGENERATE, render, schema_files, write
+from shared.contracts import DEAD_LETTER_FILE, ENVELOPE_FILE, REGENERATE, render, schema_files, write
 from shared.events import DEAD_LETTER_SUFFIX, EVENT_TYPES, TOPICS
 
 pytestmark = pytest.mark.unit
@@ -28,9 +28,9 @@ def test_docs_schemas_are_what_the_event_models_generate() -> None:
     )
 
 
-def test_one_schema_per_registered_type_and_version_plus_the_envelope() -> None:
+def test_one_schema_per_registered_type_and_version_plus_the_envelope_and_dead_letter() -> None:
     names = set(schema_files())
-    assert names == {ENVELOPE_FILE} | {f"{t}.v{v}.json" for t, v in EVENT_TYPES}
+    assert names == {ENVELOPE_FILE, DEAD_LETTER_FILE} | {f"{t}.v{v}.json" for t, v in EVENT_TYPES}
     screened = schema_files()["referral.screened.v1.json"]
     assert screened["$schema"].endswith("/draft/2020-12/schema")
     assert {"decision", "score", "criteria", "routable"} <= set(screened["required"])

@@ -1,8 +1,8 @@
 """JSON Schemas of the event contract, generated from the pydantic models in ``shared.events``.
 
 The models are the contract; ``docs/schemas/`` holds what they generate, one file per (type, version)
-(``referral.screened.v1.json``) plus ``envelope.json`` and ``dead_letter.json``, for readers that are not Python. A unit test
-fails when the files and the models disagree; regenerate with::
+(``referral.screened.v1.json``) plus ``envelope.json`` and ``dead_letter.json``, for readers that are
+not Python. A unit test fails when the files and the models disagree; regenerate with::
 
     python -m shared.contracts docs/schemas
 

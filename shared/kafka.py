@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
 
 from shared.events import TOPICS, dead_letter_topic
 from shared.retry import quietly
@@ -111,16 +112,21 @@ async def delete_topics(kafka: KafkaSettings) -> None:
 
 async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
     """New partitions answer NotLeader until the controller elects their leader: wait for that."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
+
+    async def led() -> bool:
         topics = await admin.describe_topics(names)
-        if all(
+        return all(
             t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
             for t in topics
-        ):
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"topics without a leader after {timeout_s}s: {names}")
+        )
+
+    waiting = AsyncRetrying(
+        retry=retry_if_result(lambda done: not done), stop=stop_after_delay(timeout_s), wait=wait_fixed(0.1)
+    )
+    try:
+        await waiting(led)
+    except RetryError as exc:
+        raise TimeoutError(f"topics without a leader after {timeout_s}s: {names}") from exc
 
 
 async def ping(kafka: KafkaSettings, timeout_s: float = 3.0) -> None:

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility import store
 from services.eligibility.domain import Assessment, Ruleset, StudySettings, assess, input_hash
-from shared.consumer import Handlers, PoisonMessage
 from shared.events import (
     CriterionVerdict,
     Envelope,
@@ -30,6 +29,7 @@ from shared.events import (
     ReferralSnapshot,
     ReferralSubmitted,
 )
+from shared.handlers import Handlers, PoisonMessage
 from shared.outbox import add_event
 from shared.referral import ClinicalData, ScreeningInput
 

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import store
 from services.intake.domain import describe
 from services.intake.store import TimelineEntry
-from shared.consumer import Handlers, PoisonMessage
 from shared.events import STATUS_EVENTS, Envelope, EventData
+from shared.handlers import Handlers, PoisonMessage
 from shared.observability import referral_context
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import store
 from services.notifier.domain import message_id, plan
-from shared.consumer import Handlers
 from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided
+from shared.handlers import Handlers
 
 
 async def on_routed(

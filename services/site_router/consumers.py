@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.site_router.referrals import Router
-from shared.consumer import Handlers
 from shared.events import Envelope, ReferralScreened, ReferralWithdrawn
+from shared.handlers import Handlers
 
 
 def handlers(router: Router) -> Handlers:

@@ -20,10 +20,11 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import Table, select
 from sqlmodel import col
 
-from shared.consumer import ConsumerLoop, Handlers
+from shared.consumer import ConsumerLoop
 from shared.db import Database
 from shared.dead_letters import DeadLetter
 from shared.events import Envelope
+from shared.handlers import Handlers
 from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
 

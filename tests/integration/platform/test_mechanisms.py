@@ -15,9 +15,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from shared.consumer import ConsumerLoop, Handlers, PoisonMessage, ProcessedEvent
+from shared.consumer import ConsumerLoop, ProcessedEvent
 from shared.db import Database
 from shared.events import Envelope, ReferralWithdrawn
+from shared.handlers import Handlers, PoisonMessage
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
 from shared.settings import KafkaSettings
 from tests.support.kafka import eventually, produce, read_topic

@@ -14,8 +14,8 @@ from services.eligibility.config import EligibilitySettings
 from services.eligibility.consumers import screened_event, screening_input
 from services.eligibility.domain import StudySettings, assess, input_hash
 from services.eligibility.rules import load_ruleset
-from shared.consumer import PoisonMessage
 from shared.events import ReferralSubmitted, Referrer
+from shared.handlers import PoisonMessage
 from shared.referral import ClinicalData, ScreeningInput
 from tests.unit.eligibility.test_referral import EXAMPLE
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake.deps import IntakeStateDep
@@ -77,11 +78,17 @@ ReferralId = Annotated[uuid.UUID, Path(description="the id intake gave the refer
 
 
 def _idempotent(
-    idempotency: Idempotency, principal: Principal, key: str | None, fingerprint: str, status_code: int
+    idempotency: Idempotency,
+    principal: Principal,
+    key: str | None,
+    path: str,
+    body: BaseModel,
+    status_code: int,
 ) -> Transaction[Outcome]:
-    """A command's transaction under the request's Idempotency-Key: the response it answers (the
-    receipt, ``status_code`` and the referral's Location) is stored with the work, or an earlier one's
-    is given back."""
+    """A command's transaction under the Idempotency-Key of a POST to ``path``: the response it answers
+    (the receipt, ``status_code`` and the referral's Location) is stored with the work, or an earlier
+    one's is given back."""
+    fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
 
     async def transaction(work: Work) -> Outcome:
         async def operation(session: AsyncSession) -> Outcome:
@@ -137,8 +144,7 @@ async def submit_referral(
     key: IdempotencyKey = None,
     trace: TraceParent = None,
 ) -> JSONResponse:
-    fingerprint = request_fingerprint("POST", "/v1/referrals", payload.model_dump(mode="json"))
-    transaction = _idempotent(intake.idempotency, principal, key, fingerprint, 202)
+    transaction = _idempotent(intake.idempotency, principal, key, "/v1/referrals", payload, 202)
     trace = _trace(trace)
     outcome = await intake.commands.submit(principal, payload, transaction, trace)
     with referral_context(outcome.body["id"], trace):
@@ -207,8 +213,7 @@ async def amend_referral(
     trace: TraceParent = None,
 ) -> JSONResponse:
     path = f"/v1/referrals/{referral_id}/amendments"
-    fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
-    transaction = _idempotent(intake.idempotency, principal, key, fingerprint, 202)
+    transaction = _idempotent(intake.idempotency, principal, key, path, body, 202)
     return respond(await intake.commands.amend(principal, referral_id, body, transaction, _trace(trace)))
 
 
@@ -233,8 +238,7 @@ async def withdraw_referral(
 ) -> JSONResponse:
     withdrawal = body or WithdrawalCreate()
     path = f"/v1/referrals/{referral_id}/withdraw"
-    fingerprint = request_fingerprint("POST", path, withdrawal.model_dump(mode="json"))
-    transaction = _idempotent(intake.idempotency, principal, key, fingerprint, 200)
+    transaction = _idempotent(intake.idempotency, principal, key, path, withdrawal, 200)
     return respond(
         await intake.commands.withdraw(principal, referral_id, withdrawal, transaction, _trace(trace))
     )

@@ -23,11 +23,12 @@ from sqlalchemy import Table, insert
 from services.intake.store import TABLES, Referral
 from shared.app import serve
 from shared.db import Database
+from shared.store import table_of
 
 
 def create_app(database_url: str) -> FastAPI:
     db = Database(database_url)
-    table: Table = Referral.__table__  # type: ignore[attr-defined]
+    table: Table = table_of(Referral)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

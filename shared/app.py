@@ -1,8 +1,9 @@
 """The FastAPI application every service is built from.
 
-Routes, background loops (consumers, relays) and readiness checks are handed in by the service's
-bootstrap; this module gives them the same health and metrics endpoints, problem+json errors, body
-limits and lifecycle. Loops start in the lifespan and stop on shutdown, never at import time.
+Routes, the state they read (a ``shared.deps.ServiceState``), background loops (consumers, relays) and
+readiness checks are handed in by the service's bootstrap; this module gives them the same health and
+metrics endpoints, problem+json errors, body limits and lifecycle. Loops start in the lifespan and stop
+on shutdown, never at import time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.deps import ServiceState
 from shared.observability import metrics
 from shared.problems import install_problem_handlers, problem_response
 
@@ -54,6 +56,8 @@ class ServiceSpec:
     name: str
     title: str
     description: str
+    state: ServiceState
+    """What the routes reach through ``shared.deps`` (kept as ``app.state.service``)."""
     routers: Sequence[APIRouter] = ()
     loops: Sequence[Loop] = ()
     checks: dict[str, Check] = field(default_factory=dict)
@@ -61,7 +65,6 @@ class ServiceSpec:
     on_stop: Sequence[Hook] = ()
     max_body_bytes: int = 65_536
     json_prefixes: tuple[str, ...] = ("/v1/", "/internal/")
-    state: dict[str, Any] = field(default_factory=dict)
     openapi_tags: list[dict[str, Any]] | None = None
 
 
@@ -93,8 +96,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=spec.openapi_tags,
     )
-    for key, value in spec.state.items():
-        setattr(app.state, key, value)
+    app.state.service = spec.state
     install_problem_handlers(app)
     app.include_router(_ops_router(spec))
     for router in spec.routers:

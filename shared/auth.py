@@ -11,8 +11,8 @@ its lifetime, carrying the scopes the route needs. Routes declare what they need
         clinic_id = principal.require_clinic()      # 403 unless the token acts for a clinic
         ...                                         # another clinic's referral answers 404
 
-The validator comes from ``request.app.state.token_validator``, which each service's bootstrap sets
-through ``ServiceSpec.state``. Service-to-service calls get their own token from ``ServiceTokenSource``.
+The validator is the service state's ``token_validator`` (``shared.deps``), which each service's bootstrap
+builds. Service-to-service calls get their own token from ``ServiceTokenSource``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, JoseError, MissingClaimError
 from joserfc.jwk import RSAKey
 
+from shared.deps import service_state
 from shared.problems import Forbidden, ProblemError, Unauthorized
 from shared.settings import OAuthSettings
 
@@ -308,7 +309,9 @@ def require(*scopes: Scope | str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         if credentials is None:
             raise Unauthorized("a bearer token is required", error="")
-        validator: TokenValidator = request.app.state.token_validator
+        validator = service_state(request).token_validator
+        if validator is None:
+            raise RuntimeError("this service checks no tokens: its state has no token_validator")
         found = await validator.validate(credentials.credentials)
         missing = [s for s in needed if s not in found.scopes]
         if missing:

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.auth.config import AuthSettings
-from services.auth.keys import KeyRing
-from services.auth.tokens import AUTH_METHODS, GRANT_TYPE, TokenServer
+from services.auth.deps import AuthStateDep
+from services.auth.tokens import AUTH_METHODS, GRANT_TYPE
 from shared.auth import Scope
 
 router = APIRouter(tags=["oauth2"])
@@ -50,36 +50,33 @@ _TOKEN_REQUEST = {
         429: {"description": "too many failed client authentications (problem+json, Retry-After)"},
     },
 )
-async def issue_token(request: Request) -> Response:
+async def issue_token(request: Request, auth: AuthStateDep) -> Response:
     """Client authentication: HTTP Basic (``client_secret_basic``) or form fields (``client_secret_post``)."""
-    server: TokenServer = request.app.state.oauth_server
-    return await server.token_response(request)
+    return await auth.token_server.token_response(request)
 
 
 @router.get("/.well-known/jwks.json", summary="The public keys that verify access tokens")
-async def jwks(request: Request) -> JSONResponse:
-    keyring: KeyRing = request.app.state.keyring
-    settings: AuthSettings = request.app.state.auth_settings
-    await keyring.refresh_if_stale()
+async def jwks(auth: AuthStateDep) -> JSONResponse:
+    await auth.keyring.refresh_if_stale()
     # A cache may keep the set for as long as a new key waits before it signs: no token is missed.
     return JSONResponse(
-        keyring.jwks(),
-        headers={"Cache-Control": f"public, max-age={settings.key_publish_delay_s}"},
+        auth.keyring.jwks(),
+        headers={"Cache-Control": f"public, max-age={auth.settings.key_publish_delay_s}"},
         media_type="application/jwk-set+json",
     )
 
 
 @router.get("/.well-known/oauth-authorization-server", summary="RFC 8414 authorization server metadata")
-async def authorization_server_metadata(request: Request) -> dict[str, Any]:
-    return metadata(request.app.state.auth_settings)
+async def authorization_server_metadata(auth: AuthStateDep) -> dict[str, Any]:
+    return metadata(auth.settings)
 
 
 @router.get(
     "/.well-known/openid-configuration",
     summary="The same metadata, where generic OIDC resource servers look for the jwks_uri",
 )
-async def openid_configuration(request: Request) -> dict[str, Any]:
-    return metadata(request.app.state.auth_settings)
+async def openid_configuration(auth: AuthStateDep) -> dict[str, Any]:
+    return metadata(auth.settings)
 
 
 def metadata(settings: AuthSettings) -> dict[str, Any]:

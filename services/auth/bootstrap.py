@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from services.auth import api
 from services.auth.config import AuthSettings
+from services.auth.deps import AuthState
 from services.auth.keys import KeyRing, ensure_signing_key
 from services.auth.store import TABLES
 from services.auth.throttle import LoginThrottle, SlidingWindowThrottle
@@ -55,7 +56,7 @@ def build(settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES) -> Service
         on_start=[start],
         on_stop=[db.dispose],
         max_body_bytes=min(settings.max_body_bytes, 16_384),
-        state={"auth_settings": settings, "keyring": keyring, "oauth_server": server, "throttle": throttle},
+        state=AuthState(db=db, settings=settings, keyring=keyring, token_server=server),
     )
 
 

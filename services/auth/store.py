@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, CheckConstraint, Column, Text, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,7 +36,7 @@ class ClientRow(SQLModel, table=True):
             clinic_id=self.clinic_id,
             site_code=self.site_code,
             enabled=self.enabled,
-            created_at=as_utc(self.created_at),
+            created_at=self.created_at,
         )
 
 
@@ -53,19 +53,14 @@ class SigningKeyRow(SQLModel, table=True):
     def schedule(self) -> KeySchedule:
         return KeySchedule(
             kid=self.kid,
-            created_at=as_utc(self.created_at),
-            signs_from=as_utc(self.signs_from),
-            signs_until=as_utc(self.signs_until) if self.signs_until else None,
-            retire_at=as_utc(self.retire_at) if self.retire_at else None,
+            created_at=self.created_at,
+            signs_from=self.signs_from,
+            signs_until=self.signs_until,
+            retire_at=self.retire_at,
         )
 
 
 TABLES = tables(ClientRow, SigningKeyRow)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything here is written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def get_client(session: AsyncSession, client_id: str) -> ClientRow | None:

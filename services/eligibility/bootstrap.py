@@ -17,6 +17,8 @@ import shared.app
 from services.eligibility import api
 from services.eligibility.config import EligibilitySettings
 from services.eligibility.consumers import EligibilityHandlers
+from services.eligibility.deps import EligibilityState
+from services.eligibility.queries import Queries
 from services.eligibility.store import TABLES
 from shared.app import ALL_ROLES, Check, Role, ServiceSpec
 from shared.auth import TokenValidator
@@ -48,13 +50,9 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
         f"(rule set {ruleset.version}) and answers who may read an assessment.",
         routers=[api.router] if "api" in roles else [],
         loops=loops,
-        state={
-            "db": db,
-            "token_validator": validator,
-            "settings": settings,
-            "ruleset": ruleset,
-            "study": study,
-        },
+        state=EligibilityState(
+            db=db, settings=settings, token_validator=validator, queries=Queries(db, ruleset, study)
+        ),
         checks=checks,
         on_start=[partial(db.create_tables, TABLES)],
         on_stop=[db.dispose, http.aclose],

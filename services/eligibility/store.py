@@ -20,11 +20,6 @@ from shared.outbox import OutboxRecord
 from shared.store import bigint_pk, tables, timestamp
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every timestamp here is written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 class AssessmentRow(SQLModel, table=True):
     __tablename__ = "assessment"
     __table_args__ = (UniqueConstraint("referral_id", "revision", name="uq_assessment_revision"),)

@@ -1,20 +1,27 @@
-"""Intake's HTTP routes: parse, call one command or query, answer. Errors are problem+json."""
+"""Intake's HTTP routes: parse, call one command or query, answer. Errors are problem+json.
+
+The Idempotency-Key is applied here, around a command: the command's work and the stored response
+commit in one transaction (``_idempotent``), and the response's status and Location are set here too.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake.domain import Status
-from services.intake.handlers import Commands
-from services.intake.idempotency import REPLAYED_HEADER, Outcome
+from services.intake.deps import IntakeStateDep
+from services.intake.domain import Status, request_fingerprint
+from services.intake.handlers import Transaction, Work
+from services.intake.idempotency import REPLAYED_HEADER, Idempotency, Outcome
 from services.intake.openapi import REFERRAL_EXAMPLE, problems
-from services.intake.queries import Queries
 from services.intake.schemas import (
     EXAMPLE_ID,
     AmendmentCreate,
@@ -26,6 +33,9 @@ from services.intake.schemas import (
     WithdrawalCreate,
 )
 from shared.auth import Principal, Scope, require
+from shared.observability import referral_context
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -67,18 +77,28 @@ def _trace(value: str | None) -> str | None:
 ReferralId = Annotated[uuid.UUID, Path(description="the id intake gave the referral", examples=[EXAMPLE_ID])]
 
 
-# async although they do no I/O: FastAPI runs a plain ``def`` dependency in its thread pool, a hop that
-# costs more than the lookup on every request.
-async def _commands(request: Request) -> Commands:
-    return request.app.state.commands  # type: ignore[no-any-return]
+def _idempotent(
+    idempotency: Idempotency,
+    principal: Principal,
+    key: str | None,
+    path: str,
+    body: BaseModel,
+    status_code: int,
+) -> Transaction[Outcome]:
+    """A command's transaction under the Idempotency-Key of a POST to ``path``: the response it answers
+    (the receipt, ``status_code`` and the referral's Location) is stored with the work, or an earlier
+    one's is given back."""
+    fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
 
+    async def transaction(work: Work) -> Outcome:
+        async def operation(session: AsyncSession) -> Outcome:
+            receipt = await work(session)
+            location = {"Location": f"/v1/referrals/{receipt.id}"}
+            return Outcome(status_code, receipt.model_dump(mode="json"), location)
 
-async def _queries(request: Request) -> Queries:
-    return request.app.state.queries  # type: ignore[no-any-return]
+        return await idempotency.run(principal.client_id, key, fingerprint, operation)
 
-
-CommandsDep = Annotated[Commands, Depends(_commands)]
-QueriesDep = Annotated[Queries, Depends(_queries)]
+    return transaction
 
 
 def respond(outcome: Outcome) -> JSONResponse:
@@ -120,11 +140,16 @@ def _receipt(status: int, description: str) -> dict[int | str, dict[str, Any]]:
 async def submit_referral(
     payload: Annotated[ReferralCreate, Body(openapi_examples=REFERRAL_EXAMPLE)],
     principal: Writer,
-    commands: CommandsDep,
+    intake: IntakeStateDep,
     key: IdempotencyKey = None,
     trace: TraceParent = None,
 ) -> JSONResponse:
-    return respond(await commands.submit(principal, payload, key, _trace(trace)))
+    transaction = _idempotent(intake.idempotency, principal, key, "/v1/referrals", payload, 202)
+    trace = _trace(trace)
+    outcome = await intake.commands.submit(principal, payload, transaction, trace)
+    with referral_context(outcome.body["id"], trace):
+        log.info("referral received", extra={"replayed": outcome.replayed})
+    return respond(outcome)
 
 
 @router.get(
@@ -138,7 +163,7 @@ async def submit_referral(
 )
 async def list_referrals(
     principal: Reader,
-    queries: QueriesDep,
+    intake: IntakeStateDep,
     status: Annotated[list[Status] | None, Query(description="only these statuses (repeatable)")] = None,
     updated_since: Annotated[
         datetime | None,
@@ -152,7 +177,7 @@ async def list_referrals(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
 ) -> ReferralPage:
-    return await queries.page(
+    return await intake.queries.page(
         principal, statuses=status or [], updated_since=updated_since, cursor=cursor, limit=limit
     )
 
@@ -164,8 +189,8 @@ async def list_referrals(
     description="Scope `referrals:read`; the clinic's own referrals only (another clinic's id is a 404).",
     responses=problems(401, 403, 404, 422),
 )
-async def read_referral(referral_id: ReferralId, principal: Reader, queries: QueriesDep) -> ReferralPublic:
-    return await queries.referral(principal, referral_id)
+async def read_referral(referral_id: ReferralId, principal: Reader, intake: IntakeStateDep) -> ReferralPublic:
+    return await intake.queries.referral(principal, referral_id)
 
 
 @router.post(
@@ -183,11 +208,13 @@ async def amend_referral(
     referral_id: ReferralId,
     body: AmendmentCreate,
     principal: Writer,
-    commands: CommandsDep,
+    intake: IntakeStateDep,
     key: IdempotencyKey = None,
     trace: TraceParent = None,
 ) -> JSONResponse:
-    return respond(await commands.amend(principal, referral_id, body, key, _trace(trace)))
+    path = f"/v1/referrals/{referral_id}/amendments"
+    transaction = _idempotent(intake.idempotency, principal, key, path, body, 202)
+    return respond(await intake.commands.amend(principal, referral_id, body, transaction, _trace(trace)))
 
 
 @router.post(
@@ -204,13 +231,16 @@ async def amend_referral(
 async def withdraw_referral(
     referral_id: ReferralId,
     principal: Writer,
-    commands: CommandsDep,
+    intake: IntakeStateDep,
     body: Annotated[WithdrawalCreate | None, Body()] = None,
     key: IdempotencyKey = None,
     trace: TraceParent = None,
 ) -> JSONResponse:
+    withdrawal = body or WithdrawalCreate()
+    path = f"/v1/referrals/{referral_id}/withdraw"
+    transaction = _idempotent(intake.idempotency, principal, key, path, withdrawal, 200)
     return respond(
-        await commands.withdraw(principal, referral_id, body or WithdrawalCreate(), key, _trace(trace))
+        await intake.commands.withdraw(principal, referral_id, withdrawal, transaction, _trace(trace))
     )
 
 
@@ -234,6 +264,6 @@ async def read_contacts(
         Query(min_length=1, max_length=MAX_CONTACTS, description="a referral's id (repeatable)"),
     ],
     principal: ContactReader,
-    queries: QueriesDep,
+    intake: IntakeStateDep,
 ) -> ContactList:
-    return await queries.contacts(principal, list(dict.fromkeys(referral_id)))
+    return await intake.queries.contacts(principal, list(dict.fromkeys(referral_id)))

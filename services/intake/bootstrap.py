@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.intake import api, openapi
 from services.intake.config import IntakeSettings
 from services.intake.consumers import HANDLERS
+from services.intake.deps import IntakeState
 from services.intake.handlers import Commands
 from services.intake.idempotency import Idempotency
 from services.intake.queries import Queries
@@ -70,13 +71,14 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
         on_start=[partial(db.create_tables, TABLES)],
         on_stop=[db.dispose, http.aclose],
         max_body_bytes=settings.max_body_bytes,
-        state={
-            "db": db,
-            "settings": settings,
-            "token_validator": validator,
-            "commands": Commands(db, settings, idempotency),
-            "queries": Queries(db, settings),
-        },
+        state=IntakeState(
+            db=db,
+            settings=settings,
+            token_validator=validator,
+            commands=Commands(db, settings),
+            queries=Queries(db, settings),
+            idempotency=idempotency,
+        ),
         openapi_tags=TAGS,
     )
 

@@ -1,23 +1,26 @@
 """Intake's commands: submit, amend, withdraw. Each writes its state and its event in one transaction.
 
-Routes parse and call one of these; consumers never do. The event carries what may leave intake (see
-docs/referral.md): never the patient's names, birth date, email or phone.
+Routes parse and call one of these; consumers never do. A command checks what it can before touching
+the store, then hands its work to the caller's ``Transaction``, which runs it once in one transaction (the
+API's runs it under the request's Idempotency-Key, and may give back an earlier run's answer instead). A
+command returns the referral's receipt and raises ``shared.problems`` errors; statuses, paths and
+headers are the API's. The event carries what may leave intake (see docs/referral.md): never the
+patient's names, birth date, email or phone.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import store
 from services.intake.config import IntakeSettings
-from services.intake.domain import Status, age_in_years, change_refusal, request_fingerprint
-from services.intake.idempotency import Idempotency, Outcome
+from services.intake.domain import Status, age_in_years, change_refusal
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
 from services.intake.store import Referral, TimelineEntry, utcnow
 from shared.auth import Principal
@@ -30,25 +33,32 @@ from shared.events import (
     ReferralWithdrawn,
     Referrer,
 )
-from shared.observability import referral_context
 from shared.outbox import add_event
 from shared.problems import Conflict, NotFound, Unprocessable
 
-log = logging.getLogger(__name__)
-
 PRODUCER = "intake"
+
+Work = Callable[[AsyncSession], Awaitable[ReferralReceipt]]
+"""A command's writes, given the transaction's session; the receipt of the referral it wrote."""
+
+Answer = TypeVar("Answer")
+Transaction = Callable[[Work], Awaitable[Answer]]
+"""Runs a command's ``Work`` once in one transaction and gives back what it made of the receipt."""
 
 
 @dataclass
 class Commands:
     db: Database
     settings: IntakeSettings
-    idempotency: Idempotency
 
     async def submit(
-        self, principal: Principal, payload: ReferralCreate, key: str | None, trace: str | None = None
-    ) -> Outcome:
-        """Store a new referral and queue ``referral.submitted``; 202 with where to follow it."""
+        self,
+        principal: Principal,
+        payload: ReferralCreate,
+        transaction: Transaction[Answer],
+        trace: str | None = None,
+    ) -> Answer:
+        """Store a new referral and queue ``referral.submitted``."""
         clinic_id = principal.require_clinic()
         study_id = self.settings.study_id
         study = payload.study or study_id
@@ -63,17 +73,16 @@ class Commands:
                 "1 invalid field(s)",
                 errors=[{"field": "patient.date_of_birth", "reason": f"must not be after {day}"}],
             )
-        fingerprint = request_fingerprint("POST", "/v1/referrals", payload.model_dump(mode="json"))
 
-        async def create(session: AsyncSession) -> Outcome:
+        async def create(session: AsyncSession) -> ReferralReceipt:
             referral = _new_referral(payload, principal.client_id, clinic_id, study)
             session.add(referral)
             snapshot = ReferralSubmitted(**_snapshot(referral))
             await self._emit(session, referral, snapshot, Status.RECEIVED, "submitted", trace)
-            return _outcome(202, referral)
+            return _receipt(referral)
 
         try:
-            outcome = await self.idempotency.run(principal.client_id, key, fingerprint, create)
+            return await transaction(create)
         except IntegrityError:
             async with self.db.session() as session:
                 existing = await store.open_referral_id(session, clinic_id, payload.clinic_reference)
@@ -83,24 +92,19 @@ class Commands:
                 "an open referral with this clinic_reference exists; amend or withdraw it instead",
                 existing_id=str(existing),
             ) from None
-        with referral_context(outcome.body["id"], trace):
-            log.info("referral received", extra={"replayed": outcome.replayed})
-        return outcome
 
     async def amend(
         self,
         principal: Principal,
         referral_id: uuid.UUID,
         body: AmendmentCreate,
-        key: str | None,
+        transaction: Transaction[Answer],
         trace: str | None = None,
-    ) -> Outcome:
+    ) -> Answer:
         """Replace the clinical block, bump the revision and queue ``referral.amended``."""
         clinic_id = principal.require_clinic()
-        path = f"/v1/referrals/{referral_id}/amendments"
-        fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
 
-        async def change(session: AsyncSession) -> Outcome:
+        async def change(session: AsyncSession) -> ReferralReceipt:
             referral = await _changeable(session, referral_id, clinic_id, "amended")
             referral.revision += 1
             referral.clinical = body.clinical.model_dump(mode="json", exclude_unset=True)
@@ -108,30 +112,28 @@ class Commands:
             reason = f"amended to revision {referral.revision}" + (f": {body.reason}" if body.reason else "")
             snapshot = ReferralAmended(**_snapshot(referral))
             await self._emit(session, referral, snapshot, Status.RECEIVED, reason, trace)
-            return _outcome(202, referral)
+            return _receipt(referral)
 
-        return await self.idempotency.run(principal.client_id, key, fingerprint, change)
+        return await transaction(change)
 
     async def withdraw(
         self,
         principal: Principal,
         referral_id: uuid.UUID,
         body: WithdrawalCreate,
-        key: str | None,
+        transaction: Transaction[Answer],
         trace: str | None = None,
-    ) -> Outcome:
+    ) -> Answer:
         """Withdraw the referral at once and queue ``referral.withdrawn`` (sites free the slot)."""
         clinic_id = principal.require_clinic()
-        path = f"/v1/referrals/{referral_id}/withdraw"
-        fingerprint = request_fingerprint("POST", path, body.model_dump(mode="json"))
 
-        async def change(session: AsyncSession) -> Outcome:
+        async def change(session: AsyncSession) -> ReferralReceipt:
             referral = await _changeable(session, referral_id, clinic_id, "withdrawn")
             event = ReferralWithdrawn(clinic_id=clinic_id, reason=body.reason)
             await self._emit(session, referral, event, Status.WITHDRAWN, body.reason or "withdrawn", trace)
-            return _outcome(200, referral)
+            return _receipt(referral)
 
-        return await self.idempotency.run(principal.client_id, key, fingerprint, change)
+        return await transaction(change)
 
     async def _emit(
         self,
@@ -214,12 +216,11 @@ async def _changeable(session: AsyncSession, referral_id: uuid.UUID, clinic_id: 
     return referral
 
 
-def _outcome(status_code: int, referral: Referral) -> Outcome:
-    receipt = ReferralReceipt(
+def _receipt(referral: Referral) -> ReferralReceipt:
+    return ReferralReceipt(
         id=referral.id,
         clinic_reference=referral.clinic_reference,
         status=Status(referral.status),
         revision=referral.revision,
         referral_day=referral.referral_day,
     )
-    return Outcome(status_code, receipt.model_dump(mode="json"), {"Location": f"/v1/referrals/{referral.id}"})

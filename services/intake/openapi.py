@@ -206,11 +206,13 @@ def _problem_content(code: int, path: str) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     """Serve the enriched document (built once, on first request)."""
     generate: Callable[[], dict[str, Any]] = app.openapi
+    enriched = False
 
     def openapi() -> dict[str, Any]:
-        if not getattr(app.state, "openapi_enriched", False):
+        nonlocal enriched
+        if not enriched:
             app.openapi_schema = enrich(generate())
-            app.state.openapi_enriched = True
+            enriched = True
         assert app.openapi_schema is not None
         return app.openapi_schema
 

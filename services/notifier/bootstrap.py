@@ -17,8 +17,10 @@ from services.notifier import api
 from services.notifier.config import NotifierSettings
 from services.notifier.consumers import handlers
 from services.notifier.contacts import ContactsClient
+from services.notifier.deps import NotifierState
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.mail import Mailer, Templates
+from services.notifier.queries import Queries
 from services.notifier.store import TABLES
 from shared.app import ALL_ROLES, Hook, Loop, Role, ServiceSpec
 from shared.auth import ServiceTokenSource, TokenValidator
@@ -72,7 +74,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
         "routed or decided, exactly once each; the delivery log for ops.",
         routers=[api.router] if "api" in roles else [],
         loops=loops,
-        state={"db": db, "token_validator": validator, "settings": settings},
+        state=NotifierState(db=db, settings=settings, token_validator=validator, queries=Queries(db)),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[partial(db.create_tables, TABLES)],
         on_stop=[*on_stop, db.dispose, http.aclose],

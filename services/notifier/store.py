@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -31,11 +31,6 @@ from shared.consumer import ProcessedEvent
 from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
 from shared.store import bigint_pk, table_of, tables, timestamp
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every timestamp here is written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Notification(SQLModel, table=True):

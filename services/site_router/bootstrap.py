@@ -11,8 +11,10 @@ from fastapi import FastAPI
 import shared.app
 from services.site_router import admin, api, consumers, finder_page
 from services.site_router.config import SiteRouterSettings
+from services.site_router.deps import SiteRouterState
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
+from services.site_router.queries import Queries
 from services.site_router.ratelimit import RateLimiter
 from services.site_router.referrals import Router
 from services.site_router.store import TABLES
@@ -56,14 +58,15 @@ def build(
         # The finder's API route comes before the admin's /v1/sites/{code}, which would shadow it.
         routers=[api.router, admin.router, finder_page.router] if "api" in roles else [],
         loops=loops,
-        state={
-            "db": db,
-            "token_validator": validator,
-            "settings": settings,
-            "router": router,
-            "directory": directory,
-            "finder_limiter": RateLimiter(settings.finder_rate_per_minute),
-        },
+        state=SiteRouterState(
+            db=db,
+            settings=settings,
+            token_validator=validator,
+            router=router,
+            directory=directory,
+            finder_limiter=RateLimiter(settings.finder_rate_per_minute),
+            queries=Queries(db, settings, router, directory),
+        ),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[partial(db.create_tables, TABLES), partial(directory.reload, db), warm_geocoder],
         on_stop=[db.dispose, http.aclose],

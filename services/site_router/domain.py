@@ -19,10 +19,47 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from services.site_router.geo import EARTH_RADIUS_KM, FloatArray, km_to_miles
+EARTH_RADIUS_KM = 6371.0088
+"""IUGG mean Earth radius; a sphere of this radius is within about 0.5% of the ellipsoid."""
+
+KM_PER_MILE = 1.609344
+
+FloatArray = npt.NDArray[np.float64]
 
 NEAREST_CANDIDATES = 16
 """Sites the in-memory index proposes per routing; the database says which of them has room."""
+
+
+# --- great-circle distances ----------------------------------------------------------------------------
+
+
+def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance in km: what the design routes by (travel time is not known to us)."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    half_dphi = (phi2 - phi1) / 2
+    half_dlambda = math.radians(lon2 - lon1) / 2
+    a = math.sin(half_dphi) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(half_dlambda) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLike) -> FloatArray:
+    """Haversine distances in km from one point to many, vectorised (routing ranks thousands of sites)."""
+    lats_rad = np.radians(np.asarray(lats, dtype=np.float64))
+    lons_rad = np.radians(np.asarray(lons, dtype=np.float64))
+    lat_rad = math.radians(lat)
+    a = (
+        np.sin((lats_rad - lat_rad) / 2) ** 2
+        + math.cos(lat_rad) * np.cos(lats_rad) * np.sin((lons_rad - math.radians(lon)) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+
+
+def km_to_miles(km: float) -> float:
+    """Statute miles, for the public site finder in the US and GB."""
+    return km / KM_PER_MILE
+
+
+# --- sites ---------------------------------------------------------------------------------------------
 
 
 class SiteStatus(StrEnum):

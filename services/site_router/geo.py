@@ -1,4 +1,4 @@
-"""Postal code to coordinates, offline, and great-circle distances.
+"""Postal code to coordinates, offline (distances between them are the domain's: ``domain.py``).
 
 Routing uses pgeocode over GeoNames data that the project ships (`geonames/`, see its NOTICE.md).
 pgeocode downloads a country's table the first time it is asked for it; here its `Nominatim` reads the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
 import re
 import tempfile
@@ -19,15 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import pgeocode
-
-EARTH_RADIUS_KM = 6371.0088
-"""IUGG mean Earth radius; a sphere of this radius is within about 0.5% of the ellipsoid."""
-
-KM_PER_MILE = 1.609344
 
 SHIPPED_DATA_DIR = Path(__file__).with_name("geonames")
 
@@ -249,35 +241,3 @@ class Geocoder:
         path = self._index_dir / _file_digest(self._files[country])
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-# --- distances ----------------------------------------------------------------------------------------
-
-
-def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Haversine distance in km: what routing goes by (travel time is not known to us)."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    half_dphi = (phi2 - phi1) / 2
-    half_dlambda = math.radians(lon2 - lon1) / 2
-    a = math.sin(half_dphi) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(half_dlambda) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
-
-
-FloatArray = npt.NDArray[np.float64]
-
-
-def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLike) -> FloatArray:
-    """Haversine distances in km from one point to many, vectorised (routing ranks thousands of sites)."""
-    lats_rad = np.radians(np.asarray(lats, dtype=np.float64))
-    lons_rad = np.radians(np.asarray(lons, dtype=np.float64))
-    lat_rad = math.radians(lat)
-    a = (
-        np.sin((lats_rad - lat_rad) / 2) ** 2
-        + math.cos(lat_rad) * np.cos(lats_rad) * np.sin((lons_rad - math.radians(lon)) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
-
-
-def km_to_miles(km: float) -> float:
-    """Statute miles, for the public site finder in the US and GB."""
-    return km / KM_PER_MILE

@@ -22,7 +22,8 @@ from starlette.routing import NoMatchFound
 from services.site_router import finder_page, sites, store
 from services.site_router.bootstrap import create_app
 from services.site_router.config import SiteRouterSettings
-from services.site_router.geo import KM_PER_MILE, Geocoder
+from services.site_router.domain import KM_PER_MILE
+from services.site_router.geo import Geocoder
 from services.site_router.schemas import SiteCreate
 from shared.db import Database
 from tests.support import browser as chromium

@@ -19,6 +19,18 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from shared.auth import TokenValidator
+from shared.db import Database
+from shared.deps import ServiceState
+from shared.settings import ServiceSettings
+
+
+def checking_tokens(validator: TokenValidator) -> ServiceState:
+    """The state of a stand-in service whose routes only check tokens (its database is never opened)."""
+    return ServiceState(
+        db=Database("sqlite+aiosqlite://"), settings=ServiceSettings(), token_validator=validator
+    )
+
 
 class _InProcessServer(uvicorn.Server):
     """A uvicorn server that leaves the test runner's signal handlers alone."""

@@ -30,6 +30,7 @@ from shared.auth import Principal, Scope, TokenValidator, require
 from shared.db import Database
 from shared.problems import NotFound
 from shared.settings import OAuthSettings
+from tests.support.servers import checking_tokens
 
 KEK = "test-key-encryption-secret"
 AUDIENCE = "intake"
@@ -132,7 +133,7 @@ def resource_app(validator: TokenValidator) -> FastAPI:
         title="resource",
         description="a resource server for the auth tests",
         routers=[router],
-        state={"token_validator": validator},
+        state=checking_tokens(validator),
     )
     return create_service_app(spec)
 

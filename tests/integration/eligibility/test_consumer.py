@@ -52,7 +52,7 @@ async def test_a_submitted_referral_is_screened_and_published(
     records = await read_topic(kafka, "referral.screened")
     assert [r.key for r in records] == [str(rid).encode()]
 
-    (row,) = await stored(service.state["db"], rid)
+    (row,) = await stored(service.state.db, rid)
     assert (row.revision, row.decision, row.ruleset, row.published) == (1, "eligible", "ucart123-v1", True)
     assert len(row.input_hash) == 64 and len(row.criteria) == 12
 
@@ -82,7 +82,7 @@ async def test_an_amendment_is_screened_again_under_its_revision(
 
     events = [e.payload() for e in await screened(kafka, rid)]
     assert [(e.revision, e.decision) for e in events] == [(1, "ineligible"), (2, "eligible")]  # type: ignore[attr-defined]
-    rows = await stored(service.state["db"], rid)
+    rows = await stored(service.state.db, rid)
     assert [(r.revision, r.decision, r.published) for r in rows] == [
         (1, "ineligible", True),
         (2, "eligible", True),
@@ -94,7 +94,7 @@ async def test_a_lower_revision_arriving_late_is_stored_but_not_published(
     service: ServiceSpec, kafka: KafkaSettings
 ) -> None:
     rid = uuid.uuid4()
-    db = service.state["db"]
+    db = service.state.db
     await publish(kafka, referral(rid, revision=2))
     await eventually(lambda: _screened_count(kafka, rid, 1), what="revision 2 screened")
     await publish(kafka, referral(rid, revision=1, block=clinical(ecog=3)))
@@ -122,8 +122,8 @@ async def test_a_redelivered_event_is_handled_once(
 
     await eventually(lambda: _all_consumed(kafka, settings), what="the three copies consumed")
     await eventually(lambda: _screened_count(kafka, rid, 1), what="referral.screened")
-    assert [r.source_event_id for r in await stored(service.state["db"], rid)] == [envelope.id]
-    assert await outbox_rows(service.state["db"]) == 1
+    assert [r.source_event_id for r in await stored(service.state.db, rid)] == [envelope.id]
+    assert await outbox_rows(service.state.db) == 1
     assert len(await screened(kafka, rid)) == 1
 
 
@@ -139,8 +139,8 @@ async def test_the_same_revision_under_a_new_event_id_is_not_assessed_twice(
     await publish(kafka, again)
 
     await eventually(lambda: _all_consumed(kafka, settings), what="both events consumed")
-    assert [r.source_event_id for r in await stored(service.state["db"], rid)] == [first.id]
-    assert await outbox_rows(service.state["db"]) == 1
+    assert [r.source_event_id for r in await stored(service.state.db, rid)] == [first.id]
+    assert await outbox_rows(service.state.db) == 1
     assert await dead_letters(kafka, "referral.submitted") == []
 
 
@@ -157,7 +157,7 @@ async def test_the_same_revision_with_other_content_is_dead_lettered(
     (letter,) = await dead_letters(kafka, "referral.submitted")
     assert "already assessed from a different input" in letter["error"]
     assert base64.b64decode(letter["value_b64"]) == conflicting.to_bytes()
-    rows = await stored(service.state["db"], rid)
+    rows = await stored(service.state.db, rid)
     assert [(r.source_event_id, r.decision) for r in rows] == [(first.id, "eligible")]
 
 
@@ -179,7 +179,7 @@ async def test_poison_is_dead_lettered_and_the_partition_moves_on(
     assert "JSONDecodeError" in letters[0]["error"]
     assert letters[1]["error"].startswith("PoisonMessage: unreadable clinical block: clinical.ecog")
     assert all(x["key"] == str(rid) and x["consumer"].startswith("eligibility-") for x in letters)
-    (row,) = await stored(service.state["db"], rid)
+    (row,) = await stored(service.state.db, rid)
     assert row.source_event_id == good.id
     assert json.loads((await read_topic(kafka, "referral.screened"))[0].value or b"")["referral_id"] == str(
         rid

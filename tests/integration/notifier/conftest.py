@@ -32,7 +32,7 @@ from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referre
 from shared.settings import KafkaSettings
 from tests.support.auth import Issuer, http, issuer
 from tests.support.kafka import eventually, produce, read_topic
-from tests.support.servers import serve_app
+from tests.support.servers import checking_tokens, serve_app
 from tests.support.smtp import SmtpServer, smtp_server
 
 __all__ = ["http", "issuer", "smtp_server"]  # fixtures
@@ -136,7 +136,7 @@ async def intake(issuer: Issuer) -> AsyncIterator[Intake]:
             title="stand-in intake",
             description="intake's contact route, for the notifier's tests",
             routers=[router],
-            state={"token_validator": validator},
+            state=checking_tokens(validator),
         )
         async with serve_app(create_service_app(spec)) as url:
             standin.url = url

@@ -21,6 +21,7 @@ from shared.events import Envelope, ReferralWithdrawn
 from shared.handlers import Handlers, PoisonMessage
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
 from shared.settings import KafkaSettings
+from shared.store import tables
 from tests.support.kafka import eventually, produce, read_topic
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ class HandledEvent(SQLModel, table=True):
     transaction: int | None = None
 
 
-TABLES = [OutboxRecord.__table__, ProcessedEvent.__table__, HandledEvent.__table__]  # type: ignore[attr-defined]
+TABLES = tables(OutboxRecord, ProcessedEvent, HandledEvent)
 
 
 @pytest.fixture

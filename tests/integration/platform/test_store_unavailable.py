@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from shared.app import ServiceSpec, create_app
 from shared.db import Database
+from shared.deps import DbDep, ServiceState
+from shared.settings import ServiceSettings
 from tests.support.servers import loopback_socket, serve_app
 
 pytestmark = pytest.mark.integration
@@ -20,11 +22,12 @@ async def test_an_unreachable_database_is_a_retryable_503() -> None:
     router = APIRouter()
 
     @router.get("/v1/ping-store")
-    async def ping_store(request: Request) -> dict[str, str]:
-        await request.app.state.db.ping()
+    async def ping_store(db: DbDep) -> dict[str, str]:
+        await db.ping()
         return {"status": "ok"}
 
-    app = create_app(ServiceSpec(name="t", title="t", description="t", routers=[router], state={"db": db}))
+    state = ServiceState(db=db, settings=ServiceSettings())
+    app = create_app(ServiceSpec(name="t", title="t", description="t", routers=[router], state=state))
     try:
         async with serve_app(app) as url, httpx.AsyncClient() as http:
             response = await http.get(f"{url}/v1/ping-store")

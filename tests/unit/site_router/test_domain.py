@@ -11,10 +11,11 @@ from services.site_router.domain import (
     SiteStatus,
     SiteView,
     choose_site,
+    distances_km,
+    great_circle_km,
     nearby,
     rank_sites,
 )
-from services.site_router.geo import distances_km, great_circle_km
 
 pytestmark = pytest.mark.unit
 

@@ -8,6 +8,7 @@ import numpy as np
 import pgeocode
 import pytest
 
+from services.site_router.domain import distances_km, great_circle_km, km_to_miles
 from services.site_router.geo import (
     SHIPPED_DATA_DIR,
     Geocoder,
@@ -15,9 +16,6 @@ from services.site_router.geo import (
     Location,
     UnknownPostalCode,
     UnsupportedCountry,
-    distances_km,
-    great_circle_km,
-    km_to_miles,
     normalise_postal_code,
 )
 from tests.unit.site_router.conftest import NetworkBlockedError

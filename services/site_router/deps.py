@@ -1,0 +1,27 @@
+"""What the site router's routes reach: its state (``shared.deps``), typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+
+from services.site_router.config import SiteRouterSettings
+from services.site_router.directory import SiteDirectory
+from services.site_router.queries import Queries
+from services.site_router.ratelimit import RateLimiter
+from services.site_router.referrals import Router
+from shared.deps import ServiceState, state_dep
+
+
+@dataclass(kw_only=True)
+class SiteRouterState(ServiceState):
+    settings: SiteRouterSettings
+    router: Router
+    directory: SiteDirectory
+    finder_limiter: RateLimiter
+    queries: Queries
+
+
+SiteRouterStateDep = Annotated[SiteRouterState, Depends(state_dep(SiteRouterState))]

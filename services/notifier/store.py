@@ -199,7 +199,11 @@ async def finish(
         .with_for_update()
     )
     claims = dict(held.all())
-    ours = {row.id for row, _ in outcomes if row.claim is not None and claims.get(row.id) == row.claim}
+    ours = {
+        row.id
+        for row, _ in outcomes
+        if row.id is not None and row.claim is not None and claims.get(row.id) == row.claim
+    }
     table = Notification.__table__  # type: ignore[attr-defined]
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row, values in outcomes:

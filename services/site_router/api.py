@@ -45,19 +45,23 @@ router = APIRouter()
 
 
 def _db(request: Request) -> Database:
-    return request.app.state.db
+    db: Database = request.app.state.db
+    return db
 
 
 def _router(request: Request) -> Router:
-    return request.app.state.router
+    router: Router = request.app.state.router
+    return router
 
 
 def _directory(request: Request) -> SiteDirectory:
-    return request.app.state.directory
+    directory: SiteDirectory = request.app.state.directory
+    return directory
 
 
 def _settings(request: Request) -> SiteRouterSettings:
-    return request.app.state.settings
+    settings: SiteRouterSettings = request.app.state.settings
+    return settings
 
 
 def _rate_limited(request: Request) -> None:

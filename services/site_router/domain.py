@@ -170,7 +170,8 @@ class SiteIndex:
         if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN included: it would rank first
             raise ValueError(f"patient coordinates ({lat}, {lon}) out of range")
         x, y, z = _unit_vector(lat, lon)
-        return (self._xyz[0] - x) ** 2 + (self._xyz[1] - y) ** 2 + (self._xyz[2] - z) ** 2
+        chord_sq: FloatArray = (self._xyz[0] - x) ** 2 + (self._xyz[1] - y) ** 2 + (self._xyz[2] - z) ** 2
+        return chord_sq
 
     def _positions(self, codes: Collection[str]) -> list[int]:
         return [self._position[code] for code in codes if code in self._position]

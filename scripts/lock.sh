@@ -8,7 +8,7 @@
 #   dev.txt      local + tests and linters (extra `dev`); scripts/bootstrap.sh installs it
 #   build.txt    the build backend (pyproject's [build-system]), to build the project without the index
 # The three nest: runtime and local are compiled within dev.txt's pins, so a package has one version.
-# Usage: scripts/lock.sh [uv pip compile options]
+# Usage: scripts/lock.sh [uv pip compile options]      Env: PYTHON (3.11 or later, default python3)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,7 +16,7 @@ UV_VERSION=0.13.10
 uv_home="${XDG_CACHE_HOME:-${HOME}/.cache}/trialroute/uv-${UV_VERSION}"
 if [[ ! -x $uv_home/bin/uv ]]; then
   rm -rf "$uv_home"
-  python3 -m venv "$uv_home"
+  "${PYTHON:-python3}" -m venv "$uv_home"
   "$uv_home/bin/python" -m pip install -q --disable-pip-version-check "uv==${UV_VERSION}"
 fi
 
@@ -30,5 +30,5 @@ compile() {  # output file, then inputs and options
 compile requirements/dev.txt pyproject.toml --extra dev "$@"
 compile requirements/local.txt pyproject.toml --extra local --constraint requirements/dev.txt "$@"
 compile requirements/runtime.txt pyproject.toml --constraint requirements/dev.txt "$@"
-python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+"$uv_home/bin/python" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
   | compile requirements/build.txt - "$@"

@@ -16,10 +16,9 @@ run: bootstrap
 bench:
 	scripts/bench.sh
 
-lint: bootstrap
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-	.venv/bin/mypy
+# ruff and mypy (strict), as `make test` runs them first.
+lint:
+	scripts/lint.sh
 
 up:
 	deploy/local/up.sh

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv with Python 3.11 if missing, and (re)install the project with its dev extras whenever
-# pyproject.toml differs from the one last installed (a checksum stamp in .venv).
+# Create .venv with Python 3.11 if missing, and install into it whenever the lock files or pyproject.toml
+# differ from those last installed (a checksum stamp in .venv): first every dependency, exactly as locked
+# and hash-checked (requirements/dev.txt: runtime, the local stack's and the tests' and linters'), then
+# the project itself, editable, with no dependency of its own resolution and no build from the index.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,11 +18,15 @@ if ! { [[ -x .venv/bin/python ]] && is_py311 .venv/bin/python; }; then
   "$py" -m venv .venv
 fi
 
-stamp=.venv/.pyproject.sha1
-want="$(sha1sum pyproject.toml | cut -d' ' -f1)"
+lock=(requirements/build.txt requirements/dev.txt)
+stamp=.venv/.lock.sha1
+want="$(cat "${lock[@]}" pyproject.toml | sha1sum | cut -d' ' -f1)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  echo "bootstrap.sh: installing the project and its dev dependencies into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' \
-    || { echo "bootstrap.sh: FAILED: pip install -e '.[dev]'" >&2; exit 1; }
+  echo "bootstrap.sh: installing the locked dependencies (${lock[*]}) and the project into .venv"
+  pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" --require-hashes --only-binary=:all: -r requirements/build.txt -r requirements/dev.txt \
+    || { echo "bootstrap.sh: FAILED: pip install --require-hashes ${lock[*]}" >&2; exit 1; }
+  "${pip[@]}" --no-deps --no-build-isolation -e . \
+    || { echo "bootstrap.sh: FAILED: pip install --no-deps -e ." >&2; exit 1; }
   echo "$want" >"$stamp"
 fi

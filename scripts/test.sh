@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Run pytest against real PostgreSQL and Kafka (scripts/with-servers.sh: starts the ones not already
-# running, PostgreSQL with fsync off, stops those afterwards whatever happens) and exit with pytest's
-# exit code.
+# Run the linters (scripts/lint.sh: a finding fails the run before any test), then pytest against real
+# PostgreSQL and Kafka (scripts/with-servers.sh: starts the ones not already running, PostgreSQL with
+# fsync off, stops those afterwards whatever happens) and exit with pytest's exit code.
 # Usage: scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/bootstrap.sh
+scripts/lint.sh
 [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || scripts/install-chromium.sh  # browser tests
 
 exec scripts/with-servers.sh --pg-fast .venv/bin/pytest "$@"

@@ -13,7 +13,7 @@ import gc
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -245,7 +245,8 @@ class GuardMiddleware:
 
 def _is_json(scope: Scope) -> bool:
     """Whether FastAPI will read the body as JSON: a JSON media type, or none at all."""
-    for name, value in scope["headers"]:
+    headers: Iterable[tuple[bytes, bytes]] = scope["headers"]  # ASGI: (name, value) byte pairs
+    for name, value in headers:
         if name.lower() == b"content-type":
             ctype = value.decode("latin-1").split(";")[0].strip().lower()
             return ctype == "application/json" or ctype.endswith("+json")

@@ -4,8 +4,9 @@ wired the same way for every service from its settings and the roles the process
 from __future__ import annotations
 
 from shared.app import Loop, Role
-from shared.consumer import ConsumerLoop, Handlers
+from shared.consumer import ConsumerLoop
 from shared.db import Database
+from shared.handlers import Handlers
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 

@@ -41,7 +41,7 @@ MAX_CLIENT_ID_LENGTH = 200
 _loaded_clients: ContextVar[dict[str, ClientMixin | None]] = ContextVar("loaded_clients")
 
 
-class StarletteOAuth2Payload(OAuth2Payload):
+class StarletteOAuth2Payload(OAuth2Payload):  # type: ignore[misc]  # authlib has no types: Any
     """The form parameters, first value of each in ``data``, every value in ``datalist``."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
@@ -59,7 +59,7 @@ class StarletteOAuth2Payload(OAuth2Payload):
         return self._datalist
 
 
-class StarletteOAuth2Request(OAuth2Request):
+class StarletteOAuth2Request(OAuth2Request):  # type: ignore[misc]  # authlib has no types: Any
     """An authlib request made from a Starlette one whose body has already been read."""
 
     def __init__(self, request: Request, pairs: Iterable[tuple[str, str]]) -> None:
@@ -83,7 +83,7 @@ class StarletteOAuth2Request(OAuth2Request):
         return basic_id or self.payload.data.get("client_id") or None
 
 
-class FastAPIAuthorizationServer(AuthorizationServer):
+class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # authlib has no types: Any
     """An authlib authorization server answering Starlette requests; see the module docstring."""
 
     def __init__(self, load_client: ClientLoader, *, scopes_supported: list[str] | None = None) -> None:

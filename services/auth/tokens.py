@@ -30,7 +30,7 @@ GRANT_TYPE = "client_credentials"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
-class RegisteredClient(ClientMixin):
+class RegisteredClient(ClientMixin):  # type: ignore[misc]  # authlib has no types: Any
     """A client as one token request sees it. An unknown or disabled client is represented too, so
     that it fails exactly like a wrong secret (same answer, same argon2 cost)."""
 
@@ -64,14 +64,14 @@ class RegisteredClient(ClientMixin):
         return False
 
 
-class InvalidTargetError(OAuth2Error):
+class InvalidTargetError(OAuth2Error):  # type: ignore[misc]  # authlib has no types: Any
     """RFC 8707 §2: the requested resource is invalid, unknown or not allowed for this client."""
 
     error = "invalid_target"
     status_code = 400
 
 
-class ClientCredentials(ClientCredentialsGrant):
+class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]  # authlib has no types: Any
     """RFC 6749 §4.4 with ``client_secret_basic`` or ``client_secret_post``, and the audience asked
     for as ``resource`` (RFC 8707) or ``audience`` (the Auth0 spelling)."""
 
@@ -88,7 +88,7 @@ class ClientCredentials(ClientCredentialsGrant):
             raise InvalidTargetError(str(exc)) from exc
 
 
-class AccessTokenGenerator(JWTBearerTokenGenerator):
+class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]  # authlib has no types: Any
     """RFC 9068 tokens (``typ: at+jwt``, RS256, ``kid`` of the key that signs now), with ``nbf`` and
     the tenant the client acts for."""
 

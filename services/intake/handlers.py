@@ -22,7 +22,7 @@ from services.intake import store
 from services.intake.config import IntakeSettings
 from services.intake.domain import Status, age_in_years, change_refusal
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
-from services.intake.store import Referral, TimelineEntry, utcnow
+from services.intake.store import Referral, TimelineEntry
 from shared.auth import Principal
 from shared.db import Database
 from shared.events import (
@@ -35,6 +35,7 @@ from shared.events import (
 )
 from shared.outbox import add_event
 from shared.problems import Conflict, NotFound, Unprocessable
+from shared.store import utcnow
 
 PRODUCER = "intake"
 

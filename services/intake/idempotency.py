@@ -20,9 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from services.intake.store import IdempotencyKey, utcnow
+from services.intake.store import IdempotencyKey
 from shared.db import Database
 from shared.problems import Conflict, Unprocessable
+from shared.store import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -67,11 +67,11 @@ class ContactsClient:
         ids = [str(referral_id) for referral_id in referral_ids]
         found: dict[uuid.UUID, Contact] = {}
         for start in range(0, len(ids), MAX_PER_READ):
-            params = [("referral_id", referral_id) for referral_id in ids[start : start + MAX_PER_READ]]
+            params = tuple(("referral_id", referral_id) for referral_id in ids[start : start + MAX_PER_READ])
             found.update((c.referral_id, c) for c in await self._read(params))
         return found
 
-    async def _read(self, params: list[tuple[str, str]]) -> list[Contact]:
+    async def _read(self, params: tuple[tuple[str, str], ...]) -> list[Contact]:
         try:
             refused, self._refused = self._refused, None
             if refused:

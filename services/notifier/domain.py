@@ -103,7 +103,7 @@ def message_id(source_event_id: uuid.UUID, role: RecipientRole, domain: str = "t
 
 def retry_delay_s(attempts: int, base_s: float, max_s: float) -> float:
     """Exponential backoff after the ``attempts``-th failed attempt: base, 2x base, 4x base... capped."""
-    return min(base_s * 2 ** max(attempts - 1, 0), max_s)
+    return min(base_s * 2.0 ** max(attempts - 1, 0), max_s)
 
 
 def gives_up(attempts: int, max_attempts: int, *, permanent: bool) -> bool:

@@ -51,7 +51,8 @@ def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLik
         np.sin((lats_rad - lat_rad) / 2) ** 2
         + math.cos(lat_rad) * np.cos(lats_rad) * np.sin((lons_rad - math.radians(lon)) / 2) ** 2
     )
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+    distances: FloatArray = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+    return distances
 
 
 def km_to_miles(km: float) -> float:
@@ -207,7 +208,8 @@ class SiteIndex:
         if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN included: it would rank first
             raise ValueError(f"patient coordinates ({lat}, {lon}) out of range")
         x, y, z = _unit_vector(lat, lon)
-        return (self._xyz[0] - x) ** 2 + (self._xyz[1] - y) ** 2 + (self._xyz[2] - z) ** 2
+        chord_sq: FloatArray = (self._xyz[0] - x) ** 2 + (self._xyz[1] - y) ** 2 + (self._xyz[2] - z) ** 2
+        return chord_sq
 
     def _positions(self, codes: Collection[str]) -> list[int]:
         return [self._position[code] for code in codes if code in self._position]

@@ -120,7 +120,7 @@ def _read_geonames(path: Path) -> pd.DataFrame:
     )
 
 
-class _ShippedNominatim(pgeocode.Nominatim):
+class _ShippedNominatim(pgeocode.Nominatim):  # type: ignore[misc]  # pgeocode has no types: Any
     """pgeocode's Nominatim whose loading step reads a shipped file; it has no path to the network.
 
     pgeocode 0.5.0 builds its per-code index once and writes it as `<data path>-index.txt`; that file goes
@@ -135,7 +135,7 @@ class _ShippedNominatim(pgeocode.Nominatim):
         self._index_dir = index_dir
         super().__init__(country, unique=True)
 
-    def _get_data(self, country: str) -> tuple[str, pd.DataFrame]:  # type: ignore[override]
+    def _get_data(self, country: str) -> tuple[str, pd.DataFrame]:
         """Replace pgeocode's read-else-download with a read of the shipped file."""
         index_dir = self._index_dir or Path(tempfile.gettempdir())
         return str(index_dir / f"{country}.txt"), _read_geonames(self._source)

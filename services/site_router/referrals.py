@@ -29,6 +29,7 @@ from services.site_router.domain import FINAL_REFERRAL_STATES, AssignmentState, 
 from services.site_router.geo import Geocoder, GeoError, Location
 from shared.events import ReferralScreened, ReferralSiteDecided, ReferralWithdrawn, SiteDecision
 from shared.problems import Conflict, NotFound
+from shared.store import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Router:
             return referral, assignment
         self._expect(assignment, AssignmentState.ROUTED)
         assignment.state = AssignmentState.ACCEPTED
-        assignment.decided_at = store.utcnow()
+        assignment.decided_at = utcnow()
         referral.state = ReferralState.ACCEPTED
         self._decided(session, referral, site_code, "accepted")
         return referral, assignment

@@ -23,6 +23,7 @@ from services.site_router.geo import Geocoder, GeoError
 from services.site_router.schemas import SiteCreate, SiteUpdate
 from shared.db import Database
 from shared.problems import Conflict, NotFound, Unprocessable
+from shared.store import utcnow
 
 SEED_FILE = Path(__file__).with_name("seed") / "sites.json"
 
@@ -61,7 +62,7 @@ async def update_site(session: AsyncSession, code: str, changes: SiteUpdate) -> 
     for name, value in changes.model_dump(exclude_unset=True).items():
         if value is not None or name == "phone":
             setattr(site, name, value)
-    site.updated_at = store.utcnow()
+    site.updated_at = utcnow()
     await session.flush()
     if grew:
         await routing.drain_waitlist(session, [code], None)
@@ -74,7 +75,7 @@ async def set_status(session: AsyncSession, code: str, status: SiteStatus) -> st
     if status == SiteStatus.PAUSED and site.status == SiteStatus.CLOSED:
         raise Conflict(f"site {code} is closed; reopen it first", state=site.status)
     if site.status != status:
-        site.status, site.updated_at = status, store.utcnow()
+        site.status, site.updated_at = status, utcnow()
         await session.flush()
         if status == SiteStatus.RECRUITING:
             await routing.drain_waitlist(session, [code], None)
@@ -154,7 +155,7 @@ async def import_sites(db: Database, path: Path, geocoder: Geocoder | None = Non
             else:
                 for name, value in data.model_dump(exclude={"code"}).items():
                     setattr(existing, name, value)
-                existing.latitude, existing.longitude, existing.updated_at = lat, lon, store.utcnow()
+                existing.latitude, existing.longitude, existing.updated_at = lat, lon, utcnow()
                 report.updated.append(data.code)
         await session.flush()
         report.routed_from_waitlist = await routing.drain_waitlist(session, None, None)

@@ -101,6 +101,12 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+def _errors(accept: Callable[[BaseException], bool]) -> retry_if_exception:
+    """Retry what ``accept`` accepts, but never a cancellation or an exit: tenacity's attempt swallows
+    every ``BaseException``, and a retried ``CancelledError`` is a task that cannot be cancelled."""
+    return retry_if_exception(lambda error: isinstance(error, Exception) and accept(error))
+
+
 def until_stopped(
     stop: asyncio.Event,
     *,
@@ -118,7 +124,7 @@ def until_stopped(
         return stop.is_set() or (give_up is not None and give_up(state))
 
     return AsyncRetrying(
-        retry=retry_if_exception(retry),
+        retry=_errors(retry),
         stop=stopping,
         wait=wait_exponential(multiplier=first_s, min=first_s, max=max_s),
         sleep=lambda seconds: pause(stop, seconds),
@@ -168,7 +174,7 @@ def conflicts(attempts: int = 3) -> AsyncRetrying:
     """Run a transaction again from the start after a deadlock or serialization failure, with a little
     jitter so that the two transactions that met do not meet again."""
     return AsyncRetrying(
-        retry=retry_if_exception(is_conflict),
+        retry=_errors(is_conflict),
         stop=stop_after_attempt(attempts),
         wait=wait_random(0.01, 0.1),
         reraise=True,
@@ -178,7 +184,7 @@ def conflicts(attempts: int = 3) -> AsyncRetrying:
 def briefly(within_s: float, *, retry: Callable[[BaseException], bool] = is_transient) -> AsyncRetrying:
     """Ride out a short transient failure, giving up after ``within_s`` seconds."""
     return AsyncRetrying(
-        retry=retry_if_exception(retry),
+        retry=_errors(retry),
         stop=stop_after_delay(within_s),
         wait=wait_exponential(multiplier=0.1, max=2),
         reraise=True,

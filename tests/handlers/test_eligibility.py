@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.eligibility import store
 from services.eligibility.config import EligibilitySettings
@@ -151,7 +151,9 @@ async def access(
     async with harness.db.session() as session:
         assigned = await store.assigned_site(session, rid)
         rows = (
-            await session.execute(select(store.SiteAccessRow).where(store.SiteAccessRow.referral_id == rid))
+            await session.execute(
+                select(store.SiteAccessRow).where(col(store.SiteAccessRow.referral_id) == rid)
+            )
         ).scalars()
         return assigned, {r.site_code: (r.routed, r.declined, r.revision, r.rank) for r in rows}
 

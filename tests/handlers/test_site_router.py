@@ -277,3 +277,19 @@ async def test_one_poll_of_screenings_and_a_withdrawal_is_routed_in_order(kit: K
     assert await kit.open_counts() == {"WCM": 2} and await kit.active_per_site() == {"WCM": 2}
     assert (kit.harness.position("referral.screened"), kit.harness.position("referral.withdrawn")) == (4, 1)
     assert kit.harness.dead_letters.letters == []
+
+
+async def test_a_poll_handled_one_record_at_a_time_applies_every_withdrawal(kit: Kit) -> None:
+    """A poison record sends the poll down the one-by-one path, where each topic's partition goes
+    concurrently: a withdrawal may be applied before or after its screening, but always applied."""
+    await kit.add_sites({"WCM": 2, "DFCI": 2})
+    rids = [uuid.uuid4() for _ in range(4)]
+    screenings = [envelope(rid, events.screened()) for rid in rids]
+    withdrawals = [envelope(rid, events.withdrawn()) for rid in rids[:2]]
+    await kit.harness.deliver(("referral.screened", b"{not json"), *screenings, *withdrawals)
+    [letter] = kit.harness.dead_letters.letters
+    assert letter.error.startswith("JSONDecodeError")
+    assert [(await kit.referral(rid)).state for rid in rids] == ["withdrawn", "withdrawn", "routed", "routed"]
+    counts = await kit.open_counts()
+    assert sum(counts.values()) == 2 and +await kit.active_per_site() == Counter(counts)
+    assert (kit.harness.position("referral.screened"), kit.harness.position("referral.withdrawn")) == (5, 2)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from shared.consumer import ConsumerLoop
@@ -27,6 +28,24 @@ from shared.events import Envelope
 from shared.handlers import Handlers
 from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
+
+
+class MemoryDatabase(Database):
+    """An in-memory SQLite store whose transactions take turns.
+
+    All sessions share the one connection that holds the database, so two transactions open at once
+    (the loop handles partitions concurrently when it goes one record at a time) would run inside each
+    other: one's rollback could undo the other's writes, one's commit publish the other's half. Taking
+    turns is what a SQLite file does too (one writer at a time)."""
+
+    def __init__(self) -> None:
+        super().__init__("sqlite+aiosqlite:///:memory:")
+        self._turn = asyncio.Lock()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self._turn, super().session() as session:
+            yield session
 
 
 class MemoryDeadLetters:
@@ -104,7 +123,7 @@ async def handler_harness(
     handlers: Handlers, tables: Sequence[Table], *, group: str = "harness"
 ) -> AsyncIterator[HandlerHarness]:
     """A harness whose store holds ``tables`` (the service's own), empty."""
-    db = Database("sqlite+aiosqlite:///:memory:")
+    db = MemoryDatabase()
     await db.create_tables(tables)
     dead_letters = MemoryDeadLetters(group)
     loop = ConsumerLoop(

@@ -154,14 +154,3 @@ def sample_referral(
     body["clinical"]["organ_function"]["assessed_on"] = (today - timedelta(days=3)).isoformat()
     body["clinical"].update(clinical)
     return body
-
-
-async def wait_for(check: Any, *, within: float = 60, what: str = "condition") -> Any:
-    """Poll an async ``check`` until it returns something truthy; return it."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")

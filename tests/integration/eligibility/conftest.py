@@ -11,7 +11,6 @@ from datetime import date
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 
@@ -24,7 +23,7 @@ from shared.events import Envelope, ReferralAmended, ReferralSubmitted, Referrer
 from shared.kafka import all_topics
 from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import read_topic
 from tests.unit.eligibility.test_referral import EXAMPLE
 
 DAY = date(2026, 11, 10)
@@ -65,11 +64,6 @@ def site(code: str) -> SiteRef:
     return SiteRef(code=code, name=f"Site {code}", city="New York", coordinator_email=f"{code}@site.example")
 
 
-async def publish(kafka: KafkaSettings, envelope: Envelope) -> None:
-    """Onto the event's own (prefixed) topic, keyed by the referral id as every producer does."""
-    await produce(kafka, envelope.type, envelope.to_bytes(), str(envelope.referral_id).encode())
-
-
 async def screened(kafka: KafkaSettings, referral_id: uuid.UUID | None = None) -> list[Envelope]:
     """The ``referral.screened`` events now on the topic, of one referral if given."""
     events = [Envelope.from_bytes(r.value or b"") for r in await read_topic(kafka, "referral.screened")]
@@ -91,22 +85,6 @@ async def stored(db: Database, referral_id: uuid.UUID) -> list[AssessmentRow]:
 async def outbox_rows(db: Database) -> int:
     async with db.session() as session:
         return int((await session.execute(select(func.count()).select_from(OutboxRecord))).scalar_one())
-
-
-async def consumed(kafka: KafkaSettings, group: str, topic: str) -> bool:
-    """Whether ``group`` has committed every record now on ``topic``: proof it handled them all."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        name = kafka.topic(topic)
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-        ends = await consumer.end_offsets(tps)
-        return all([(await consumer.committed(tp) or 0) >= ends[tp] for tp in tps])
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture

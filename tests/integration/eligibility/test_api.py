@@ -14,10 +14,11 @@ from services.eligibility.config import EligibilitySettings
 from shared.auth import Scope
 from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer
 from shared.settings import KafkaSettings
-from tests.integration.eligibility.conftest import CLINIC, clinical, consumed, publish, referral, site
+from tests.integration.eligibility.conftest import CLINIC, clinical, referral, site
 from tests.support.auth import Issuer
-from tests.support.kafka import eventually
+from tests.support.kafka import publish, wait_consumed
 from tests.support.servers import serve_app
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -164,10 +165,7 @@ async def test_a_late_decline_still_ends_access_and_an_older_routing_never_grant
     await until_status(http, api, rid, bos, 200)
     await publish(kafka, routed(rid, "NYC1", rank=1))  # the older routing, arriving last
 
-    async def all_consumed() -> bool:
-        return await consumed(kafka, api_settings.consumer_group, "referral.routed")
-
-    await eventually(all_consumed, what="every routing consumed")
+    await wait_consumed(kafka, api_settings.consumer_group, "referral.routed")
     assert (await read(http, api, rid, nyc)).status_code == 404
     assert (await read(http, api, rid, bos)).status_code == 200
 

@@ -19,7 +19,7 @@ from tests.integration.intake.conftest import (
     bearer,
     referral_body,
 )
-from tests.support.kafka import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

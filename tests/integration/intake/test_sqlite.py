@@ -21,7 +21,7 @@ from tests.integration.intake.conftest import (
     running_intake,
 )
 from tests.support.auth import Issuer
-from tests.support.kafka import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

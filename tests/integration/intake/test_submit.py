@@ -21,7 +21,8 @@ from tests.integration.intake.conftest import (
     bearer,
     referral_body,
 )
-from tests.support.kafka import eventually, read_topic
+from tests.support.kafka import read_topic
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,6 @@ order of arrival, and the status is the latest that applies."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,8 @@ import pytest
 
 from tests.integration.intake import events
 from tests.integration.intake.conftest import RunningIntake, StartIntake, Tokens, bearer, referral_body
-from tests.support.kafka import eventually, read_topic
+from tests.support.kafka import read_topic, wait_consumed
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -172,10 +172,12 @@ async def test_a_burst_of_events_for_several_referrals_is_folded_once_per_referr
             ]
         for envelope in [*reversed(burst), burst[0]]:  # newest first, and one redelivered
             await events.publish(api.kafka, envelope)
-        async with start_intake(frozenset({"consumer"}), kafka=api.kafka):
+        async with start_intake(frozenset({"consumer"}), kafka=api.kafka) as consumer:
             for rid in rids:
                 await until_entries(api, http, token, rid, 5)
-            await asyncio.sleep(0.5)  # time for the redelivered copy, had it been recorded again
+            # Every copy handled, the redelivered one too: had it been recorded again, it is now.
+            topics = ("referral.screened", "referral.routed", "referral.notified")
+            await wait_consumed(api.kafka, consumer.settings.consumer_group, *topics)
             views = [await view(api, http, token, rid) for rid in rids]
 
     for seen in views:

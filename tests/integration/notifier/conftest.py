@@ -29,15 +29,18 @@ from shared.app import create_app as create_service_app
 from shared.auth import Principal, Scope, TokenValidator, require
 from shared.db import Database
 from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer, SiteRef
+from shared.outbox import backlog
 from shared.settings import KafkaSettings
 from tests.support.auth import Issuer, http, issuer
-from tests.support.kafka import eventually, produce, read_topic
+from tests.support.kafka import publish, topic_has, wait_consumed
 from tests.support.servers import serve_app
 from tests.support.smtp import SmtpServer, smtp_server
+from tests.support.waiting import eventually
 
 __all__ = ["http", "issuer", "smtp_server"]  # fixtures
 
 NOTIFIER_CLIENT = "notifier"
+CONSUMER_GROUP = "trialroute-notifier"  # the notifier's default, which these tests keep
 
 # The patient of trial/referral.md: none of this may appear in a site's email.
 PATIENT = {
@@ -236,6 +239,17 @@ class Stack:
     async def topic_has(self, topic: str, count: int) -> bool:
         return await topic_has(self.kafka, topic, count)
 
+    async def quiet(self, database_url: str | None = None) -> None:
+        """The marker before asserting that nothing more happened: every ``referral.routed`` published
+        so far handled (the notifier's group committed it) and every event the notifier recorded
+        published (its outbox drained). Pending emails are the test's own wait (``settled``)."""
+        await wait_consumed(self.kafka, CONSUMER_GROUP, "referral.routed")
+        db = Database(database_url or self.database_url)
+        try:
+            await eventually(lambda: _drained(db), what="the notifier's outbox to drain")
+        finally:
+            await db.dispose()
+
 
 @pytest.fixture
 def stack(
@@ -284,11 +298,6 @@ def site_decided(referral_id: uuid.UUID, decision: str, reason: str | None = Non
     )
 
 
-async def publish(kafka: KafkaSettings, envelope: Envelope, times: int = 1) -> None:
-    for _ in range(times):
-        await produce(kafka, envelope.type, envelope.to_bytes(), str(envelope.referral_id).encode())
-
-
 async def notifications(database_url: str, referral_id: uuid.UUID | None = None) -> list[Notification]:
     db = Database(database_url)
     try:
@@ -320,9 +329,8 @@ async def settled(
     return result
 
 
-async def topic_has(kafka: KafkaSettings, topic: str, count: int) -> bool:
-    """At least ``count`` records on ``topic`` (this test's prefix)."""
-    return len(await read_topic(kafka, topic)) >= count
+async def _drained(db: Database) -> bool:
+    return await backlog(db) == 0
 
 
 def assert_each_email_once(smtp: SmtpServer, expected: int) -> None:

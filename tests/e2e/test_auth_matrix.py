@@ -31,8 +31,9 @@ from shared.auth import Scope, bearer_scheme
 from shared.problems import PROBLEM_JSON
 from shared.settings import OAuthSettings
 from tests.support.auth import Issuer
+from tests.support.builders import sample_referral
 from tests.support.servers import serve_app
-from tests.support.system import Client, sample_referral
+from tests.support.system import Client
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e

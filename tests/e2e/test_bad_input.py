@@ -42,7 +42,8 @@ from shared.events import EVENT_TYPES
 from shared.kafka import new_producer
 from shared.problems import PROBLEM_JSON
 from tests.support.auth import Issuer
-from tests.support.system import Client, consumer_group, sample_referral
+from tests.support.builders import sample_referral
+from tests.support.system import Client, consumer_group
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e

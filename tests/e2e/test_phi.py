@@ -28,7 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.devstack.stack import Stack
 from shared.events import DEAD_LETTER_SUFFIX
 from shared.settings import KafkaSettings
-from tests.support.system import Client, sample_referral
+from tests.support.builders import sample_referral
+from tests.support.system import Client
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e

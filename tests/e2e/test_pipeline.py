@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from services.devstack.stack import Stack
-from tests.support.system import Client, sample_referral
+from tests.support.builders import sample_referral
+from tests.support.system import Client
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e

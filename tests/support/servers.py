@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from tests.support.waiting import eventually
+
 
 class _InProcessServer(uvicorn.Server):
     """A uvicorn server that leaves the test runner's signal handlers alone."""
@@ -59,13 +61,15 @@ async def serve_app(
             raise RuntimeError("the app failed to start (see its log)") from exc
 
     task = asyncio.create_task(serve(), name="uvicorn")
+
+    async def started() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it started")
+        return server.started
+
     try:
-        async with asyncio.timeout(startup_timeout_s):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the server stopped before it started")
-                await asyncio.sleep(0.01)
+        await eventually(started, within=startup_timeout_s, interval=0.01, what="the app to start")
         yield url_of(sock)
     finally:
         await _stop(server, task)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date
 from typing import Any
 
 import pytest
@@ -19,20 +17,12 @@ from services.eligibility.config import EligibilitySettings
 from services.eligibility.store import AssessmentRow
 from shared.app import Role, ServiceSpec
 from shared.db import Database
-from shared.events import Envelope, ReferralAmended, ReferralSubmitted, Referrer, SiteRef
+from shared.events import Envelope
 from shared.kafka import all_topics
 from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
+from tests.support.builders import CLINIC, clinical, submitted, wrap
 from tests.support.kafka import read_topic
-from tests.unit.eligibility.test_referral import EXAMPLE
-
-DAY = date(2026, 11, 10)
-CLINIC = "clinic-a"
-
-
-def clinical(**changes: Any) -> dict[str, Any]:
-    """The example referral's clinical block with top-level fields replaced."""
-    return {**copy.deepcopy(EXAMPLE["clinical"]), **changes}
 
 
 def referral(
@@ -45,23 +35,13 @@ def referral(
     trace: str | None = None,
 ) -> Envelope:
     """A ``referral.submitted`` (revision 1) or ``referral.amended`` envelope, as intake sends it."""
-    model = ReferralSubmitted if revision == 1 else ReferralAmended
-    data = model(
-        clinic_id=clinic_id,
+    data = submitted(
         revision=revision,
-        referral_day=DAY,
+        clinic_id=clinic_id,
         age_years=age,
-        postal_code="10021",
-        country="US",
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org"),
         clinical=block if block is not None else clinical(),
     )
-    return Envelope.wrap(data, producer="intake", referral_id=referral_id, trace=trace)
-
-
-def site(code: str) -> SiteRef:
-    return SiteRef(code=code, name=f"Site {code}", city="New York", coordinator_email=f"{code}@site.example")
+    return wrap(data, referral_id, trace=trace)
 
 
 async def screened(kafka: KafkaSettings, referral_id: uuid.UUID | None = None) -> list[Envelope]:

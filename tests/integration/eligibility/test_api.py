@@ -12,10 +12,12 @@ import pytest
 from services.eligibility.bootstrap import create_app
 from services.eligibility.config import EligibilitySettings
 from shared.auth import Scope
-from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer
+from shared.events import Envelope
 from shared.settings import KafkaSettings
-from tests.integration.eligibility.conftest import CLINIC, clinical, referral, site
+from tests.integration.eligibility.conftest import referral
+from tests.support import builders
 from tests.support.auth import Issuer
+from tests.support.builders import CLINIC, clinical, site, wrap
 from tests.support.kafka import publish, wait_consumed
 from tests.support.servers import serve_app
 from tests.support.waiting import eventually
@@ -78,23 +80,11 @@ async def until_status(
 
 
 def routed(rid: uuid.UUID, code: str, rank: int) -> Envelope:
-    data = ReferralRouted(
-        clinic_id=CLINIC,
-        revision=1,
-        site=site(code),
-        distance_km=4.2 * rank,
-        rank=rank,
-        decision="eligible",
-        criteria_to_confirm=[],
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org"),
-    )
-    return Envelope.wrap(data, producer="site_router", referral_id=rid)
+    return wrap(builders.routed(site=site(code), distance_km=4.2 * rank, rank=rank), rid)
 
 
 def declined(rid: uuid.UUID, code: str) -> Envelope:
-    data = ReferralSiteDecided(clinic_id=CLINIC, site_code=code, decision="declined", reason="full")
-    return Envelope.wrap(data, producer="site_router", referral_id=rid)
+    return wrap(builders.site_decided("declined", site_code=code, reason="full"), rid)
 
 
 async def test_the_referring_clinic_reads_its_assessment_and_no_other_clinic_does(

@@ -14,14 +14,13 @@ from shared.app import ServiceSpec
 from shared.events import ReferralScreened
 from shared.settings import KafkaSettings
 from tests.integration.eligibility.conftest import (
-    CLINIC,
-    clinical,
     dead_letters,
     outbox_rows,
     referral,
     screened,
     stored,
 )
+from tests.support.builders import CLINIC, clinical
 from tests.support.kafka import produce, publish, read_topic, wait_consumed
 from tests.support.waiting import eventually
 

@@ -20,6 +20,7 @@ from shared.db import Database
 from shared.events import Envelope, ReferralWithdrawn
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
 from shared.settings import KafkaSettings
+from tests.support import builders
 from tests.support.kafka import produce, read_topic, wait_consumed
 from tests.support.waiting import eventually
 
@@ -48,11 +49,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 
 def withdrawn(referral_id: uuid.UUID | None = None, reason: str = "test") -> Envelope:
-    return Envelope.wrap(
-        ReferralWithdrawn(clinic_id="clinic-a", reason=reason),
-        producer="test",
-        referral_id=referral_id or uuid.uuid4(),
-    )
+    return builders.wrap(builders.withdrawn(reason=reason), referral_id, producer="test")
 
 
 async def record_handling(session: AsyncSession, envelope: Envelope, data: ReferralWithdrawn) -> None:

@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
-from shared.events import Envelope, ReferralWithdrawn
+from shared.events import Envelope
 from shared.settings import KafkaSettings
 from tests.integration.site_router.conftest import RouterKit, ServeRouter, screening
+from tests.support.builders import withdrawn, wrap
 from tests.support.kafka import on_topic, publish, read_topic, topic_has
 from tests.support.waiting import eventually
 
@@ -23,7 +24,7 @@ async def test_screened_event_becomes_routed_event_on_the_topic(
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     group = f"test-{uuid.uuid4().hex[:8]}"
     async with serve_router(roles=frozenset({"consumer", "relay"}), kafka=kafka, consumer_group=group):
-        first = Envelope.wrap(screening(), producer="eligibility", referral_id=routed_id, trace=trace)
+        first = wrap(screening(), routed_id, trace=trace)
         await publish(kafka, first)
         await publish(kafka, first)  # redelivered: handled once
         await eventually(lambda: topic_has(kafka, "referral.routed", 1), what="referral.routed on the topic")
@@ -34,8 +35,8 @@ async def test_screened_event_becomes_routed_event_on_the_topic(
         assert routed.data["criteria_to_confirm"] == ["ecog"]
 
         unknown = screening(postal_code="00000")
-        await publish(kafka, Envelope.wrap(unknown, producer="eligibility", referral_id=unknown_id))
-        await publish(kafka, Envelope.wrap(screening(), producer="eligibility", referral_id=waiting_id))
+        await publish(kafka, wrap(unknown, unknown_id))
+        await publish(kafka, wrap(screening(), waiting_id))
         await eventually(lambda: topic_has(kafka, "referral.unroutable", 1), what="referral.unroutable")
         await eventually(lambda: topic_has(kafka, "referral.waitlisted", 1), what="referral.waitlisted")
         [unroutable] = await on_topic(kafka, "referral.unroutable")
@@ -44,8 +45,7 @@ async def test_screened_event_becomes_routed_event_on_the_topic(
         [waitlisted] = await on_topic(kafka, "referral.waitlisted")
         assert waitlisted.referral_id == waiting_id
 
-        withdrawal = ReferralWithdrawn(clinic_id="C1", reason="patient moved")
-        await publish(kafka, Envelope.wrap(withdrawal, producer="intake", referral_id=routed_id))
+        await publish(kafka, wrap(withdrawn(clinic_id="C1", reason="patient moved"), routed_id))
         await eventually(lambda: topic_has(kafka, "referral.routed", 2), what="the freed slot to be taken")
         records = await read_topic(
             kafka, "referral.routed"

@@ -7,7 +7,7 @@
         await smtp.wait_for(lambda got: len(got) >= 3)
         smtp.by_message_id()                      # {Message-ID: [every copy received]}
         smtp.connections()                        # how many client connections carried those messages
-        smtp.closed_connections()                 # how many client connections have ended
+        smtp.all_ended()                          # every connection that carried those has ended
     SmtpServer(idle_timeout=0.5)                  # hangs up on a client idle that long, as servers do
 
 The server runs in aiosmtpd's own thread and event loop, so it answers while the test's loop waits.
@@ -68,7 +68,7 @@ class _Capture:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[Received] = []
-        self.closed = 0  # connections ended, by either side
+        self.ended: set[tuple[str, int]] = set()  # client addresses of connections that ended
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content or envelope.content
@@ -86,16 +86,17 @@ class _Capture:
 
 
 class _CountingSMTP(SMTP):
-    """aiosmtpd's server protocol, counting the connections that ended (say, hung up on when idle)."""
+    """aiosmtpd's server protocol, noting the connections that ended (say, hung up on when idle)."""
 
     def __init__(self, handler: _Capture, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._counts = handler
 
     def connection_lost(self, error: Exception | None) -> None:
+        peer = tuple(self.session.peer) if self.session else ("", 0)
         super().connection_lost(error)
         with self._counts.lock:
-            self._counts.closed += 1
+            self._counts.ended.add(peer)  # type: ignore[arg-type]
 
 
 class _Controller(Controller):
@@ -163,10 +164,11 @@ class SmtpServer:
         """How many SMTP connections the messages received so far came over."""
         return len({m.connection for m in self.messages})
 
-    def closed_connections(self) -> int:
-        """How many client connections have ended so far, closed by the client or hung up on."""
+    def all_ended(self) -> bool:
+        """Whether every connection that carried a message so far has ended (closed by the client, or
+        hung up on); connections that carried none, like the controller's own start-up probe, aside."""
         with self._capture.lock:
-            return self._capture.closed
+            return {m.connection for m in self._capture.messages} <= self._capture.ended
 
     def to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address in m.rcpt_tos]

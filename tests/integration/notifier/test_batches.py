@@ -105,7 +105,7 @@ async def test_a_connection_the_server_hung_up_on_is_replaced_without_losing_or_
 
 
 async def _hung_up(smtp: SmtpServer) -> bool:
-    return smtp.closed_connections() >= 1
+    return smtp.all_ended()
 
 
 class LeaseTakingMailer(Mailer):

@@ -18,7 +18,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
@@ -46,10 +45,10 @@ from services.devstack.processes import ServiceProcess, trialroute_argv
 from services.devstack.stack import free_port
 from services.eligibility.store import TABLES
 from shared.db import Database
-from shared.events import Envelope, ReferralSubmitted, Referrer
+from shared.events import Referrer
 from shared.kafka import delete_topics, ensure_topics, new_producer
 from shared.settings import KafkaSettings
-from tests.support.system import sample_referral
+from tests.support.builders import sample_referral, submitted, wrap
 
 
 def submitted_events(count: int) -> list[tuple[bytes, bytes]]:
@@ -58,20 +57,16 @@ def submitted_events(count: int) -> list[tuple[bytes, bytes]]:
     today = date.today()
     for _ in range(count):
         body = sample_referral()
-        referral_id = uuid.uuid4()
-        data = ReferralSubmitted(
+        data = submitted(
             clinic_id="bench-clinic",
-            revision=1,
             referral_day=today,
-            age_years=58,
             postal_code=body["patient"]["postal_code"],
             country=body["patient"]["country"],
-            consent_to_contact=True,
             referrer=Referrer(**body["referrer"]),
             clinical=body["clinical"],
         )
-        envelope = Envelope.wrap(data, producer="intake", referral_id=referral_id)
-        records.append((str(referral_id).encode(), envelope.model_dump_json().encode()))
+        envelope = wrap(data)
+        records.append((str(envelope.referral_id).encode(), envelope.model_dump_json().encode()))
     return records
 
 

@@ -57,7 +57,8 @@ from services.devstack.processes import trialroute_argv
 from services.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, free_port, site_codes
 from shared.kafka import delete_topics
 from shared.settings import KafkaSettings
-from tests.support.system import own_consumer_groups, sample_referral
+from tests.support.builders import sample_referral
+from tests.support.system import own_consumer_groups
 
 POSTAL_CODES = ("10021", "02215", "33612", "77030", "60611", "94143", "98109", "80045")
 SITE_DOMAIN = "@sites.example.org"

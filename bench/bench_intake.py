@@ -50,7 +50,7 @@ from services.devstack.stack import Stack, StackConfig, free_port
 from shared.auth import Scope
 from shared.db import Database
 from shared.settings import KafkaSettings
-from tests.support.system import sample_referral
+from tests.support.builders import sample_referral
 
 CLINIC = "bench-clinic"
 MAX_IN_FLIGHT = 64

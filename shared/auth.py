@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import warnings
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -348,9 +348,11 @@ class ServiceTokenSource(httpx.Auth):
         *,
         refresh_margin_s: int = 30,
         timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.audience = audience
         self.refresh_margin_s = refresh_margin_s
+        self.clock = clock
         self._client = AsyncOAuth2Client(
             client_id=client_id,
             client_secret=client_secret,
@@ -369,7 +371,7 @@ class ServiceTokenSource(httpx.Auth):
             current = self._client.token
             refused = current is not None and replacing is not None and current["access_token"] == replacing
             # No `expires_in` from the issuer: keep the token until a callee answers 401.
-            if renew or refused or current is None or current.is_expired(leeway=self.refresh_margin_s):
+            if renew or refused or current is None or self._expiring(current):
                 try:
                     # `audience` is what Auth0 expects and services/auth accepts (it also takes RFC 8707
                     # `resource`); Keycloak ignores it and sets `aud` through client scope mappers.
@@ -382,6 +384,11 @@ class ServiceTokenSource(httpx.Auth):
             if not token or not token.get("access_token"):
                 raise ServiceTokenError("the token endpoint returned no access token")
             return str(token["access_token"])
+
+    def _expiring(self, token: Mapping[str, Any]) -> bool:
+        """Within the refresh margin of its ``expires_at`` (authlib's ``is_expired``, on ``clock``)."""
+        expires_at = token.get("expires_at")
+        return isinstance(expires_at, int) and expires_at - self.refresh_margin_s < self.clock()
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         token = await self.token()

@@ -6,6 +6,9 @@ The auth service has one role, the API: it consumes and publishes no events, so 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from services.auth import api
@@ -29,9 +32,12 @@ def load_settings() -> AuthSettings:
     return AuthSettings()
 
 
-def build(settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
+def build(
+    settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES, *, clock: Callable[[], float] = time.time
+) -> ServiceSpec:
+    """``clock`` (epoch seconds) decides which keys sign and are published: tests move it forward."""
     db = Database(settings.database_url)
-    keyring = KeyRing(db, settings)
+    keyring = KeyRing(db, settings, clock=clock)
     throttle = LoginThrottle(
         by_client=SlidingWindowThrottle(settings.throttle_client_failures, settings.throttle_window_s),
         by_address=SlidingWindowThrottle(settings.throttle_address_failures, settings.throttle_window_s),
@@ -60,5 +66,10 @@ def build(settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES) -> Service
     )
 
 
-def create_app(settings: AuthSettings | None = None, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
-    return create_service_app(build(settings or load_settings(), roles))
+def create_app(
+    settings: AuthSettings | None = None,
+    roles: frozenset[Role] = ALL_ROLES,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    return create_service_app(build(settings or load_settings(), roles, clock=clock))

@@ -31,8 +31,10 @@ from shared.auth import Scope, bearer_scheme
 from shared.problems import PROBLEM_JSON
 from shared.settings import OAuthSettings
 from tests.support.auth import Issuer
+from tests.support.builders import sample_referral
 from tests.support.servers import serve_app
-from tests.support.system import Client, sample_referral, wait_for
+from tests.support.system import Client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -168,7 +170,7 @@ async def referral(system: Stack, clinic: Client) -> AsyncIterator[tuple[str, st
             body = current.json()
             return body if body["status"] == "notified" else None
 
-        routed = await wait_for(notified, what="the matrix's referral to be notified")
+        routed = await eventually(notified, within=60, what="the matrix's referral to be notified")
         yield rid, routed["site"]["code"]
         await http.post(f"{base}/{rid}/withdraw", json={}, headers=await clinic.headers(http, "intake"))
 
@@ -310,6 +312,7 @@ async def test_an_expired_token_is_401(
         int(system.service_env(s).get("OAUTH_LEEWAY_S", OAuthSettings.model_fields["leeway_s"].default))
         for s in RESOURCE_SERVERS
     )
+    # The services are separate processes on the real clock: waiting out the token's life is the test.
     await asyncio.sleep(max(0.0, expiring.expires_at + leeway + 1 - time.time()))
     await expect_everywhere(system, operations, lambda op: expiring.tokens[op.service], 401)
 
@@ -367,11 +370,14 @@ def minimal_case(op: Operation, path_parameters: dict[str, Any] | None = None) -
 async def answers_200(case: Case, base_url: str, token: str, within: float = 20) -> bool:
     """Whether the call answers 200 within ``within`` s (a site reads an assessment only once
     eligibility has consumed the routing)."""
-    deadline = time.monotonic() + within
-    while (await call(case, base_url, token)).status_code != 200:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.25)
+
+    async def ok() -> bool:
+        return (await call(case, base_url, token)).status_code == 200
+
+    try:
+        await eventually(ok, within=within, interval=0.25, what="200")
+    except AssertionError:
+        return False
     return True
 
 

@@ -41,7 +41,9 @@ from shared.events import EVENT_TYPES
 from shared.kafka import new_producer
 from shared.problems import PROBLEM_JSON
 from tests.support.auth import Issuer
-from tests.support.system import Client, consumer_group, sample_referral, wait_for
+from tests.support.builders import sample_referral
+from tests.support.system import Client, consumer_group
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -158,7 +160,7 @@ class Fuzzer:
                 current = (await self.http.get(f"{url}/{rid}", headers=headers)).json()
                 return current if current["status"] == "notified" else None
 
-            current = await wait_for(notified, what="the fuzzing referral to be notified")
+            current = await eventually(notified, within=60, what="the fuzzing referral to be notified")
             self.referrals[name] = (rid, current["site"]["code"])
         return self.referrals[name]
 
@@ -511,7 +513,7 @@ async def expect_dead_letters(system: Stack, groups: dict[str, list[str]], writt
         return set(expected) <= set(letters)
 
     try:
-        await wait_for(all_letters, within=90, what="a dead letter per poison record and consumer group")
+        await eventually(all_letters, within=90, what="a dead letter per poison record and consumer group")
     except AssertionError:
         missing = [
             f"{w.topic}[{w.partition}]@{w.offset} {w.kind!r} for {key[3]}"
@@ -581,7 +583,7 @@ class Journeys:
         async def released() -> bool:
             return withdrawn not in (await self.http.get(queue, headers=other_headers)).text
 
-        await wait_for(released, what="the site router to handle the withdrawal")
+        await eventually(released, within=60, what="the site router to handle the withdrawal")
         await self.post(f"{queue}/{kept}/close", {"enrolled": False}, site_headers)  # frees the slot
 
     async def poison(self, rid: str, *topics: str) -> None:
@@ -606,4 +608,4 @@ class Journeys:
             ).json()
             return current if done(current) else None
 
-        return dict(await wait_for(check, what=f"{rid} past the poison"))
+        return dict(await eventually(check, within=60, what=f"{rid} past the poison"))

@@ -28,7 +28,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.devstack.stack import Stack
 from shared.events import DEAD_LETTER_SUFFIX
 from shared.settings import KafkaSettings
-from tests.support.system import Client, sample_referral, wait_for
+from tests.support.builders import sample_referral
+from tests.support.system import Client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +93,7 @@ async def test_no_patient_identity_in_any_log_or_topic(
         views = [await view(web, system, clinic, rid) for rid in referrals]
         return all(v["status"] == "notified" and len(v["notifications"]) == 3 for v in views)
 
-    await wait_for(all_emailed, what="every test patient's three emails")
+    await eventually(all_emailed, within=60, what="every test patient's three emails")
     await amend(web, system, clinic, referrals[0])
     for rid in referrals:  # also frees the sites' slots for the tests after this one
         response = await web.post(
@@ -158,7 +160,7 @@ async def amend(web: httpx.AsyncClient, system: Stack, clinic: Client, rid: str)
         decision = (await view(web, system, clinic, rid))["decision"]
         return bool(decision) and decision["revision"] == current["revision"] + 1
 
-    await wait_for(rescreened, what="the amendment to be screened")
+    await eventually(rescreened, within=60, what="the amendment to be screened")
 
 
 def places(system: Stack) -> Iterator[tuple[str, bytes]]:

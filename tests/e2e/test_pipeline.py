@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from services.devstack.stack import Stack
-from tests.support.system import Client, sample_referral, wait_for
+from tests.support.builders import sample_referral
+from tests.support.system import Client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +44,7 @@ async def until_status(
         current = await view(web, system, clinic, referral_id)
         return current if current["status"] in statuses else None
 
-    return dict(await wait_for(check, within=within, what=f"{referral_id} to reach {statuses}"))
+    return dict(await eventually(check, within=within, what=f"{referral_id} to reach {statuses}"))
 
 
 async def mail(web: httpx.AsyncClient, system: Stack) -> list[dict[str, Any]]:
@@ -84,7 +86,9 @@ async def test_a_referral_reaches_both_emails_and_the_timeline_shows_every_step(
         ours = [m for m in await mail(web, system) if rid in str(m["subject"]) or _to(m, body)]
         return ours if len(ours) >= 3 else None
 
-    messages = await wait_for(three_emails, what="the site's, the patient's and the referrer's emails")
+    messages = await eventually(
+        three_emails, within=60, what="the site's, the patient's and the referrer's emails"
+    )
     current = await until_status(web, system, clinic, rid, "notified")
     site_email = current["site"] and current["site"]["code"]
     assert site_email, "a notified referral names its site"
@@ -106,7 +110,7 @@ async def test_a_referral_reaches_both_emails_and_the_timeline_shows_every_step(
         return latest if len(latest["notifications"]) == 3 else None
 
     # The status turns "notified" with the first referral.notified; the other two arrive on their own.
-    current = await wait_for(all_three_recorded, what="intake to record the three emails")
+    current = await eventually(all_three_recorded, within=60, what="intake to record the three emails")
     assert {n["recipient_role"] for n in current["notifications"]} == {"site", "patient", "referrer"}
 
 
@@ -135,7 +139,7 @@ async def test_a_declined_referral_moves_to_the_next_nearest_site(
         site = current["site"]
         return current if site and site["code"] != first["code"] else None
 
-    current = await wait_for(rerouted, what="routing to the next site")
+    current = await eventually(rerouted, within=60, what="routing to the next site")
     assert current["site"]["rank"] == first["rank"] + 1
     assert current["site"]["distance_km"] >= first["distance_km"]
     assert "declined" in [item["status"] for item in current["timeline"]]
@@ -182,7 +186,7 @@ async def test_a_withdrawal_frees_the_slot(
     async def freed() -> bool:
         return (await sites(web, system, ops))[site["code"]]["open_count"] == held - 1
 
-    await wait_for(freed, what="the site's slot to free")
+    await eventually(freed, within=60, what="the site's slot to free")
     assert (await view(web, system, clinic, rid))["status"] == "withdrawn"
 
 
@@ -196,7 +200,7 @@ async def test_an_amended_needs_review_referral_is_screened_again_and_routed(
         current = await view(web, system, clinic, rid)
         return current if current["decision"] else None
 
-    first = await wait_for(screened, what="the first screening")
+    first = await eventually(screened, within=60, what="the first screening")
     assert first["decision"]["decision"] == "needs_review"
     clinical = {**body["clinical"], "cd123": {"positive": True, "method": "flow_cytometry"}}
     response = await web.post(
@@ -212,7 +216,7 @@ async def test_an_amended_needs_review_referral_is_screened_again_and_routed(
         routed = current["site"] is not None and current["status"] in ("routed", "notified")
         return current if decision and decision["revision"] == 2 and routed else None
 
-    current = await wait_for(rescreened, what="the amendment to be screened and routed")
+    current = await eventually(rescreened, within=60, what="the amendment to be screened and routed")
     assert current["decision"]["decision"] == "eligible"
 
 

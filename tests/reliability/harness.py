@@ -23,7 +23,8 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from services.devstack.stack import Stack
-from tests.support.system import Client, sample_referral
+from tests.support.builders import sample_referral
+from tests.support.system import Client
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = ("site", "patient", "referrer")
@@ -165,6 +166,7 @@ class Load:
     async def run(self) -> None:
         tasks = []
         for submission in self.submissions:
+            # The load's arrival rate: submissions are spread in time on purpose.
             await asyncio.sleep(max(0.0, submission.index / self.rate_per_s - self.clock.now()))
             tasks.append(asyncio.create_task(self._submit(submission)))
         await asyncio.gather(*tasks)
@@ -180,7 +182,7 @@ class Load:
                     url, json=submission.body, headers={**headers, "Idempotency-Key": submission.key}
                 )
             except httpx.HTTPError:  # a service down (intake, or auth for a new token), or a timeout
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # a client's back-off, part of the load
                 continue
             if response.is_success:
                 submission.referral_id = str(response.json()["id"])
@@ -274,7 +276,7 @@ async def run_faults(faults: list[Fault], watch: Watch, load: Load, *, gap_s: fl
     """Each fault in turn, ``gap_s`` apart, while the load and the watch go on."""
     records = []
     for fault in faults:
-        await asyncio.sleep(gap_s)
+        await asyncio.sleep(gap_s)  # the spacing of faults under load, part of the scenario
         started, accepted = watch.clock.now(), len(load.accepted)
         watch.expected_down.update(fault.down)
         try:

@@ -62,7 +62,7 @@ def faults(system: Stack, servers: LocalServers) -> list[Fault]:
     def smtp_outage() -> None:
         mailbox = system.processes["mailbox"]
         mailbox.stop()
-        time.sleep(SMTP_DOWN_S)
+        time.sleep(SMTP_DOWN_S)  # the fault itself: the mailbox stays down this long
         mailbox.start()
         mailbox.wait_healthy()
 

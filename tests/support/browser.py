@@ -19,12 +19,13 @@ import contextlib
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from tests.support.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -99,14 +100,7 @@ class Browser:
 
     async def wait_for(self, probe: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
         """Poll until ``probe`` returns something truthy; its last value in the error otherwise."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = await probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"still {value!r} after {timeout_s}s")
-            await asyncio.sleep(0.05)
+        return await eventually(probe, within=timeout_s, interval=0.05, what="the page")
 
 
 def _free_port() -> int:
@@ -126,14 +120,15 @@ async def open_browser(startup_timeout_s: float = 20.0) -> AsyncIterator[Browser
     # trust_env=False: a proxy from the environment must never see loopback WebDriver traffic.
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, trust_env=False)
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/status")).json()["value"]["ready"]:
-                    break
-            if driver.returncode is not None or time.monotonic() > deadline:
+
+        async def ready() -> bool:
+            if driver.returncode is not None:
                 raise WebDriverError(f"chromedriver did not start (exit code {driver.returncode})")
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(httpx.TransportError):
+                return bool((await http.get("/status")).json()["value"]["ready"])
+            return False
+
+        await eventually(ready, within=startup_timeout_s, interval=0.05, what="chromedriver to start")
         options = {"binary": CHROMIUM, "args": [*CHROME_ARGS, f"--user-data-dir={profile}"]}
         capabilities = {"browserName": "chrome", "goog:chromeOptions": options}
         created = await http.post("/session", json={"capabilities": {"alwaysMatch": capabilities}})

@@ -23,6 +23,7 @@ from shared.auth import TokenValidator
 from shared.db import Database
 from shared.deps import ServiceState
 from shared.settings import ServiceSettings
+from tests.support.waiting import eventually
 
 
 def checking_tokens(validator: TokenValidator) -> ServiceState:
@@ -71,13 +72,15 @@ async def serve_app(
             raise RuntimeError("the app failed to start (see its log)") from exc
 
     task = asyncio.create_task(serve(), name="uvicorn")
+
+    async def started() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it started")
+        return server.started
+
     try:
-        async with asyncio.timeout(startup_timeout_s):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the server stopped before it started")
-                await asyncio.sleep(0.01)
+        await eventually(started, within=startup_timeout_s, interval=0.01, what="the app to start")
         yield url_of(sock)
     finally:
         await _stop(server, task)

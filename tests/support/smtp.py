@@ -7,6 +7,7 @@
         await smtp.wait_for(lambda got: len(got) >= 3)
         smtp.by_message_id()                      # {Message-ID: [every copy received]}
         smtp.connections()                        # how many client connections carried those messages
+        smtp.all_ended()                          # every connection that carried those has ended
     SmtpServer(idle_timeout=0.5)                  # hangs up on a client idle that long, as servers do
 
 The server runs in aiosmtpd's own thread and event loop, so it answers while the test's loop waits.
@@ -14,10 +15,8 @@ The server runs in aiosmtpd's own thread and event loop, so it answers while the
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,10 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from tests.support.waiting import eventually
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class _Capture:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[Received] = []
+        self.ended: set[tuple[str, int]] = set()  # client addresses of connections that ended
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content or envelope.content
@@ -79,6 +83,25 @@ class _Capture:
                 )
             )
         return "250 Message accepted for delivery"
+
+
+class _CountingSMTP(SMTP):
+    """aiosmtpd's server protocol, noting the connections that ended (say, hung up on when idle)."""
+
+    def __init__(self, handler: _Capture, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._counts = handler
+
+    def connection_lost(self, error: Exception | None) -> None:
+        peer = tuple(self.session.peer) if self.session else ("", 0)
+        super().connection_lost(error)
+        with self._counts.lock:
+            self._counts.ended.add(peer)  # type: ignore[arg-type]
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def _free_port(host: str) -> int:
@@ -106,18 +129,18 @@ class SmtpServer:
     def start(self) -> None:
         if self._controller is not None:
             return
-        controller = Controller(
+        controller = _Controller(
             self._capture, hostname=self.host, port=self.port, ready_timeout=10, timeout=self.idle_timeout
         )
-        deadline = time.monotonic() + 10
-        while True:  # the port may linger for a moment after a stop
-            try:
+        # The port may linger for a moment after a stop.
+        for attempt in Retrying(
+            stop=stop_after_delay(10),
+            wait=wait_fixed(0.1),
+            retry=retry_if_exception_type((OSError, RuntimeError)),
+            reraise=True,
+        ):
+            with attempt:
                 controller.start()
-                break
-            except (OSError, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         self._controller = controller
 
     def stop(self) -> None:
@@ -141,20 +164,25 @@ class SmtpServer:
         """How many SMTP connections the messages received so far came over."""
         return len({m.connection for m in self.messages})
 
+    def all_ended(self) -> bool:
+        """Whether every connection that carried a message so far has ended (closed by the client, or
+        hung up on); connections that carried none, like the controller's own start-up probe, aside."""
+        with self._capture.lock:
+            return {m.connection for m in self._capture.messages} <= self._capture.ended
+
     def to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address in m.rcpt_tos]
 
     async def wait_for(
         self, check: Callable[[list[Received]], bool], *, within: float = 30, what: str = "messages"
     ) -> list[Received]:
-        """Poll until ``check(messages)`` holds; fail with ``what`` when it never does."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+        """The messages received, once ``check(messages)`` holds; fail with ``what`` when it never does."""
+
+        async def received() -> list[Received] | None:
             got = self.messages
-            if check(got):
-                return got
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out after {within}s waiting for {what}; got {len(self.messages)}")
+            return got if check(got) else None
+
+        return await eventually(received, within=within, interval=0.05, what=what)
 
     def __enter__(self) -> SmtpServer:
         self.start()

@@ -7,14 +7,11 @@ and consumer groups; the mailbox process is the SMTP server and keeps every mess
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -22,7 +19,6 @@ from sqlalchemy.engine import make_url
 
 from services.devstack.stack import DEFAULT_PORTS, SERVICES, Stack, StackConfig, free_port
 from shared.kafka import delete_topics
-from shared.referral import EXAMPLE_REFERRAL
 from shared.settings import KafkaSettings
 
 TEST_ENV = {
@@ -133,35 +129,3 @@ class Client:
         current = self._tokens.get(audience)
         if current and refused.get("Authorization") == f"Bearer {current[0]}":
             del self._tokens[audience]
-
-
-def sample_referral(
-    *, postal_code: str = "10021", country: str = "US", email: str | None = None, **clinical: Any
-) -> dict[str, Any]:
-    """The contract's example referral with fresh dates, a unique patient and reference."""
-    tag = uuid.uuid4().hex[:10]
-    today = date.today()
-    body = copy.deepcopy(EXAMPLE_REFERRAL)
-    body["clinic_reference"] = f"E2E-{tag}"
-    body["patient"].update(
-        given_name=f"Given{tag}",
-        family_name=f"Family{tag}",
-        email=email or f"patient.{tag}@example.com",
-        postal_code=postal_code,
-        country=country,
-    )
-    body["referrer"].update(email=f"referrer.{tag}@clinic.example.org")
-    body["clinical"]["organ_function"]["assessed_on"] = (today - timedelta(days=3)).isoformat()
-    body["clinical"].update(clinical)
-    return body
-
-
-async def wait_for(check: Any, *, within: float = 60, what: str = "condition") -> Any:
-    """Poll an async ``check`` until it returns something truthy; return it."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")

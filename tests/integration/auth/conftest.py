@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,15 +18,15 @@ from tests.support.servers import loopback_socket, serve_app, url_of
 
 @pytest.fixture
 def start_auth(database_url: str) -> StartAuth:
-    """Start the auth service (settings overridable) on this test's database."""
+    """Start the auth service (settings overridable, its key ring on ``clock``) on this test's database."""
 
     @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[RunningAuth]:
+    async def start(clock: Callable[[], float] = time.time, **overrides: Any) -> AsyncIterator[RunningAuth]:
         sock = loopback_socket()
         settings = auth_settings(database_url, url_of(sock), **overrides)
         db = Database(database_url)
         try:
-            async with serve_app(create_app(settings), sock=sock) as url:
+            async with serve_app(create_app(settings, clock=clock), sock=sock) as url:
                 yield RunningAuth(url, settings, db)
         finally:
             await db.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import httpx
@@ -13,6 +12,7 @@ from services.auth import store
 from services.auth.keys import ensure_signing_key, rotate_signing_key
 from shared.auth import Scope, TokenValidator
 from tests.integration.auth.helpers import AUDIENCE, RunningAuth, StartAuth
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -46,32 +46,34 @@ async def test_old_tokens_stay_valid_and_new_ones_are_valid_at_once(
 
 
 async def test_a_new_key_is_published_before_it_signs(start_auth: StartAuth, http: httpx.AsyncClient) -> None:
-    async with start_auth(key_publish_delay_s=2) as auth:
+    clock = Clock()
+    async with start_auth(clock=clock, key_publish_delay_s=2) as auth:
         secret = await auth.register("clinic-1", READER, clinic_id="C1")
         old_kid = kid_of(await auth.token(http, "clinic-1", secret))
 
-        new_key = await rotate_signing_key(auth.db, auth.settings)
+        new_key = await rotate_signing_key(auth.db, auth.settings, now=clock.datetime())
         assert await published_kids(auth, http) == {old_kid, new_key.kid}, "published at once"
         assert kid_of(await auth.token(http, "clinic-1", secret)) == old_kid, "not signing yet"
 
-        await asyncio.sleep(2.2)
+        clock.advance(2.2)
         assert kid_of(await auth.token(http, "clinic-1", secret)) == new_key.kid
 
 
 async def test_an_old_key_leaves_the_jwks_once_its_tokens_have_expired(
     start_auth: StartAuth, http: httpx.AsyncClient
 ) -> None:
-    async with start_auth(token_lifetime_s=1, key_retire_leeway_s=0) as auth:
+    clock = Clock()
+    async with start_auth(clock=clock, token_lifetime_s=1, key_retire_leeway_s=0) as auth:
         secret = await auth.register("clinic-1", READER, clinic_id="C1")
         old_kid = kid_of(await auth.token(http, "clinic-1", secret))
-        new_key = await rotate_signing_key(auth.db, auth.settings)
+        new_key = await rotate_signing_key(auth.db, auth.settings, now=clock.datetime())
 
         async with auth.db.session() as session:
             old = next(row for row in await store.signing_keys(session) if row.kid == old_kid)
         assert old.schedule().retire_at == new_key.signs_from + auth.settings.token_lifetime_s * _SECOND
 
         assert old_kid in await published_kids(auth, http)
-        await asyncio.sleep(1.2)
+        clock.advance(1.2)
         assert await published_kids(auth, http) == {new_key.kid}
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from shared.auth import Scope, ServiceTokenError, ServiceTokenSource, TokenValidator
 from tests.integration.auth.helpers import AUDIENCE, RunningAuth, ServeResource, StartAuth
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -31,22 +30,25 @@ async def test_a_standard_oauth2_client_gets_a_token(
 async def test_service_token_source_caches_until_shortly_before_expiry(
     start_auth: StartAuth, http: httpx.AsyncClient
 ) -> None:
-    async with start_auth(token_lifetime_s=3) as auth:
+    clock = Clock()
+    async with start_auth(token_lifetime_s=300) as auth:
         secret = await auth.register("notifier", [Scope.CONTACT_READ], audiences=("site_router", AUDIENCE))
         source = ServiceTokenSource(
-            auth.oauth(), "notifier", secret, AUDIENCE, [Scope.CONTACT_READ], refresh_margin_s=2
+            auth.oauth(), "notifier", secret, AUDIENCE, [Scope.CONTACT_READ], refresh_margin_s=30, clock=clock
         )
         try:
-            first = await source.token()
+            refused = await source.token()
+            # A token a callee refused is replaced, once however many requests saw it refused.
+            first = await source.token(replacing=refused)
+            assert first != refused
+            assert await source.token(replacing=refused) == first
+
             assert await source.token() == first
-            await asyncio.sleep(1.2)  # now within the refresh margin of the 3 s lifetime
+            clock.advance(260)  # 40 s of its life left: kept
+            assert await source.token() == first
+            clock.advance(25)  # 15 s left: within the refresh margin
             renewed = await source.token()
             principal = await TokenValidator(auth.oauth(), AUDIENCE, http).validate(renewed)
-
-            # A token a callee refused is replaced, once however many requests saw it refused.
-            replacement = await source.token(replacing=renewed)
-            assert replacement != renewed
-            assert await source.token(replacing=renewed) == replacement
         finally:
             await source.aclose()
     assert renewed != first

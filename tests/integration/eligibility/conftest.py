@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 
@@ -20,20 +17,12 @@ from services.eligibility.config import EligibilitySettings
 from services.eligibility.store import AssessmentRow
 from shared.app import Role, ServiceSpec
 from shared.db import Database
-from shared.events import Envelope, ReferralAmended, ReferralSubmitted, Referrer, SiteRef
+from shared.events import Envelope
 from shared.kafka import all_topics
 from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
-from tests.support.kafka import produce, read_topic
-from tests.unit.eligibility.test_referral import EXAMPLE
-
-DAY = date(2026, 11, 10)
-CLINIC = "clinic-a"
-
-
-def clinical(**changes: Any) -> dict[str, Any]:
-    """The example referral's clinical block with top-level fields replaced."""
-    return {**copy.deepcopy(EXAMPLE["clinical"]), **changes}
+from tests.support.builders import CLINIC, clinical, submitted, wrap
+from tests.support.kafka import read_topic
 
 
 def referral(
@@ -46,28 +35,13 @@ def referral(
     trace: str | None = None,
 ) -> Envelope:
     """A ``referral.submitted`` (revision 1) or ``referral.amended`` envelope, as intake sends it."""
-    model = ReferralSubmitted if revision == 1 else ReferralAmended
-    data = model(
-        clinic_id=clinic_id,
+    data = submitted(
         revision=revision,
-        referral_day=DAY,
+        clinic_id=clinic_id,
         age_years=age,
-        postal_code="10021",
-        country="US",
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org"),
         clinical=block if block is not None else clinical(),
     )
-    return Envelope.wrap(data, producer="intake", referral_id=referral_id, trace=trace)
-
-
-def site(code: str) -> SiteRef:
-    return SiteRef(code=code, name=f"Site {code}", city="New York", coordinator_email=f"{code}@site.example")
-
-
-async def publish(kafka: KafkaSettings, envelope: Envelope) -> None:
-    """Onto the event's own (prefixed) topic, keyed by the referral id as every producer does."""
-    await produce(kafka, envelope.type, envelope.to_bytes(), str(envelope.referral_id).encode())
+    return wrap(data, referral_id, trace=trace)
 
 
 async def screened(kafka: KafkaSettings, referral_id: uuid.UUID | None = None) -> list[Envelope]:
@@ -91,22 +65,6 @@ async def stored(db: Database, referral_id: uuid.UUID) -> list[AssessmentRow]:
 async def outbox_rows(db: Database) -> int:
     async with db.session() as session:
         return int((await session.execute(select(func.count()).select_from(OutboxRecord))).scalar_one())
-
-
-async def consumed(kafka: KafkaSettings, group: str, topic: str) -> bool:
-    """Whether ``group`` has committed every record now on ``topic``: proof it handled them all."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        name = kafka.topic(topic)
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-        ends = await consumer.end_offsets(tps)
-        return all([(await consumer.committed(tp) or 0) >= ends[tp] for tp in tps])
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture

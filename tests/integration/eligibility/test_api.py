@@ -12,12 +12,15 @@ import pytest
 from services.eligibility.bootstrap import create_app
 from services.eligibility.config import EligibilitySettings
 from shared.auth import Scope
-from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer
+from shared.events import Envelope
 from shared.settings import KafkaSettings
-from tests.integration.eligibility.conftest import CLINIC, clinical, consumed, publish, referral, site
+from tests.integration.eligibility.conftest import referral
+from tests.support import builders
 from tests.support.auth import Issuer
-from tests.support.kafka import eventually
+from tests.support.builders import CLINIC, clinical, site, wrap
+from tests.support.kafka import publish, wait_consumed
 from tests.support.servers import serve_app
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -77,23 +80,11 @@ async def until_status(
 
 
 def routed(rid: uuid.UUID, code: str, rank: int) -> Envelope:
-    data = ReferralRouted(
-        clinic_id=CLINIC,
-        revision=1,
-        site=site(code),
-        distance_km=4.2 * rank,
-        rank=rank,
-        decision="eligible",
-        criteria_to_confirm=[],
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org"),
-    )
-    return Envelope.wrap(data, producer="site_router", referral_id=rid)
+    return wrap(builders.routed(site=site(code), distance_km=4.2 * rank, rank=rank), rid)
 
 
 def declined(rid: uuid.UUID, code: str) -> Envelope:
-    data = ReferralSiteDecided(clinic_id=CLINIC, site_code=code, decision="declined", reason="full")
-    return Envelope.wrap(data, producer="site_router", referral_id=rid)
+    return wrap(builders.site_decided("declined", site_code=code, reason="full"), rid)
 
 
 async def test_the_referring_clinic_reads_its_assessment_and_no_other_clinic_does(
@@ -164,10 +155,7 @@ async def test_a_late_decline_still_ends_access_and_an_older_routing_never_grant
     await until_status(http, api, rid, bos, 200)
     await publish(kafka, routed(rid, "NYC1", rank=1))  # the older routing, arriving last
 
-    async def all_consumed() -> bool:
-        return await consumed(kafka, api_settings.consumer_group, "referral.routed")
-
-    await eventually(all_consumed, what="every routing consumed")
+    await wait_consumed(kafka, api_settings.consumer_group, "referral.routed")
     assert (await read(http, api, rid, nyc)).status_code == 404
     assert (await read(http, api, rid, bos)).status_code == 200
 

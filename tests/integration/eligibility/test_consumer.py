@@ -14,17 +14,15 @@ from shared.app import ServiceSpec
 from shared.events import ReferralScreened
 from shared.settings import KafkaSettings
 from tests.integration.eligibility.conftest import (
-    CLINIC,
-    clinical,
-    consumed,
     dead_letters,
     outbox_rows,
-    publish,
     referral,
     screened,
     stored,
 )
-from tests.support.kafka import eventually, produce, read_topic
+from tests.support.builders import CLINIC, clinical
+from tests.support.kafka import produce, publish, read_topic, wait_consumed
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +118,7 @@ async def test_a_redelivered_event_is_handled_once(
     for _ in range(3):
         await publish(kafka, envelope)
 
-    await eventually(lambda: _all_consumed(kafka, settings), what="the three copies consumed")
+    await wait_consumed(kafka, settings.consumer_group, "referral.submitted")
     await eventually(lambda: _screened_count(kafka, rid, 1), what="referral.screened")
     assert [r.source_event_id for r in await stored(service.state.db, rid)] == [envelope.id]
     assert await outbox_rows(service.state.db) == 1
@@ -138,7 +136,7 @@ async def test_the_same_revision_under_a_new_event_id_is_not_assessed_twice(
     await publish(kafka, first)
     await publish(kafka, again)
 
-    await eventually(lambda: _all_consumed(kafka, settings), what="both events consumed")
+    await wait_consumed(kafka, settings.consumer_group, "referral.submitted")
     assert [r.source_event_id for r in await stored(service.state.db, rid)] == [first.id]
     assert await outbox_rows(service.state.db) == 1
     assert await dead_letters(kafka, "referral.submitted") == []
@@ -153,7 +151,7 @@ async def test_the_same_revision_with_other_content_is_dead_lettered(
     await publish(kafka, first)
     await publish(kafka, conflicting)
 
-    await eventually(lambda: _all_consumed(kafka, settings), what="both events consumed")
+    await wait_consumed(kafka, settings.consumer_group, "referral.submitted")
     (letter,) = await dead_letters(kafka, "referral.submitted")
     assert "already assessed from a different input" in letter["error"]
     assert base64.b64decode(letter["value_b64"]) == conflicting.to_bytes()
@@ -184,10 +182,6 @@ async def test_poison_is_dead_lettered_and_the_partition_moves_on(
     assert json.loads((await read_topic(kafka, "referral.screened"))[0].value or b"")["referral_id"] == str(
         rid
     )
-
-
-async def _all_consumed(kafka: KafkaSettings, settings: EligibilitySettings) -> bool:
-    return await consumed(kafka, settings.consumer_group, "referral.submitted")
 
 
 async def _screened_count(kafka: KafkaSettings, rid: uuid.UUID, n: int) -> bool:

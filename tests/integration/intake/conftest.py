@@ -3,7 +3,6 @@ real auth service that issues the tokens the tests use."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,27 +23,28 @@ from shared.auth import Scope
 from shared.db import Database
 from shared.kafka import all_topics, ensure_topics
 from shared.outbox import OutboxRecord
-from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
 from shared.settings import KafkaSettings
 from tests.conftest import Servers, fresh_database
 from tests.support.auth import Issuer
+from tests.support.builders import referral_body
 from tests.support.servers import serve_app
 
 IDENTITY = ["Maria", "Lopez", "1968-03-14", "maria.lopez@example.com", "+1 212 555 0142", "212 555 0142"]
 """What must never leave intake: the example patient's names, birth date, email and phone."""
 
 
-def referral_body(reference: str = "CLN-2026-00042", **sections: dict[str, Any]) -> dict[str, Any]:
-    """The example with a clinic reference and some fields of sections replaced."""
-    body = copy.deepcopy(EXAMPLE)
-    body["clinic_reference"] = reference
-    for section, fields in sections.items():
-        body[section].update(fields)
-    return body
-
-
 def bearer(token: str, **headers: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **headers}
+
+
+async def submit(
+    intake: RunningIntake, http: httpx.AsyncClient, token: str, reference: str = "CLN-1", **patient: object
+) -> str:
+    """Submit the example referral under ``reference`` (with ``patient`` fields replaced); its id."""
+    body = referral_body(reference, patient=dict(patient))
+    response = await http.post(f"{intake.url}/v1/referrals", json=body, headers=bearer(token))
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
 
 
 @dataclass
@@ -90,6 +90,13 @@ async def running_intake(
             yield RunningIntake(url, db, kafka, settings)
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+async def consuming(start_intake: StartIntake) -> AsyncIterator[RunningIntake]:
+    """Intake serving its API and consuming the other services' events, on topics of its own."""
+    async with start_intake(frozenset({"api", "consumer"})) as running:
+        yield running
 
 
 @pytest.fixture

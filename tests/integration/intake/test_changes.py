@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -11,31 +10,12 @@ import pytest
 
 from shared.events import Envelope, ReferralAmended, ReferralWithdrawn
 from tests.integration.intake import events
-from tests.integration.intake.conftest import (
-    IDENTITY,
-    RunningIntake,
-    StartIntake,
-    Tokens,
-    bearer,
-    referral_body,
-)
-from tests.support.kafka import eventually
+from tests.integration.intake.conftest import IDENTITY, RunningIntake, Tokens, bearer, submit
+from tests.support.builders import referral_body
+from tests.support.kafka import publish
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def consuming(start_intake: StartIntake) -> AsyncIterator[RunningIntake]:
-    async with start_intake(frozenset({"api", "consumer"})) as running:
-        yield running
-
-
-async def submit(intake: RunningIntake, http: httpx.AsyncClient, token: str, reference: str = "CLN-1") -> str:
-    response = await http.post(
-        f"{intake.url}/v1/referrals", json=referral_body(reference), headers=bearer(token)
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
 
 
 async def test_an_amendment_replaces_the_clinical_block_and_is_published(
@@ -104,7 +84,7 @@ async def test_after_the_site_accepted_nothing_can_be_changed(
     for minute, data in enumerate(
         [events.screened(), events.routed(), events.notified(), events.site_decided("accepted")], start=1
     ):
-        await events.publish(intake.kafka, events.envelope(rid, data, t + timedelta(minutes=minute)))
+        await publish(intake.kafka, events.envelope(rid, data, t + timedelta(minutes=minute)))
     url = f"{intake.url}/v1/referrals/{rid}"
 
     async def accepted() -> bool:
@@ -123,9 +103,9 @@ async def test_after_the_site_accepted_nothing_can_be_changed(
     patient_told = events.envelope(
         rid, events.notified("patient", "patient_accepted"), t + timedelta(minutes=6)
     )
-    await events.publish(intake.kafka, patient_told)
+    await publish(intake.kafka, patient_told)
     closed = events.envelope(rid, events.site_decided("closed", "enrolled"), t + timedelta(minutes=7))
-    await events.publish(intake.kafka, closed)
+    await publish(intake.kafka, closed)
 
     async def is_closed() -> bool:
         body = (await http.get(url, headers=bearer(tokens.clinic_a))).json()

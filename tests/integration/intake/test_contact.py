@@ -10,18 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from services.intake.store import ContactAccess
-from tests.integration.intake.conftest import RunningIntake, StartIntake, Tokens, bearer, referral_body
+from tests.integration.intake.conftest import RunningIntake, StartIntake, Tokens, bearer, submit
 
 pytestmark = pytest.mark.integration
-
-
-async def submit(
-    intake: RunningIntake, http: httpx.AsyncClient, token: str, reference: str = "CLN-1", **patient: object
-) -> str:
-    body = referral_body(reference, patient=dict(patient)) if patient else referral_body(reference)
-    response = await http.post(f"{intake.url}/v1/referrals", json=body, headers=bearer(token))
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
 
 
 def contacts_url(intake: RunningIntake, *referral_ids: str) -> str:

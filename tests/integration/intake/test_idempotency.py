@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 from services.intake.domain import request_fingerprint
 from services.intake.schemas import ReferralCreate
 from services.intake.store import IdempotencyKey, Referral, utcnow
-from tests.integration.intake.conftest import RunningIntake, Tokens, bearer, referral_body
+from tests.integration.intake.conftest import RunningIntake, Tokens, bearer
+from tests.support.builders import referral_body
 
 pytestmark = pytest.mark.integration
 

@@ -7,17 +7,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.integration.intake.conftest import IDENTITY, RunningIntake, Tokens, bearer, referral_body
+from tests.integration.intake.conftest import IDENTITY, RunningIntake, Tokens, bearer, submit
 
 pytestmark = pytest.mark.integration
-
-
-async def submit(intake: RunningIntake, http: httpx.AsyncClient, token: str, reference: str) -> str:
-    response = await http.post(
-        f"{intake.url}/v1/referrals", json=referral_body(reference), headers=bearer(token)
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
 
 
 async def test_a_clinic_reads_its_referral_without_identity_fields(

@@ -17,11 +17,12 @@ from tests.integration.intake.conftest import (
     bearer,
     drop_topics,
     own_topics,
-    referral_body,
     running_intake,
 )
 from tests.support.auth import Issuer
-from tests.support.kafka import eventually
+from tests.support.builders import referral_body
+from tests.support.kafka import publish
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +50,8 @@ async def test_the_sqlite_store_works_end_to_end(
 
             rid = first.json()["id"]
             t = datetime.now(UTC) + timedelta(seconds=1)
-            await events.publish(
-                intake.kafka, events.envelope(rid, events.routed(), t + timedelta(minutes=1))
-            )
-            await events.publish(intake.kafka, events.envelope(rid, events.screened(), t))
+            await publish(intake.kafka, events.envelope(rid, events.routed(), t + timedelta(minutes=1)))
+            await publish(intake.kafka, events.envelope(rid, events.screened(), t))
 
             async def routed() -> bool:
                 body = (await http.get(f"{base}/{rid}", headers=auth_a)).json()

@@ -19,9 +19,10 @@ from tests.integration.intake.conftest import (
     StartIntake,
     Tokens,
     bearer,
-    referral_body,
 )
-from tests.support.kafka import eventually, read_topic
+from tests.support.builders import referral_body
+from tests.support.kafka import read_topic
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

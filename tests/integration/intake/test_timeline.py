@@ -3,9 +3,7 @@ order of arrival, and the status is the latest that applies."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,24 +11,11 @@ import httpx
 import pytest
 
 from tests.integration.intake import events
-from tests.integration.intake.conftest import RunningIntake, StartIntake, Tokens, bearer, referral_body
-from tests.support.kafka import eventually, read_topic
+from tests.integration.intake.conftest import RunningIntake, StartIntake, Tokens, bearer, submit
+from tests.support.kafka import publish, read_topic, wait_consumed
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def consuming(start_intake: StartIntake) -> AsyncIterator[RunningIntake]:
-    async with start_intake(frozenset({"api", "consumer"})) as running:
-        yield running
-
-
-async def submit(intake: RunningIntake, http: httpx.AsyncClient, token: str, reference: str = "CLN-1") -> str:
-    response = await http.post(
-        f"{intake.url}/v1/referrals", json=referral_body(reference), headers=bearer(token)
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
 
 
 async def view(intake: RunningIntake, http: httpx.AsyncClient, token: str, rid: str) -> dict[str, Any]:
@@ -59,11 +44,11 @@ async def test_events_arriving_out_of_order_are_kept_in_order_of_occurrence(
     rid = await submit(intake, http, token)
     t = datetime.now(UTC) + timedelta(seconds=1)
 
-    await events.publish(intake.kafka, events.envelope(rid, events.routed(), t + timedelta(minutes=2)))
+    await publish(intake.kafka, events.envelope(rid, events.routed(), t + timedelta(minutes=2)))
     early = await until_entries(intake, http, token, rid, 2)
     assert early["status"] == "routed"
 
-    await events.publish(intake.kafka, events.envelope(rid, events.screened(), t + timedelta(minutes=1)))
+    await publish(intake.kafka, events.envelope(rid, events.screened(), t + timedelta(minutes=1)))
     later = await until_entries(intake, http, token, rid, 3)
     assert [e["status"] for e in later["timeline"]] == ["received", "screened", "routed"]
     assert [e["source"] for e in later["timeline"]] == ["intake", "eligibility", "site_router"]
@@ -76,21 +61,21 @@ async def test_events_arriving_out_of_order_are_kept_in_order_of_occurrence(
     }  # fmt: skip
 
     stale = events.envelope(rid, events.waitlisted(), t + timedelta(minutes=1, seconds=30))
-    await events.publish(intake.kafka, stale)
+    await publish(intake.kafka, stale)
     after_stale = await until_entries(intake, http, token, rid, 4)
     assert [e["status"] for e in after_stale["timeline"]] == ["received", "screened", "waitlisted", "routed"]
     assert after_stale["status"] == "routed", "a stale event overwrote a newer status"
 
     notice = events.envelope(rid, events.notified(), t + timedelta(minutes=3))
     for _ in range(2):  # redelivered: recorded once
-        await events.publish(intake.kafka, notice)
+        await publish(intake.kafka, notice)
     declined = events.envelope(
         rid, events.site_decided("declined", "no capacity after all"), t + timedelta(minutes=4)
     )
-    await events.publish(intake.kafka, declined)
+    await publish(intake.kafka, declined)
     await until_entries(intake, http, token, rid, 6)
     second_site = events.SITE.model_copy(update={"code": "US-NY-02", "name": "Mount Sinai"})
-    await events.publish(
+    await publish(
         intake.kafka, events.envelope(rid, events.routed(site=second_site, rank=2), t + timedelta(minutes=5))
     )
     final = await until_entries(intake, http, token, rid, 7)
@@ -117,7 +102,7 @@ async def test_events_about_an_older_revision_do_not_change_the_status(
     assert amended.status_code == 202 and amended.json()["revision"] == 2
     t = datetime.now(UTC) + timedelta(seconds=1)
 
-    await events.publish(intake.kafka, events.envelope(rid, events.screened(revision=1), t))
+    await publish(intake.kafka, events.envelope(rid, events.screened(revision=1), t))
     late = await until_entries(intake, http, token, rid, 3)
     assert late["status"] == "received" and late["revision"] == 2 and late["decision"] is None
     assert [(e["status"], e["revision"]) for e in late["timeline"]] == [
@@ -125,7 +110,7 @@ async def test_events_about_an_older_revision_do_not_change_the_status(
     ]  # fmt: skip
 
     ineligible = events.screened(revision=2, routable=False)
-    await events.publish(intake.kafka, events.envelope(rid, ineligible, t + timedelta(seconds=1)))
+    await publish(intake.kafka, events.envelope(rid, ineligible, t + timedelta(seconds=1)))
     current = await until_entries(intake, http, token, rid, 4)
     assert current["status"] == "not_routed" and current["decision"]["revision"] == 2, json.dumps(
         current["timeline"]
@@ -139,8 +124,8 @@ async def test_an_event_for_an_unknown_referral_is_dead_lettered_and_the_rest_go
     intake, token = consuming, tokens.clinic_a
     rid = await submit(intake, http, token)
     stranger = events.envelope("7d7d7d7d-0000-4000-8000-000000000000", events.unroutable(), datetime.now(UTC))
-    await events.publish(intake.kafka, stranger)
-    await events.publish(intake.kafka, events.envelope(rid, events.unroutable(), datetime.now(UTC)))
+    await publish(intake.kafka, stranger)
+    await publish(intake.kafka, events.envelope(rid, events.unroutable(), datetime.now(UTC)))
     current = await until_entries(intake, http, token, rid, 2)
     assert current["status"] == "unroutable"
     assert current["timeline"][-1]["reason"] == "unknown postal code 99999 in US"
@@ -171,11 +156,13 @@ async def test_a_burst_of_events_for_several_referrals_is_folded_once_per_referr
                 events.envelope(rid, events.notified("patient", "patient_routed"), t + timedelta(minutes=3)),
             ]
         for envelope in [*reversed(burst), burst[0]]:  # newest first, and one redelivered
-            await events.publish(api.kafka, envelope)
-        async with start_intake(frozenset({"consumer"}), kafka=api.kafka):
+            await publish(api.kafka, envelope)
+        async with start_intake(frozenset({"consumer"}), kafka=api.kafka) as consumer:
             for rid in rids:
                 await until_entries(api, http, token, rid, 5)
-            await asyncio.sleep(0.5)  # time for the redelivered copy, had it been recorded again
+            # Every copy handled, the redelivered one too: had it been recorded again, it is now.
+            topics = ("referral.screened", "referral.routed", "referral.notified")
+            await wait_consumed(api.kafka, consumer.settings.consumer_group, *topics)
             views = [await view(api, http, token, rid) for rid in rids]
 
     for seen in views:

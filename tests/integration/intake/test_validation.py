@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.intake.conftest import EXAMPLE, RunningIntake, Tokens, bearer, referral_body
+from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
+from tests.integration.intake.conftest import RunningIntake, Tokens, bearer
+from tests.support.builders import referral_body
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,7 @@ TOMORROW = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
 
 
 def without(path: str) -> dict[str, Any]:
-    body = copy.deepcopy(EXAMPLE)
+    body = referral_body()
     *parents, leaf = path.split(".")
     node = body
     for part in parents:
@@ -28,7 +29,7 @@ def without(path: str) -> dict[str, Any]:
 
 
 def changed(path: str, value: Any) -> dict[str, Any]:
-    body = copy.deepcopy(EXAMPLE)
+    body = referral_body()
     *parents, leaf = path.split(".")
     node = body
     for part in parents:

@@ -28,16 +28,22 @@ from shared.app import ServiceSpec
 from shared.app import create_app as create_service_app
 from shared.auth import Principal, Scope, TokenValidator, require
 from shared.db import Database
-from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, Referrer, SiteRef
+from shared.events import Envelope, Referrer, SiteRef
+from shared.outbox import backlog
 from shared.settings import KafkaSettings
+from tests.support import builders
 from tests.support.auth import Issuer, http, issuer
-from tests.support.kafka import eventually, produce, read_topic
+from tests.support.builders import wrap
+from tests.support.kafka import publish, topic_has, wait_consumed
 from tests.support.servers import checking_tokens, serve_app
 from tests.support.smtp import SmtpServer, smtp_server
+from tests.support.waiting import eventually
 
 __all__ = ["http", "issuer", "smtp_server"]  # fixtures
 
 NOTIFIER_CLIENT = "notifier"
+CLINIC = "clinic-0001"
+CONSUMER_GROUP = "trialroute-notifier"  # the notifier's default, which these tests keep
 
 # The patient of docs/referral.md: none of this may appear in a site's email.
 PATIENT = {
@@ -236,6 +242,17 @@ class Stack:
     async def topic_has(self, topic: str, count: int) -> bool:
         return await topic_has(self.kafka, topic, count)
 
+    async def quiet(self, database_url: str | None = None) -> None:
+        """The marker before asserting that nothing more happened: every ``referral.routed`` published
+        so far handled (the notifier's group committed it) and every event the notifier recorded
+        published (its outbox drained). Pending emails are the test's own wait (``settled``)."""
+        await wait_consumed(self.kafka, CONSUMER_GROUP, "referral.routed")
+        db = Database(database_url or self.database_url)
+        try:
+            await eventually(lambda: _drained(db), what="the notifier's outbox to drain")
+        finally:
+            await db.dispose()
+
 
 @pytest.fixture
 def stack(
@@ -258,35 +275,25 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 def routed(referral_id: uuid.UUID, site: SiteRef = WCM, *, rank: int = 1, consent: bool = True) -> Envelope:
-    return Envelope.wrap(
-        ReferralRouted(
-            clinic_id="clinic-0001",
-            revision=1,
-            site=site,
-            distance_km=6.4,
-            rank=rank,
-            decision="needs_review",
-            criteria_to_confirm=["cd123_positive", "organ_function"],
-            note="CD123 by immunohistochemistry only; organ function not assessed",
-            consent_to_contact=consent,
-            referrer=REFERRER,
-        ),
-        producer="site_router",
-        referral_id=referral_id,
+    """A routing that needs review: the site's email lists the criteria to confirm and the note."""
+    data = builders.routed(
+        clinic_id=CLINIC,
+        site=site,
+        distance_km=6.4,
+        rank=rank,
+        decision="needs_review",
+        criteria_to_confirm=["cd123_positive", "organ_function"],
+        note="CD123 by immunohistochemistry only; organ function not assessed",
+        consent_to_contact=consent,
+        referrer=REFERRER,
     )
+    return wrap(data, referral_id)
 
 
 def site_decided(referral_id: uuid.UUID, decision: str, reason: str | None = None) -> Envelope:
-    return Envelope.wrap(
-        ReferralSiteDecided(clinic_id="clinic-0001", site_code="WCM", decision=decision, reason=reason),  # type: ignore[arg-type]
-        producer="site_router",
-        referral_id=referral_id,
+    return wrap(
+        builders.site_decided(decision, clinic_id=CLINIC, site_code=WCM.code, reason=reason), referral_id
     )
-
-
-async def publish(kafka: KafkaSettings, envelope: Envelope, times: int = 1) -> None:
-    for _ in range(times):
-        await produce(kafka, envelope.type, envelope.to_bytes(), str(envelope.referral_id).encode())
 
 
 async def notifications(database_url: str, referral_id: uuid.UUID | None = None) -> list[Notification]:
@@ -320,9 +327,8 @@ async def settled(
     return result
 
 
-async def topic_has(kafka: KafkaSettings, topic: str, count: int) -> bool:
-    """At least ``count`` records on ``topic`` (this test's prefix)."""
-    return len(await read_topic(kafka, topic)) >= count
+async def _drained(db: Database) -> bool:
+    return await backlog(db) == 0
 
 
 def assert_each_email_once(smtp: SmtpServer, expected: int) -> None:

@@ -3,7 +3,6 @@ for the outcomes; and that sharing them loses and doubles nothing. Real intake s
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 
@@ -19,8 +18,8 @@ from shared.db import Database
 from shared.events import ReferralRouted
 from shared.outbox import OutboxRecord
 from tests.integration.notifier.conftest import DFCI, REFERRER, WCM, Stack, assert_each_email_once, routed
-from tests.support.kafka import eventually
 from tests.support.smtp import SmtpServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +95,17 @@ async def test_a_connection_the_server_hung_up_on_is_replaced_without_losing_or_
         async with stack.run(smtp_port=smtp.port, smtp_connections=1, smtp_idle_s=60):
             await stack.publish(routed(first))
             await stack.settled(3)
-            await asyncio.sleep(2.5)
+            await eventually(lambda: _hung_up(smtp), what="the server to hang up on the idle client")
             await stack.publish(routed(second))
             rows = await stack.settled(6)
 
     assert_each_email_once(smtp, 6)
     assert smtp.connections() >= 2
     assert all(r.attempts == 1 and r.last_error is None for r in rows), "no attempt met the dead one"
+
+
+async def _hung_up(smtp: SmtpServer) -> bool:
+    return smtp.all_ended()
 
 
 class LeaseTakingMailer(Mailer):

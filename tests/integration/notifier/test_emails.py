@@ -17,7 +17,8 @@ from tests.integration.notifier.conftest import (
     routed,
     site_decided,
 )
-from tests.support.kafka import eventually, read_topic
+from tests.support.kafka import read_topic
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,6 @@ and several notifier instances; counted per Message-ID at a real SMTP server."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,7 +21,8 @@ from tests.integration.notifier.conftest import (
     routed,
     settled,
 )
-from tests.support.kafka import eventually, read_topic
+from tests.support.kafka import read_topic
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ async def test_an_event_delivered_three_times_and_again_after_a_restart_emails_e
         # was consumed too.
         await stack.publish(routed(referral_id, DFCI, rank=2))
         await stack.settled(6)
-        await asyncio.sleep(1)
+        await stack.quiet()
 
     assert_each_email_once(stack.smtp, 6)
     for role in ("site", "patient", "referrer"):
@@ -73,8 +73,7 @@ async def test_an_smtp_outage_delays_the_emails_and_loses_none(stack: Stack) -> 
 
         stack.smtp.start()
         rows = await stack.settled(9)
-        await eventually(lambda: stack.topic_has("referral.notified", 9), what="9 referral.notified")
-        await asyncio.sleep(1)
+        await stack.quiet()
 
     assert_each_email_once(stack.smtp, 9)
     assert all(r.state == "sent" and r.last_error is None for r in rows)
@@ -121,8 +120,7 @@ async def test_several_notifier_instances_send_each_email_once(
         for referral_id in referrals:
             await stack.publish(routed(referral_id), times=2)
         rows = await settled(url, 24, within=90)
-        await eventually(lambda: stack.topic_has("referral.notified", 24), what="24 referral.notified")
-        await asyncio.sleep(1)
+        await stack.quiet(url)
 
     assert_each_email_once(stack.smtp, 24)
     assert Counter(r.state for r in rows) == {"sent": 24}

@@ -20,7 +20,8 @@ from tests.integration.notifier.conftest import (
     routed,
     set_scopes,
 )
-from tests.support.kafka import eventually, read_topic
+from tests.support.kafka import read_topic
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

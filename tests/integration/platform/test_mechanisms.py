@@ -22,7 +22,9 @@ from shared.handlers import Handlers, PoisonMessage
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
 from shared.settings import KafkaSettings
 from shared.store import tables
-from tests.support.kafka import eventually, produce, read_topic
+from tests.support import builders
+from tests.support.kafka import produce, read_topic, wait_consumed
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +51,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 
 def withdrawn(referral_id: uuid.UUID | None = None, reason: str = "test") -> Envelope:
-    return Envelope.wrap(
-        ReferralWithdrawn(clinic_id="clinic-a", reason=reason),
-        producer="test",
-        referral_id=referral_id or uuid.uuid4(),
-    )
+    return builders.wrap(builders.withdrawn(reason=reason), referral_id, producer="test")
 
 
 async def record_handling(session: AsyncSession, envelope: Envelope, data: ReferralWithdrawn) -> None:
@@ -115,7 +113,7 @@ async def test_committed_events_survive_a_relay_killed_mid_batch(db: Database, k
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     await eventually(lambda: _handled_at_least(db, 400), what="all events handled")
-    await asyncio.sleep(1)
+    await wait_consumed(kafka, "g1", "referral.withdrawn")  # and none of them again
     stop.set()
     await task
     assert await handled_count(db) == 400
@@ -207,7 +205,7 @@ async def test_a_together_handler_gets_the_new_events_of_a_transaction_in_one_ca
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     await eventually(lambda: _handled_at_least(db, 20), what="all events handled")
-    await asyncio.sleep(0.5)  # time for the redelivered copy, had it been handled again
+    await wait_consumed(kafka, "g1", "referral.withdrawn")  # the redelivered copy too
     stop.set()
     await task
     rows = await handled_rows(db)

@@ -29,10 +29,11 @@ from services.site_router.schemas import SiteCreate
 from shared.app import Role
 from shared.auth import Scope
 from shared.db import Database
-from shared.events import CriterionVerdict, Envelope, ReferralScreened, ReferralWithdrawn, Referrer
+from shared.events import CriterionVerdict, Envelope, ReferralScreened, ReferralWithdrawn
 from shared.settings import KafkaSettings
 from tests.conftest import Servers
 from tests.support.auth import Issuer
+from tests.support.builders import REFERRER, screened
 from tests.support.servers import serve_app
 
 NEAREST_FIRST = ["WCM", "DFCI", "MCC", "MDACC"]
@@ -166,23 +167,22 @@ def screening(
     revision: int = 1,
     unknown: Iterable[str] = ("ecog",),
 ) -> ReferralScreened:
+    """A screening whose ``unknown`` criteria the site will have to confirm."""
     criteria = [
         CriterionVerdict(id="age", verdict="met", reason="55 years"),
         *(CriterionVerdict(id=c, verdict="unknown", reason=f"{c} not given") for c in unknown),
     ]
-    return ReferralScreened(
+    return screened(
         clinic_id="C1",
         revision=revision,
-        ruleset="ucart123-v1",
-        decision=decision,  # type: ignore[arg-type]
+        decision=decision,
         score=0.9,
         routable=routable,
         criteria=criteria,
         age_years=55,
         postal_code=postal_code,
         country=country,
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org", phone="+1 212 555 0100"),
+        referrer=REFERRER.model_copy(update={"phone": "+1 212 555 0100"}),
     )
 
 

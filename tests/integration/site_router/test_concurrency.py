@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from services.site_router import store
 from services.site_router.directory import SiteDirectory
@@ -20,6 +20,7 @@ from services.site_router.geo import Geocoder
 from services.site_router.referrals import Router
 from shared.db import Database
 from tests.integration.site_router.conftest import RouterKit
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +110,25 @@ async def _holders(kit: RouterKit) -> dict[uuid.UUID, str]:
         return {referral: site for referral, site in rows.all()}
 
 
+async def _blocked(kit: RouterKit) -> None:
+    """Until a transaction waits for a lock another holds: on PostgreSQL, as the server reports it."""
+    if kit.db.is_sqlite:
+        # SQLite's waiter spins in its busy handler, which nothing outside its connection can see: the
+        # one place a test waits a fixed time, long enough for the newcomer to reach the write lock.
+        await asyncio.sleep(1.0)
+        return
+
+    async def waiting() -> bool:
+        async with kit.db.session() as session:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return bool((await session.execute(text(query))).scalar_one())
+
+    await eventually(waiting, what="the newcomer to wait for the close's lock")
+
+
 def _release(kit: RouterKit, i: int, referral: uuid.UUID, site: str) -> Callable[[], Awaitable[None]]:
     if i % 3 == 0:
         return lambda: kit.decline(site, referral)
@@ -130,7 +150,7 @@ async def test_a_slot_freed_while_a_referral_is_waitlisted_is_not_lost(instances
     async with one.db.session() as session:
         await one.router.close(session, "WCM", holders[0], enrolled=False, reason=None)
         newcomer = asyncio.create_task(other.screen())
-        await asyncio.sleep(1.0)  # the newcomer reads "all full" now, and must wait for this commit
+        await _blocked(other)  # the newcomer read "all full", and now waits for this commit
     referral = await newcomer
     assert await one.site_of(referral) == "WCM"
     assert await one.waitlisted() == []

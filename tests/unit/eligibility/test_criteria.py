@@ -10,8 +10,8 @@ import pytest
 
 from services.eligibility.domain import CriterionResult, ScreeningInput, StudySettings, assess, whole_years
 from services.eligibility.rules import load_ruleset, months_before
+from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
 from shared.referral import ClinicalData
-from tests.unit.eligibility.test_referral import EXAMPLE
 
 pytestmark = pytest.mark.unit
 

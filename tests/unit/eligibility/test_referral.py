@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import date
 from typing import Any
@@ -12,18 +11,11 @@ from pydantic import ValidationError
 
 from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
 from shared.referral import ClinicalData, ReferralPayload, ScreeningInput
+from tests.support.builders import referral_body
 
 pytestmark = pytest.mark.unit
 
 TODAY = date(2026, 11, 10)
-
-
-def example(**sections: dict[str, Any]) -> dict[str, Any]:
-    """The example with some fields of a section replaced, e.g. ``example(patient={"sex": "x"})``."""
-    data = copy.deepcopy(EXAMPLE)
-    for section, fields in sections.items():
-        data[section].update(fields)
-    return data
 
 
 def errors(data: Any) -> dict[str, str]:
@@ -48,7 +40,7 @@ def test_json_mode_gives_the_same_model() -> None:
 
 
 def test_unknown_fields_are_ignored_at_every_level() -> None:
-    data = example(patient={"nickname": "M"}, clinical={"karnofsky": 80})
+    data = referral_body(patient={"nickname": "M"}, clinical={"karnofsky": 80})
     data["extra_top"] = 1
     data["clinical"]["cd123"]["lab"] = "x"
     payload = ReferralPayload.model_validate(data, context={"today": TODAY})
@@ -58,7 +50,7 @@ def test_unknown_fields_are_ignored_at_every_level() -> None:
 
 @pytest.mark.parametrize("clinical", [None, {}])
 def test_a_missing_clinical_block_means_nothing_known(clinical: dict[str, Any] | None) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     data["clinical"] = clinical
     assert ReferralPayload.model_validate(data, context={"today": TODAY}).clinical == ClinicalData()
     del data["clinical"]
@@ -67,13 +59,13 @@ def test_a_missing_clinical_block_means_nothing_known(clinical: dict[str, Any] |
 
 def test_every_clinical_field_may_be_null() -> None:
     nulls = {name: None for name in EXAMPLE["clinical"]}
-    assert ReferralPayload.model_validate(example(clinical=nulls), context={"today": TODAY}).clinical == (
-        ClinicalData()
-    )
+    assert ReferralPayload.model_validate(
+        referral_body(clinical=nulls), context={"today": TODAY}
+    ).clinical == (ClinicalData())
 
 
 def test_nested_clinical_fields_may_be_null() -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     data["clinical"]["cd123"] = {"positive": None, "method": None}
     data["clinical"]["organ_function"] = {"assessed_on": None, "renal": None}
     data["clinical"]["prior_therapy"] = {"last_anti_cd20_on": None}
@@ -107,12 +99,12 @@ def test_nested_clinical_fields_may_be_null() -> None:
     ],
 )
 def test_clinical_types_are_strict(field: str, value: Any) -> None:
-    assert f"clinical.{field}" in errors(example(clinical={field: value}))
+    assert f"clinical.{field}" in errors(referral_body(clinical={field: value}))
 
 
 def test_integral_blast_percent_is_a_number() -> None:
     payload = ReferralPayload.model_validate(
-        example(clinical={"marrow_blast_percent": 5}), context={"today": TODAY}
+        referral_body(clinical={"marrow_blast_percent": 5}), context={"today": TODAY}
     )
     assert payload.clinical.marrow_blast_percent == 5.0
 
@@ -133,14 +125,14 @@ def test_integral_blast_percent_is_a_number() -> None:
     ],
 )
 def test_nested_clinical_fields_are_strict(path: tuple[str, str], value: Any) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     data["clinical"][path[0]][path[1]] = value
     assert set(errors(data)) == {f"clinical.{path[0]}.{path[1]}"}
 
 
 @pytest.mark.parametrize("value", ["never", "2026-09-01"])
 def test_last_anti_cd20_is_a_date_or_never(value: str) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     data["clinical"]["prior_therapy"]["last_anti_cd20_on"] = value
     payload = ReferralPayload.model_validate(data, context={"today": TODAY})
     assert payload.clinical.prior_therapy is not None
@@ -149,7 +141,7 @@ def test_last_anti_cd20_is_a_date_or_never(value: str) -> None:
 
 
 def test_a_bad_calendar_day_is_named_as_such() -> None:
-    data = example(clinical={"marrow_assessed_on": "2026-02-30"})
+    data = referral_body(clinical={"marrow_assessed_on": "2026-02-30"})
     assert errors(data)["clinical.marrow_assessed_on"].startswith("not a calendar day")
 
 
@@ -167,21 +159,21 @@ def test_a_bad_calendar_day_is_named_as_such() -> None:
     ],
 )
 def test_required_fields(section: str, field: str) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     del data[section][field]
     assert errors(data) == {f"{section}.{field}": "Field required"}
 
 
 @pytest.mark.parametrize("field", ["clinic_reference", "patient", "referrer"])
 def test_required_top_level_fields(field: str) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     del data[field]
     assert errors(data) == {field: "Field required"}
 
 
 @pytest.mark.parametrize("field", ["sex", "email", "phone", "preferred_language"])
 def test_optional_patient_fields(field: str) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     del data["patient"][field]
     del data["referrer"]["phone"]
     del data["study"]
@@ -191,16 +183,16 @@ def test_optional_patient_fields(field: str) -> None:
 
 
 def test_date_of_birth_is_not_after_the_reference_day() -> None:
-    assert errors(example(patient={"date_of_birth": "2026-11-11"})) == {
+    assert errors(referral_body(patient={"date_of_birth": "2026-11-11"})) == {
         "patient.date_of_birth": "must not be after 2026-11-10"
     }
-    born_today = example(patient={"date_of_birth": "2026-11-10"})
+    born_today = referral_body(patient={"date_of_birth": "2026-11-10"})
     assert ReferralPayload.model_validate(born_today, context={"today": TODAY}).patient.date_of_birth == TODAY
 
 
 def test_date_of_birth_defaults_to_the_real_today_without_a_context() -> None:
     with pytest.raises(ValidationError, match="must not be after"):
-        ReferralPayload.model_validate(example(patient={"date_of_birth": "2999-01-01"}))
+        ReferralPayload.model_validate(referral_body(patient={"date_of_birth": "2999-01-01"}))
 
 
 @pytest.mark.parametrize(
@@ -221,18 +213,18 @@ def test_date_of_birth_defaults_to_the_real_today_without_a_context() -> None:
     ],
 )
 def test_patient_and_referrer_rules(section: str, field: str, value: Any) -> None:
-    assert f"{section}.{field}" in errors(example(**{section: {field: value}}))
+    assert f"{section}.{field}" in errors(referral_body(**{section: {field: value}}))
 
 
 @pytest.mark.parametrize("value", ["", "x" * 65, 42])
 def test_clinic_reference_is_1_to_64_characters(value: Any) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     data["clinic_reference"] = value
     assert "clinic_reference" in errors(data)
 
 
 def test_country_case_is_normalized_and_language_tags_are_bcp47() -> None:
-    data = example(patient={"country": " us", "preferred_language": "es-419"})
+    data = referral_body(patient={"country": " us", "preferred_language": "es-419"})
     payload = ReferralPayload.model_validate(data, context={"today": TODAY})
     assert payload.patient.country == "US"
     assert payload.patient.preferred_language == "es-419"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import date
 from pathlib import Path
@@ -16,7 +15,8 @@ from services.eligibility.cli import app
 from services.eligibility.domain import StudySettings
 from services.eligibility.rules import load_ruleset
 from services.eligibility.screen import screen_files
-from tests.unit.eligibility.test_referral import EXAMPLE, example
+from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
+from tests.support.builders import referral_body
 
 pytestmark = pytest.mark.unit
 
@@ -62,7 +62,7 @@ def test_the_example_referral_is_eligible(tmp_path: Path) -> None:
     [("2008-11-11", "not_met"), ("2008-11-10", "met"), ("1961-11-10", "met"), ("1960-11-10", "not_met")],
 )
 def test_age_is_counted_on_the_as_of_day(tmp_path: Path, born: str, verdict: str) -> None:
-    path = write(tmp_path, "r.json", example(patient={"date_of_birth": born}))
+    path = write(tmp_path, "r.json", referral_body(patient={"date_of_birth": born}))
     [(result, _)] = screen([path])
     assert verdicts(result)["age"] == verdict
 
@@ -77,9 +77,9 @@ def test_invalid_json_and_invalid_referrals_are_reported_in_order(tmp_path: Path
     paths = [
         write(tmp_path, "a.json", EXAMPLE),
         write(tmp_path, "b.json", '{"clinic_reference": '),
-        write(tmp_path, "c.json", example(patient={"date_of_birth": "2027-01-01"})),
+        write(tmp_path, "c.json", referral_body(patient={"date_of_birth": "2027-01-01"})),
         tmp_path / "missing.json",
-        write(tmp_path, "d.json", example(clinical={"ecog": 3})),
+        write(tmp_path, "d.json", referral_body(clinical={"ecog": 3})),
     ]
     results = screen(paths)
     assert [(r["file"], ok) for r, ok in results] == [
@@ -95,7 +95,7 @@ def test_invalid_json_and_invalid_referrals_are_reported_in_order(tmp_path: Path
 
 
 def test_every_invalid_field_is_named(tmp_path: Path) -> None:
-    data = copy.deepcopy(EXAMPLE)
+    data = referral_body()
     del data["patient"]["given_name"]
     data["clinical"]["ecog"] = "1"
     data["clinical"]["prior_therapy"]["last_anti_cd20_on"] = "last spring"
@@ -125,7 +125,7 @@ def test_another_study_is_refused_and_no_study_means_this_one(tmp_path: Path) ->
 
 
 def test_the_cohort_setting_reaches_the_engine(tmp_path: Path) -> None:
-    path = write(tmp_path, "r.json", example(clinical={"donor_identified": False}))
+    path = write(tmp_path, "r.json", referral_body(clinical={"donor_identified": False}))
     [(escalation, _)] = screen([path])
     [(expansion, _)] = screen([path], settings=StudySettings(cohort="dose_expansion"))
     assert (escalation["decision"], expansion["decision"]) == ("ineligible", "eligible")
@@ -141,7 +141,7 @@ def lines(output: str) -> list[dict[str, Any]]:
 
 def test_cli_prints_one_json_line_per_file(tmp_path: Path) -> None:
     first = write(tmp_path, "1.json", EXAMPLE)
-    second = write(tmp_path, "2.json", example(clinical={"ecog": None}))
+    second = write(tmp_path, "2.json", referral_body(clinical={"ecog": None}))
     outcome = runner.invoke(app, ["--as-of", "2026-11-10", str(first), str(second)])
     assert outcome.exit_code == 0, outcome.output
     assert [(r["file"], r["decision"]) for r in lines(outcome.output)] == [
@@ -161,7 +161,7 @@ def test_cli_exits_1_after_printing_every_file(tmp_path: Path) -> None:
 
 
 def test_cli_as_of_decides_the_age(tmp_path: Path) -> None:
-    path = write(tmp_path, "r.json", example(patient={"date_of_birth": "1960-11-11"}))
+    path = write(tmp_path, "r.json", referral_body(patient={"date_of_birth": "1960-11-11"}))
     before = lines(runner.invoke(app, ["--as-of", "2026-11-10", str(path)]).output)[0]
     on_birthday = lines(runner.invoke(app, ["--as-of", "2026-11-11", str(path)]).output)[0]
     assert (verdicts(before)["age"], verdicts(on_birthday)["age"]) == ("met", "not_met")
@@ -188,7 +188,7 @@ def test_cli_refuses_bad_settings(tmp_path: Path, option: list[str]) -> None:
 
 
 def test_cli_settings_options(tmp_path: Path) -> None:
-    path = write(tmp_path, "r.json", example(clinical={"donor_identified": False}))
+    path = write(tmp_path, "r.json", referral_body(clinical={"donor_identified": False}))
     args = ["--as-of", "2026-12-01", "--cohort", "dose_expansion", "--screening-window-days", "26", str(path)]
     [result] = lines(runner.invoke(app, args).output)
     assert (result["decision"], verdicts(result)["organ_function"]) == ("eligible", "met")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from datetime import date
 from typing import Any
 
@@ -14,28 +13,20 @@ from services.eligibility.consumers import screened_event, screening_input
 from services.eligibility.domain import StudySettings, assess, input_hash
 from services.eligibility.rules import load_ruleset
 from services.eligibility.schemas import RulesetPublic
-from shared.events import ReferralSubmitted, Referrer
+from shared.events import ReferralSubmitted
 from shared.handlers import PoisonMessage
+from shared.referral import EXAMPLE_REFERRAL as EXAMPLE
 from shared.referral import ClinicalData, ScreeningInput
-from tests.unit.eligibility.test_referral import EXAMPLE
+from tests.support import builders
+from tests.support.builders import DAY, submitted
 
 pytestmark = pytest.mark.unit
 
-DAY = date(2026, 11, 10)
-
 
 def snapshot(**clinical: Any) -> ReferralSubmitted:
-    return ReferralSubmitted(
-        clinic_id="clinic-a",
-        revision=1,
-        referral_day=DAY,
-        age_years=58,
-        postal_code="10021",
-        country="US",
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org"),
-        clinical={**copy.deepcopy(EXAMPLE["clinical"]), **clinical},
-    )
+    data = submitted(clinical=builders.clinical(**clinical))
+    assert isinstance(data, ReferralSubmitted)
+    return data
 
 
 # --- input hash -----------------------------------------------------------------------------------

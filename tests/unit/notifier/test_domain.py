@@ -18,22 +18,17 @@ from services.notifier.domain import (
     plan,
     retry_delay_s,
 )
-from shared.events import ReferralRouted, ReferralSiteDecided, ReferralWithdrawn, Referrer, SiteRef
+from shared.events import ReferralRouted, ReferralSiteDecided, ReferralWithdrawn
+from tests.support import builders
 
 pytestmark = pytest.mark.unit
 
 
 def routed() -> ReferralRouted:
-    return ReferralRouted(
-        clinic_id="clinic-a",
-        revision=1,
-        site=SiteRef(code="WCM", name="Weill Cornell", city="New York", coordinator_email="c@sites.example"),
+    return builders.routed(
+        site=builders.site("WCM", name="Weill Cornell", coordinator_email="c@sites.example"),
         distance_km=4.2,
-        rank=1,
-        decision="eligible",
         criteria_to_confirm=["ecog"],
-        consent_to_contact=True,
-        referrer=Referrer(name="Dr. Ana Smith", email="asmith@clinic.example"),
     )
 
 

@@ -1,0 +1,215 @@
+"""Test data, built in one place: referral bodies as clinics send them, and events as each service
+publishes them.
+
+Every builder returns a valid value from defaults; keyword arguments replace fields, so a test names only
+what it is about:
+
+    body = referral_body(patient={"sex": "x"})               # the contract's example, one field changed
+    data = screened(clinic_id="C1", routable=False)          # a ReferralScreened
+    envelope = wrap(routed(site=site("WCM")), referral_id)   # as its producer would send it
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from shared.events import (
+    CriterionVerdict,
+    Envelope,
+    EventData,
+    ReferralAmended,
+    ReferralNotified,
+    ReferralRouted,
+    ReferralScreened,
+    ReferralSiteDecided,
+    ReferralSubmitted,
+    ReferralUnroutable,
+    ReferralWaitlisted,
+    ReferralWithdrawn,
+    Referrer,
+    SiteRef,
+)
+from shared.referral import EXAMPLE_REFERRAL
+
+CLINIC = "clinic-a"
+DAY = date(2026, 11, 10)
+"""The referral day of built snapshots: fixed, so that ages and assessments never drift."""
+REFERRER = Referrer(name="Dr. Ana Smith", email="asmith@clinic.example.org")
+
+PRODUCERS: dict[type[EventData], str] = {
+    ReferralSubmitted: "intake",
+    ReferralAmended: "intake",
+    ReferralWithdrawn: "intake",
+    ReferralScreened: "eligibility",
+    ReferralRouted: "site_router",
+    ReferralWaitlisted: "site_router",
+    ReferralUnroutable: "site_router",
+    ReferralSiteDecided: "site_router",
+    ReferralNotified: "notifier",
+}
+"""Which service publishes each event type."""
+
+
+# --- referral bodies (the JSON a clinic submits) ----------------------------------------------------
+
+
+def referral_body(reference: str | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The contract's example with some fields of sections replaced, e.g. ``referral_body(patient={"sex":
+    "x"})``, and a clinic reference if given."""
+    body = copy.deepcopy(EXAMPLE_REFERRAL)
+    if reference is not None:
+        body["clinic_reference"] = reference
+    for section, fields in sections.items():
+        body[section].update(fields)
+    return body
+
+
+def clinical(**changes: Any) -> dict[str, Any]:
+    """The example's clinical block with top-level fields replaced."""
+    return {**copy.deepcopy(EXAMPLE_REFERRAL["clinical"]), **changes}
+
+
+def sample_referral(
+    *, postal_code: str = "10021", country: str = "US", email: str | None = None, **clinical: Any
+) -> dict[str, Any]:
+    """The example with fresh dates, a unique patient and reference: for a running system, where every
+    submission must be new."""
+    tag = uuid.uuid4().hex[:10]
+    body = referral_body(
+        f"E2E-{tag}",
+        patient={
+            "given_name": f"Given{tag}",
+            "family_name": f"Family{tag}",
+            "email": email or f"patient.{tag}@example.com",
+            "postal_code": postal_code,
+            "country": country,
+        },
+        referrer={"email": f"referrer.{tag}@clinic.example.org"},
+    )
+    body["clinical"]["organ_function"]["assessed_on"] = (date.today() - timedelta(days=3)).isoformat()
+    body["clinical"].update(clinical)
+    return body
+
+
+# --- event data --------------------------------------------------------------------------------------
+
+
+def site(code: str = "US-NY-01", **changes: Any) -> SiteRef:
+    """A trial site as events name it."""
+    values: dict[str, Any] = {
+        "code": code,
+        "name": f"Site {code}",
+        "city": "New York",
+        "coordinator_email": f"{code.lower()}@site.example.org",
+    }
+    return SiteRef(**(values | changes))
+
+
+def submitted(*, revision: int = 1, **changes: Any) -> ReferralSubmitted | ReferralAmended:
+    """The snapshot intake publishes: ``referral.submitted`` for revision 1, ``referral.amended`` after."""
+    values: dict[str, Any] = {
+        "clinic_id": CLINIC,
+        "revision": revision,
+        "referral_day": DAY,
+        "age_years": 58,
+        "postal_code": "10021",
+        "country": "US",
+        "consent_to_contact": True,
+        "referrer": REFERRER,
+        "clinical": clinical(),
+    }
+    model = ReferralSubmitted if revision == 1 else ReferralAmended
+    return model(**(values | changes))
+
+
+def withdrawn(**changes: Any) -> ReferralWithdrawn:
+    return ReferralWithdrawn(**({"clinic_id": CLINIC, "reason": "patient moved abroad"} | changes))
+
+
+def screened(*, routable: bool = True, **changes: Any) -> ReferralScreened:
+    """Eligibility's verdict: eligible and routable, or (``routable=False``) ineligible."""
+    values: dict[str, Any] = {
+        "clinic_id": CLINIC,
+        "revision": 1,
+        "ruleset": "ucart123-v1",
+        "decision": "eligible" if routable else "ineligible",
+        "score": 1.0 if routable else 0.4,
+        "routable": routable,
+        "criteria": [
+            CriterionVerdict(id="rr_aml", verdict="met", reason="relapsed AML"),
+            CriterionVerdict(id="cd123_positive", verdict="met", reason="positive by flow cytometry"),
+        ],
+        "age_years": 58,
+        "postal_code": "10021",
+        "country": "US",
+        "consent_to_contact": True,
+        "referrer": REFERRER,
+    }
+    return ReferralScreened(**(values | changes))
+
+
+def routed(**changes: Any) -> ReferralRouted:
+    """The site router's choice of a site (rank 1: the nearest)."""
+    values: dict[str, Any] = {
+        "clinic_id": CLINIC,
+        "revision": 1,
+        "site": site(),
+        "distance_km": 3.24,
+        "rank": 1,
+        "decision": "eligible",
+        "criteria_to_confirm": [],
+        "consent_to_contact": True,
+        "referrer": REFERRER,
+    }
+    return ReferralRouted(**(values | changes))
+
+
+def waitlisted(**changes: Any) -> ReferralWaitlisted:
+    return ReferralWaitlisted(
+        **({"clinic_id": CLINIC, "reason": "no recruiting site with free capacity"} | changes)
+    )
+
+
+def unroutable(**changes: Any) -> ReferralUnroutable:
+    return ReferralUnroutable(
+        **({"clinic_id": CLINIC, "reason": "unknown postal code 99999 in US"} | changes)
+    )
+
+
+def site_decided(decision: str = "accepted", **changes: Any) -> ReferralSiteDecided:
+    values: dict[str, Any] = {"clinic_id": CLINIC, "site_code": site().code, "decision": decision}
+    return ReferralSiteDecided(**(values | changes))
+
+
+def notified(role: str = "site", template: str = "site_new_referral") -> ReferralNotified:
+    return ReferralNotified(
+        recipient_role=role,  # type: ignore[arg-type]
+        template=template,
+        message_id=f"<{uuid.uuid4().hex}@trialroute>",
+        source_event_id=uuid.uuid4(),
+    )
+
+
+# --- envelopes ---------------------------------------------------------------------------------------
+
+
+def wrap(
+    data: EventData,
+    referral_id: uuid.UUID | str | None = None,
+    *,
+    at: datetime | None = None,
+    trace: str | None = None,
+    producer: str | None = None,
+) -> Envelope:
+    """``data`` in an envelope as its producer would send it (a new referral id unless given; now unless
+    ``at``)."""
+    envelope = Envelope.wrap(
+        data,
+        producer=producer or PRODUCERS[type(data)],
+        referral_id=uuid.UUID(str(referral_id)) if referral_id is not None else uuid.uuid4(),
+        trace=trace,
+    )
+    return envelope if at is None else envelope.model_copy(update={"occurred_at": at})

@@ -12,7 +12,7 @@ from services.intake import api, openapi
 from services.intake.config import IntakeSettings
 from services.intake.consumers import HANDLERS
 from services.intake.deps import IntakeState
-from services.intake.handlers import Commands
+from services.intake.commands import Commands
 from services.intake.idempotency import Idempotency
 from services.intake.queries import Queries
 from services.intake.store import TABLES

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.auth import api
+from services.auth import SERVICE, api
 from services.auth.config import AuthSettings
 from services.auth.deps import AuthState
 from services.auth.keys import KeyRing, ensure_signing_key
@@ -48,7 +48,7 @@ def build(settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES) -> Service
         keyring.signing_key()
 
     return ServiceSpec(
-        name="auth",
+        name=SERVICE,
         title="trialroute auth",
         description=DESCRIPTION,
         routers=[api.router] if "api" in roles else [],

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import store
+from services.intake import SERVICE, store
 from services.intake.config import IntakeSettings
 from services.intake.domain import Status, age_in_years, change_refusal
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
@@ -36,8 +36,6 @@ from shared.events import (
 from shared.outbox import add_event
 from shared.problems import Conflict, NotFound, Unprocessable
 from shared.store import utcnow
-
-PRODUCER = "intake"
 
 Work = Callable[[AsyncSession], Awaitable[ReferralReceipt]]
 """A command's writes, given the transaction's session; the receipt of the referral it wrote."""
@@ -146,7 +144,7 @@ class Commands:
         trace: str | None,
     ) -> None:
         """Queue the event and put the same fact, under the same id and time, on the timeline."""
-        envelope = Envelope.wrap(data, producer=PRODUCER, referral_id=referral.id, trace=trace)
+        envelope = Envelope.wrap(data, producer=SERVICE, referral_id=referral.id, trace=trace)
         add_event(session, envelope)
         entry = TimelineEntry(
             referral_id=referral.id,
@@ -155,7 +153,7 @@ class Commands:
             status=status.value,
             revision=None if status is Status.WITHDRAWN else referral.revision,
             occurred_at=envelope.occurred_at,
-            source=PRODUCER,
+            source=SERVICE,
             reason=reason,
         )
         await store.record(session, referral, entry)

@@ -8,7 +8,7 @@ import pytest
 
 from shared.events import Envelope, ReferralWithdrawn
 from shared.settings import KafkaSettings
-from tests.integration.site_router.conftest import RouterKit, ServeRouter, screening
+from tests.integration.site_router.conftest import CommandKit, ServeRouter, screening
 from tests.support.kafka import eventually, produce, read_topic
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ async def on_topic(kafka: KafkaSettings, topic: str) -> list[Envelope]:
 
 
 async def test_screened_event_becomes_routed_event_on_the_topic(
-    serve_router: ServeRouter, kit: RouterKit, kafka: KafkaSettings
+    serve_router: ServeRouter, kit: CommandKit, kafka: KafkaSettings
 ) -> None:
     await kit.add_sites({"WCM": 1})
     routed_id, unknown_id, waiting_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

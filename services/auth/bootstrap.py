@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from services.auth import api
+from services.auth import SERVICE, api
 from services.auth.config import AuthSettings
 from services.auth.deps import AuthState
 from services.auth.keys import KeyRing, ensure_signing_key
@@ -54,7 +54,7 @@ def build(
         keyring.signing_key()
 
     return ServiceSpec(
-        name="auth",
+        name=SERVICE,
         title="trialroute auth",
         description=DESCRIPTION,
         routers=[api.router] if "api" in roles else [],

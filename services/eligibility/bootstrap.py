@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 
 import shared.app
-from services.eligibility import api
+from services.eligibility import SERVICE, api
 from services.eligibility.config import EligibilitySettings
 from services.eligibility.consumers import EligibilityHandlers
 from services.eligibility.deps import EligibilityState
@@ -26,8 +26,6 @@ from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
 
-NAME = "eligibility"
-
 
 def load_settings() -> EligibilitySettings:
     return EligibilitySettings()
@@ -38,13 +36,13 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
     study = settings.study(ruleset)
     db = Database(settings.database_url)
     http = httpx.AsyncClient(timeout=5)
-    validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
-    loops = event_loops(NAME, db, settings, roles, EligibilityHandlers(ruleset, study).registry())
+    validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
+    loops = event_loops(SERVICE, db, settings, roles, EligibilityHandlers(ruleset, study).registry())
     checks: dict[str, Check] = {"database": db.ping, "kafka": partial(kafka_ping, settings.kafka)}
     if "api" in roles:
         checks["issuer"] = validator.check  # only the API validates tokens
     return ServiceSpec(
-        name=NAME,
+        name=SERVICE,
         title="trialroute eligibility",
         description="Pre-screens referrals against the study's published criteria "
         f"(rule set {ruleset.version}) and answers who may read an assessment.",

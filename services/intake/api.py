@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.intake.commands import Transaction, Work
 from services.intake.deps import IntakeStateDep
 from services.intake.domain import Status, request_fingerprint
-from services.intake.handlers import Transaction, Work
 from services.intake.idempotency import REPLAYED_HEADER, Idempotency, Outcome
 from services.intake.openapi import REFERRAL_EXAMPLE, problems
 from services.intake.schemas import (

@@ -8,11 +8,11 @@ from functools import partial
 import httpx
 from fastapi import FastAPI
 
-from services.intake import api, openapi
+from services.intake import SERVICE, api, openapi
+from services.intake.commands import Commands
 from services.intake.config import IntakeSettings
 from services.intake.consumers import HANDLERS
 from services.intake.deps import IntakeState
-from services.intake.handlers import Commands
 from services.intake.idempotency import Idempotency
 from services.intake.queries import Queries
 from services.intake.store import TABLES
@@ -23,7 +23,6 @@ from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
 
-NAME = "intake"
 DESCRIPTION = """\
 Partner clinics submit referrals to the UCART123 (AMELI-01) trial here and follow them through
 eligibility screening, site routing, notifications and the site's decision.
@@ -56,13 +55,13 @@ def load_settings() -> IntakeSettings:
 def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
     db = Database(settings.database_url)
     http = httpx.AsyncClient(timeout=5)
-    validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
+    validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     idempotency = Idempotency(
         db, ttl=timedelta(hours=settings.idempotency_ttl_hours), lock_s=settings.idempotency_lock_s
     )
-    loops = event_loops(NAME, db, settings, roles, HANDLERS)
+    loops = event_loops(SERVICE, db, settings, roles, HANDLERS)
     return ServiceSpec(
-        name=NAME,
+        name=SERVICE,
         title="trialroute intake",
         description=DESCRIPTION,
         routers=[api.router] if "api" in roles else [],

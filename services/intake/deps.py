@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from services.intake.commands import Commands
 from services.intake.config import IntakeSettings
-from services.intake.handlers import Commands
 from services.intake.idempotency import Idempotency
 from services.intake.queries import Queries
 from shared.deps import ServiceState, state_dep

@@ -32,7 +32,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 @dataclass(frozen=True)
 class Outcome:
-    """A response as the handlers build it and as a key stores it."""
+    """A response as the routes build it and as a key stores it."""
 
     status_code: int
     body: dict[str, Any]

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from services.notifier import store
+from services.notifier import commands
 from services.notifier.deps import NotifierStateDep
 from services.notifier.domain import State
 from services.notifier.schemas import NotificationLog, NotificationPublic
 from shared.auth import Principal, Scope, require
 from shared.deps import SessionDep
-from shared.problems import Conflict, NotFound
 
 Ops = Annotated[Principal, Depends(require(Scope.OPS))]
 
@@ -43,9 +41,4 @@ async def retry_notification(
     _: Ops,
     session: SessionDep,
 ) -> NotificationPublic:
-    row = await store.retry_failed(session, notification_id, datetime.now(UTC))
-    if row is None:
-        raise NotFound(f"no notification {notification_id}")
-    if row.state != State.PENDING:
-        raise Conflict(f"notification {notification_id} is {row.state}; only a failed one is retried")
-    return NotificationPublic.of(row)
+    return NotificationPublic.of(await commands.retry(session, notification_id))

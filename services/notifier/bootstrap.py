@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 import shared.app
-from services.notifier import api
+from services.notifier import SERVICE, api
 from services.notifier.config import NotifierSettings
 from services.notifier.consumers import handlers
 from services.notifier.contacts import ContactsClient
@@ -27,8 +27,6 @@ from shared.auth import ServiceTokenSource, TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import consumer_group, event_loops
-
-NAME = "notifier"
 
 
 def load_settings() -> NotifierSettings:
@@ -51,8 +49,8 @@ def contact_reader(settings: NotifierSettings) -> tuple[ContactsClient, ServiceT
 def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
     db = Database(settings.database_url)
     http = httpx.AsyncClient(timeout=5)
-    validator = TokenValidator(settings.oauth, settings.audience or NAME, http)
-    loops = event_loops(NAME, db, settings, roles, handlers(settings.message_id_domain))
+    validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
+    loops = event_loops(SERVICE, db, settings, roles, handlers(settings.message_id_domain))
     on_stop: list[Hook] = []
     if "consumer" in roles:
         contacts, tokens = contact_reader(settings)
@@ -63,12 +61,12 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
             mailer=mailer,
             templates=Templates(),
             contacts=contacts,
-            consumer_name=f"{consumer_group(settings, NAME)}-dispatcher",
+            consumer_name=f"{consumer_group(settings, SERVICE)}-dispatcher",
         )
         loops.append(Loop("dispatcher", dispatcher.run))
         on_stop += [mailer.aclose, contacts.aclose, tokens.aclose]
     return ServiceSpec(
-        name=NAME,
+        name=SERVICE,
         title="trialroute notifier",
         description="Emails the site coordinator, the patient and the referrer when a referral is "
         "routed or decided, exactly once each; the delivery log for ops.",

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notifier import store
+from services.notifier import SERVICE, store
 from services.notifier.config import NotifierSettings
 from services.notifier.contacts import Contact, ContactsClient
 from services.notifier.domain import (
@@ -60,7 +60,6 @@ from shared.retry import briefly, keep_working
 
 log = logging.getLogger(__name__)
 
-SERVICE = "notifier"
 # How long the outcomes already in wait for the rest of their batch before being committed without it.
 RECORD_GATHER_S = 0.2
 

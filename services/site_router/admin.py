@@ -32,7 +32,7 @@ async def list_sites(_: SitesAdmin, site_router: SiteRouterStateDep) -> list[Sit
 async def create_site(body: SiteCreate, _: SitesAdmin, site_router: SiteRouterStateDep) -> SitePublic:
     """Coordinates come from the postal code (422 if unknown); a recruiting site takes the waitlist."""
     async with site_router.db.session() as session:
-        site = await sites.create_site(session, body, site_router.router.geocoder)
+        site = await sites.create_site(session, body, site_router.commands.geocoder)
     await site_router.directory.reload(site_router.db)
     return SitePublic.model_validate(site)
 

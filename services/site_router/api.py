@@ -1,7 +1,7 @@
 """HTTP routes for site coordinators (their own site's queue and decisions) and the public site finder.
 
 Routes parse, call one use case in one transaction (or one query) and shape the answer; the rules live
-in ``referrals.py``, the reads in ``queries.py``. A coordinator's site comes from the token
+in ``commands.py``, the reads in ``queries.py``. A coordinator's site comes from the token
 (``site_code``), never from the request, and a referral the site never had answers 404, as if it did not
 exist.
 """
@@ -83,7 +83,7 @@ async def accept_referral(
     """The site takes the referral on; it keeps its slot until closed. Publishes referral.site_decided."""
     site_code = principal.require_site()
     referral, assignment = await site_router.db.run(
-        lambda session: site_router.router.accept(session, site_code, referral_id)
+        lambda session: site_router.commands.accept(session, site_code, referral_id)
     )
     return queue_item(assignment, referral)
 
@@ -98,7 +98,7 @@ async def decline_referral(
     """Frees the slot; the referral goes to the next nearest site that has not declined it."""
     site_code = principal.require_site()
     referral, assignment = await site_router.db.run(
-        lambda session: site_router.router.decline(session, site_code, referral_id, body.reason)
+        lambda session: site_router.commands.decline(session, site_code, referral_id, body.reason)
     )
     return queue_item(assignment, referral)
 
@@ -113,6 +113,8 @@ async def close_referral(
     """Ends the site's work on the referral (enrolled or not) and frees its slot for the waitlist."""
     site_code = principal.require_site()
     referral, assignment = await site_router.db.run(
-        lambda session: site_router.router.close(session, site_code, referral_id, body.enrolled, body.reason)
+        lambda session: site_router.commands.close(
+            session, site_code, referral_id, body.enrolled, body.reason
+        )
     )
     return queue_item(assignment, referral)

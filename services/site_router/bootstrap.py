@@ -9,22 +9,20 @@ import httpx
 from fastapi import FastAPI
 
 import shared.app
-from services.site_router import admin, api, consumers, finder_page
+from services.site_router import SERVICE, admin, api, consumers, finder_page
+from services.site_router.commands import Commands
 from services.site_router.config import SiteRouterSettings
 from services.site_router.deps import SiteRouterState
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
 from services.site_router.queries import Queries
 from services.site_router.ratelimit import RateLimiter
-from services.site_router.referrals import Router
 from services.site_router.store import TABLES
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
-
-SERVICE = "site_router"
 
 
 def load_settings() -> SiteRouterSettings:
@@ -40,10 +38,10 @@ def build(
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     geocoder = geocoder or Geocoder(index_dir=settings.geonames_index_dir)
     directory = SiteDirectory()
-    router = Router(geocoder, directory)
+    commands = Commands(geocoder, directory)
     loops = [
         Loop("site-index", partial(directory.keep_fresh, db, settings.index_refresh_s)),
-        *event_loops(SERVICE, db, settings, roles, consumers.handlers(router)),
+        *event_loops(SERVICE, db, settings, roles, consumers.handlers(commands)),
     ]
 
     async def warm_geocoder() -> None:
@@ -62,10 +60,10 @@ def build(
             db=db,
             settings=settings,
             token_validator=validator,
-            router=router,
+            commands=commands,
             directory=directory,
             finder_limiter=RateLimiter(settings.finder_rate_per_minute),
-            queries=Queries(db, settings, router, directory),
+            queries=Queries(db, settings, commands, directory),
         ),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[partial(db.create_tables, TABLES), partial(directory.reload, db), warm_geocoder],

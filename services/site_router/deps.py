@@ -7,18 +7,18 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from services.site_router.commands import Commands
 from services.site_router.config import SiteRouterSettings
 from services.site_router.directory import SiteDirectory
 from services.site_router.queries import Queries
 from services.site_router.ratelimit import RateLimiter
-from services.site_router.referrals import Router
 from shared.deps import ServiceState, state_dep
 
 
 @dataclass(kw_only=True)
 class SiteRouterState(ServiceState):
     settings: SiteRouterSettings
-    router: Router
+    commands: Commands
     directory: SiteDirectory
     finder_limiter: RateLimiter
     queries: Queries

@@ -9,11 +9,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from services.site_router import store
+from services.site_router.commands import Commands
 from services.site_router.config import SiteRouterSettings
 from services.site_router.directory import SiteDirectory
 from services.site_router.domain import confirmation_note, criteria_to_confirm, postal_area
 from services.site_router.geo import GeoError, normalise_postal_code
-from services.site_router.referrals import Router
 from services.site_router.schemas import (
     CriterionOut,
     NearbySite,
@@ -33,13 +33,13 @@ from shared.problems import NotFound, Unprocessable
 class Queries:
     db: Database
     settings: SiteRouterSettings
-    router: Router
+    commands: Commands
     directory: SiteDirectory
 
     async def nearby(self, postal_code: str, country: str, limit: int) -> NearbySites:
         """Where the trial recruits near a postal code, nearest first, with each study centre's contact."""
         try:
-            location = await self.router.locate(postal_code, country)
+            location = await self.commands.locate(postal_code, country)
         except GeoError as exc:
             raise Unprocessable(exc.reason) from exc
         limit = min(limit, self.settings.finder_max_limit)

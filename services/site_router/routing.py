@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.site_router import store
+from services.site_router import SERVICE, store
 from services.site_router.domain import (
     NEAREST_CANDIDATES,
     AssignmentState,
@@ -39,14 +39,13 @@ from shared.outbox import add_event
 
 log = logging.getLogger(__name__)
 
-PRODUCER = "site_router"
 WAITLIST_PAGE = 100
 
 WAITLIST_REASON = "no recruiting site has a free slot; the referral is routed as soon as one frees"
 
 
 def publish(session: AsyncSession, referral_id: uuid.UUID, data: EventData, trace: str | None) -> None:
-    add_event(session, Envelope.wrap(data, producer=PRODUCER, referral_id=referral_id, trace=trace))
+    add_event(session, Envelope.wrap(data, producer=SERVICE, referral_id=referral_id, trace=trace))
 
 
 def screening_of(referral: store.ReferralRecord) -> ReferralScreened:

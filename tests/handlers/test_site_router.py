@@ -17,10 +17,10 @@ import pytest
 from sqlmodel import col, select
 
 from services.site_router import sites, store
+from services.site_router.commands import Commands
 from services.site_router.consumers import handlers
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
-from services.site_router.referrals import Router
 from services.site_router.routing import WAITLIST_REASON
 from services.site_router.schemas import SiteCreate
 from shared.events import CriterionVerdict, Envelope
@@ -49,10 +49,10 @@ def geocoder(tmp_path_factory: pytest.TempPathFactory) -> Geocoder:
 
 @dataclass
 class Kit:
-    """The router's handlers on the harness, and what a test reads back of the router's store."""
+    """The site router's handlers on the harness, and what a test reads back of its store."""
 
     harness: HandlerHarness
-    router: Router
+    commands: Commands
 
     async def add_sites(self, capacities: dict[str, int], status: str = "recruiting") -> None:
         async with self.harness.db.session() as session:
@@ -60,8 +60,8 @@ class Kit:
                 data = SiteCreate.model_validate(
                     {**SEED[code].model_dump(), "capacity": capacity, "status": status}
                 )
-                await sites.create_site(session, data, self.router.geocoder)
-        await self.router.directory.reload(self.harness.db)
+                await sites.create_site(session, data, self.commands.geocoder)
+        await self.commands.directory.reload(self.harness.db)
 
     async def screen(self, referral_id: uuid.UUID | None = None, **changes: Any) -> uuid.UUID:
         """Deliver a screening of a routable referral at 10021 unless ``changes`` say otherwise."""
@@ -110,9 +110,9 @@ class Kit:
 
 @pytest.fixture
 async def kit(geocoder: Geocoder) -> AsyncIterator[Kit]:
-    router = Router(geocoder, SiteDirectory())
-    async with handler_harness(handlers(router), store.TABLES) as harness:
-        yield Kit(harness, router)
+    commands = Commands(geocoder, SiteDirectory())
+    async with handler_harness(handlers(commands), store.TABLES) as harness:
+        yield Kit(harness, commands)
 
 
 async def test_the_nearest_recruiting_site_with_room_gets_the_referral(kit: Kit) -> None:

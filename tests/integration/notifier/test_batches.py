@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from services.notifier.bootstrap import contact_reader
-from services.notifier.consumers import on_routed
+from services.notifier.commands import record_routings
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.mail import Email, Mailer, Templates
 from services.notifier.store import TABLES, Notification
@@ -63,7 +63,7 @@ async def test_one_contact_read_serves_every_referral_of_a_dispatch_batch(stack:
         async with db.session() as session:  # all three routings pending before the dispatcher runs
             events = [routed(referral_id) for referral_id in referrals]
             batch = [(event, event.payload()) for event in events]
-            await on_routed(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
+            await record_routings(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
         assert await dispatcher.dispatch_once() == 9
     finally:
         await mailer.aclose()
@@ -141,7 +141,7 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
         async with db.session() as session:
             data = event.payload()
             assert isinstance(data, ReferralRouted)
-            await on_routed(session, [(event, data)], message_id_domain="trialroute.notifier")
+            await record_routings(session, [(event, data)], message_id_domain="trialroute.notifier")
         assert await dispatcher.dispatch_once() == 3
         async with db.session() as session:
             notified = (
@@ -175,11 +175,13 @@ async def test_routings_of_one_referral_recorded_together_name_the_site_each_one
     await db.create_tables(TABLES)
     try:
         async with db.session() as session:  # recorded before: the batch must read it from the store
-            await on_routed(session, [(earlier, earlier.payload())], message_id_domain="trialroute.notifier")
+            await record_routings(
+                session, [(earlier, earlier.payload())], message_id_domain="trialroute.notifier"
+            )
         together = [routed(referral_id, DFCI, rank=2), routed(referral_id, WCM, rank=3)]
         async with db.session() as session:
             batch = [(event, event.payload()) for event in together]
-            await on_routed(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
+            await record_routings(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
     finally:
         await db.dispose()
 

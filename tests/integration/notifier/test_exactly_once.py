@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.notifier.consumers import on_routed
+from services.notifier.commands import record_routings
 from services.notifier.domain import message_id
 from services.notifier.store import TABLES, claim_due
 from shared.db import Database
@@ -89,7 +89,7 @@ async def test_a_dispatcher_that_died_mid_send_is_replaced_after_its_lease_with_
     async with db.session() as session:
         data = event.payload()
         assert isinstance(data, ReferralRouted)
-        await on_routed(session, [(event, data)], message_id_domain="trialroute.notifier")
+        await record_routings(session, [(event, data)], message_id_domain="trialroute.notifier")
     async with db.session() as session:  # claimed by a dispatcher that then crashed
         claimed = await claim_due(session, is_sqlite=False, now=datetime.now(UTC), lease_s=3, limit=10)
     await db.dispose()

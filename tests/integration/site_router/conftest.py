@@ -18,13 +18,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from services.site_router import SERVICE as AUDIENCE
 from services.site_router import sites, store
-from services.site_router.bootstrap import SERVICE as AUDIENCE
 from services.site_router.bootstrap import create_app
+from services.site_router.commands import Commands
 from services.site_router.config import SiteRouterSettings
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
-from services.site_router.referrals import Router
 from services.site_router.schemas import SiteCreate
 from shared.app import Role
 from shared.auth import Scope
@@ -74,11 +74,11 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 
 @dataclass
-class RouterKit:
+class CommandKit:
     """The use cases and what a test needs around them."""
 
     db: Database
-    router: Router
+    commands: Commands
 
     async def add_sites(self, capacities: dict[str, int], status: str = "recruiting") -> None:
         async with self.db.session() as session:
@@ -91,25 +91,25 @@ class RouterKit:
                     status=status,  # type: ignore[arg-type]
                     **TRIAL_SITES[code],
                 )
-                await sites.create_site(session, data, self.router.geocoder)
-        await self.router.directory.reload(self.db)
+                await sites.create_site(session, data, self.commands.geocoder)
+        await self.commands.directory.reload(self.db)
 
     async def screen(self, referral_id: uuid.UUID | None = None, **overrides: Any) -> uuid.UUID:
         """Hand the router a screening, as the consumer loop would (one transaction)."""
         referral_id = referral_id or uuid.uuid4()
         scr = screening(**overrides)
-        await self.db.run(lambda session: self.router.screened(session, referral_id, scr, None))
+        await self.db.run(lambda session: self.commands.screened(session, referral_id, scr, None))
         return referral_id
 
     async def withdraw(self, referral_id: uuid.UUID) -> None:
         withdrawn = ReferralWithdrawn(clinic_id="C1")
-        await self.db.run(lambda session: self.router.withdrawn(session, referral_id, withdrawn, None))
+        await self.db.run(lambda session: self.commands.withdrawn(session, referral_id, withdrawn, None))
 
     async def decline(self, site: str, referral_id: uuid.UUID, reason: str = "not now") -> None:
-        await self.db.run(lambda session: self.router.decline(session, site, referral_id, reason))
+        await self.db.run(lambda session: self.commands.decline(session, site, referral_id, reason))
 
     async def close(self, site: str, referral_id: uuid.UUID, enrolled: bool = False) -> None:
-        await self.db.run(lambda session: self.router.close(session, site, referral_id, enrolled, None))
+        await self.db.run(lambda session: self.commands.close(session, site, referral_id, enrolled, None))
 
     async def referral(self, referral_id: uuid.UUID) -> store.ReferralRecord:
         async with self.db.session() as session:
@@ -152,10 +152,10 @@ class RouterKit:
 
 
 @pytest.fixture
-async def kit(db: Database, geocoder: Geocoder) -> RouterKit:
+async def kit(db: Database, geocoder: Geocoder) -> CommandKit:
     directory = SiteDirectory()
     await directory.reload(db)
-    return RouterKit(db, Router(geocoder, directory))
+    return CommandKit(db, Commands(geocoder, directory))
 
 
 def screening(

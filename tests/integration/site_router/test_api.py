@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shared.auth import Scope
-from tests.integration.site_router.conftest import TRIAL_SITES, RouterKit, ServeRouter, Tokens
+from tests.integration.site_router.conftest import TRIAL_SITES, CommandKit, ServeRouter, Tokens
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,11 @@ def assert_problem(response: httpx.Response, status: int, detail: str = "") -> N
 
 
 async def test_a_site_sees_and_decides_only_its_own_referrals(
-    serve_router: ServeRouter, kit: RouterKit, tokens: Tokens, http: httpx.AsyncClient
+    serve_router: ServeRouter, kit: CommandKit, tokens: Tokens, http: httpx.AsyncClient
 ) -> None:
     async with serve_router() as url:
         await add_sites(http, url, tokens, {"WCM": 1, "DFCI": 1})
-        await kit.router.directory.reload(kit.db)
+        await kit.commands.directory.reload(kit.db)
         referral = await kit.screen()
         wcm, dfci = await tokens.site("WCM"), await tokens.site("DFCI")
 
@@ -88,11 +88,11 @@ async def test_site_api_needs_a_site_token_with_the_scope(
 
 
 async def test_decline_and_close_over_http(
-    serve_router: ServeRouter, kit: RouterKit, tokens: Tokens, http: httpx.AsyncClient
+    serve_router: ServeRouter, kit: CommandKit, tokens: Tokens, http: httpx.AsyncClient
 ) -> None:
     async with serve_router() as url:
         await add_sites(http, url, tokens, {"WCM": 1, "DFCI": 1})
-        await kit.router.directory.reload(kit.db)
+        await kit.commands.directory.reload(kit.db)
         first, second, third = await kit.screen(), await kit.screen(), await kit.screen()  # WCM, DFCI, waits
         wcm, dfci = await tokens.site("WCM"), await tokens.site("DFCI")
 
@@ -115,7 +115,7 @@ async def test_decline_and_close_over_http(
 
 
 async def test_trial_staff_manage_sites(
-    serve_router: ServeRouter, kit: RouterKit, tokens: Tokens, http: httpx.AsyncClient
+    serve_router: ServeRouter, kit: CommandKit, tokens: Tokens, http: httpx.AsyncClient
 ) -> None:
     async with serve_router() as url:
         admin = await tokens.admin()
@@ -135,7 +135,7 @@ async def test_trial_staff_manage_sites(
         )
         assert_problem(await http.get(f"{url}/v1/sites/NOPE", headers=admin), 404)
 
-        await kit.router.directory.reload(kit.db)
+        await kit.commands.directory.reload(kit.db)
         holder, waiting = await kit.screen(), await kit.screen()
         grown = await http.patch(
             f"{url}/v1/sites/WCM", json={"capacity": 2, "phone": "+1 212 555 0199"}, headers=admin

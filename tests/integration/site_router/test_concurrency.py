@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select, text
 
 from services.site_router import store
+from services.site_router.commands import Commands
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
-from services.site_router.referrals import Router
 from shared.db import Database
-from tests.integration.site_router.conftest import RouterKit
+from tests.integration.site_router.conftest import CommandKit
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,9 @@ CAPACITY = {"WCM": 2, "DFCI": 2, "MCC": 2}
 
 
 @pytest.fixture
-async def instances(database_url: str, kit: RouterKit, geocoder: Geocoder) -> AsyncIterator[list[RouterKit]]:
+async def instances(
+    database_url: str, kit: CommandKit, geocoder: Geocoder
+) -> AsyncIterator[list[CommandKit]]:
     """Four router instances on the test's database, each with its own pool and site index."""
     await kit.add_sites(CAPACITY)
     kits = []
@@ -44,13 +46,13 @@ async def instances(database_url: str, kit: RouterKit, geocoder: Geocoder) -> As
         db = Database(database_url, pool_size=10)
         directory = SiteDirectory()
         await directory.reload(db)
-        kits.append(RouterKit(db, Router(geocoder, directory)))
+        kits.append(CommandKit(db, Commands(geocoder, directory)))
     yield kits
     for each in kits:
         await each.db.dispose()
 
 
-async def invariants(kit: RouterKit) -> None:
+async def invariants(kit: CommandKit) -> None:
     """What must hold whatever the interleaving."""
     counts, active = await kit.open_counts(), await kit.active_per_site()
     assert dict(active) == {code: n for code, n in counts.items() if n}, "open_count drifted from assignments"
@@ -65,7 +67,7 @@ async def invariants(kit: RouterKit) -> None:
                 assert site.code in declined, f"{site.code} has room while {referral_id} waits (lost wakeup)"
 
 
-async def test_forty_concurrent_routings_never_exceed_capacity(instances: list[RouterKit]) -> None:
+async def test_forty_concurrent_routings_never_exceed_capacity(instances: list[CommandKit]) -> None:
     kits = itertools.cycle(instances)
     codes = itertools.cycle(POSTAL_CODES)
     referrals = await asyncio.gather(*(next(kits).screen(postal_code=next(codes)) for _ in range(40)))
@@ -80,7 +82,7 @@ async def test_forty_concurrent_routings_never_exceed_capacity(instances: list[R
     await invariants(kit)
 
 
-async def test_releases_racing_arrivals_lose_no_slot(instances: list[RouterKit]) -> None:
+async def test_releases_racing_arrivals_lose_no_slot(instances: list[CommandKit]) -> None:
     """Declines, closes and withdrawals free slots while new referrals arrive and get waitlisted, round
     after round: no site is ever overbooked, and when each round settles no site has room that a waiting
     referral could take."""
@@ -100,7 +102,7 @@ async def test_releases_racing_arrivals_lose_no_slot(instances: list[RouterKit])
         assert await kit.open_counts() == CAPACITY  # more referrals than slots: every slot is taken again
 
 
-async def _holders(kit: RouterKit) -> dict[uuid.UUID, str]:
+async def _holders(kit: CommandKit) -> dict[uuid.UUID, str]:
     async with kit.db.session() as session:
         rows = await session.execute(
             select(store.Assignment.referral_id, store.Assignment.site_code).where(
@@ -110,7 +112,7 @@ async def _holders(kit: RouterKit) -> dict[uuid.UUID, str]:
         return {referral: site for referral, site in rows.all()}
 
 
-async def _blocked(kit: RouterKit) -> None:
+async def _blocked(kit: CommandKit) -> None:
     """Until a transaction waits for a lock another holds: on PostgreSQL, as the server reports it."""
     if kit.db.is_sqlite:
         # SQLite's waiter spins in its busy handler, which nothing outside its connection can see: the
@@ -129,7 +131,7 @@ async def _blocked(kit: RouterKit) -> None:
     await eventually(waiting, what="the newcomer to wait for the close's lock")
 
 
-def _release(kit: RouterKit, i: int, referral: uuid.UUID, site: str) -> Callable[[], Awaitable[None]]:
+def _release(kit: CommandKit, i: int, referral: uuid.UUID, site: str) -> Callable[[], Awaitable[None]]:
     if i % 3 == 0:
         return lambda: kit.decline(site, referral)
     if i % 3 == 1:
@@ -137,18 +139,18 @@ def _release(kit: RouterKit, i: int, referral: uuid.UUID, site: str) -> Callable
     return lambda: kit.withdraw(referral)
 
 
-def _arrival(kit: RouterKit, postal_code: str) -> Callable[[], Awaitable[uuid.UUID]]:
+def _arrival(kit: CommandKit, postal_code: str) -> Callable[[], Awaitable[uuid.UUID]]:
     return lambda: kit.screen(postal_code=postal_code)
 
 
-async def test_a_slot_freed_while_a_referral_is_waitlisted_is_not_lost(instances: list[RouterKit]) -> None:
+async def test_a_slot_freed_while_a_referral_is_waitlisted_is_not_lost(instances: list[CommandKit]) -> None:
     """Deterministic form of the race: a close has freed WCM's slot and drained an empty waitlist but not
     committed yet, when another instance finds every site full and waitlists a newcomer. The newcomer
     must end up in the freed slot, not wait for the next release."""
     one, other = instances[0], instances[1]
     holders = [await one.screen() for _ in range(6)]
     async with one.db.session() as session:
-        await one.router.close(session, "WCM", holders[0], enrolled=False, reason=None)
+        await one.commands.close(session, "WCM", holders[0], enrolled=False, reason=None)
         newcomer = asyncio.create_task(other.screen())
         await _blocked(other)  # the newcomer read "all full", and now waits for this commit
     referral = await newcomer

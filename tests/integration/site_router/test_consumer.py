@@ -8,7 +8,7 @@ import pytest
 
 from shared.events import Envelope
 from shared.settings import KafkaSettings
-from tests.integration.site_router.conftest import RouterKit, ServeRouter, screening
+from tests.integration.site_router.conftest import CommandKit, ServeRouter, screening
 from tests.support.builders import withdrawn, wrap
 from tests.support.kafka import on_topic, publish, read_topic, topic_has
 from tests.support.waiting import eventually
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_screened_event_becomes_routed_event_on_the_topic(
-    serve_router: ServeRouter, kit: RouterKit, kafka: KafkaSettings
+    serve_router: ServeRouter, kit: CommandKit, kafka: KafkaSettings
 ) -> None:
     await kit.add_sites({"WCM": 1})
     routed_id, unknown_id, waiting_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

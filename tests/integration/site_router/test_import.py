@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from services.cli import app as trialroute
 from services.site_router import store
 from services.site_router.sites import SEED_FILE, SiteImportError, import_sites
-from tests.integration.site_router.conftest import RouterKit
+from tests.integration.site_router.conftest import CommandKit
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +24,8 @@ def test_the_seed_is_the_trials_sites_file() -> None:
     assert [s["code"] for s in json.loads(SEED_FILE.read_text())["sites"]] == ["WCM", "DFCI", "MCC", "MDACC"]
 
 
-async def test_import_upserts_by_code_and_keeps_reserved_slots(kit: RouterKit, tmp_path: Path) -> None:
-    report = await import_sites(kit.db, SEED_FILE, kit.router.geocoder)
+async def test_import_upserts_by_code_and_keeps_reserved_slots(kit: CommandKit, tmp_path: Path) -> None:
+    report = await import_sites(kit.db, SEED_FILE, kit.commands.geocoder)
     assert report.created == ["WCM", "DFCI", "MCC", "MDACC"] and report.updated == []
     async with kit.db.session() as session:
         wcm = await store.get_site(session, "WCM")
@@ -36,13 +36,13 @@ async def test_import_upserts_by_code_and_keeps_reserved_slots(kit: RouterKit, t
         "ucart123.wcm@sites.example.org",
     )
 
-    await kit.router.directory.reload(kit.db)
+    await kit.commands.directory.reload(kit.db)
     referral = await kit.screen()
     changed = json.loads(SEED_FILE.read_text())
     changed["sites"][0] |= {"capacity": 6, "name": "WCM / NYP"}
     path = tmp_path / "sites.json"
     path.write_text(json.dumps(changed))
-    again = await import_sites(kit.db, path, kit.router.geocoder)
+    again = await import_sites(kit.db, path, kit.commands.geocoder)
     assert again.created == [] and again.updated == ["WCM", "DFCI", "MCC", "MDACC"]
     async with kit.db.session() as session:
         wcm = await store.get_site(session, "WCM")
@@ -50,19 +50,19 @@ async def test_import_upserts_by_code_and_keeps_reserved_slots(kit: RouterKit, t
     assert await kit.site_of(referral) == "WCM"
 
 
-async def test_a_bad_file_changes_nothing(kit: RouterKit, tmp_path: Path) -> None:
+async def test_a_bad_file_changes_nothing(kit: CommandKit, tmp_path: Path) -> None:
     bad = json.loads(SEED_FILE.read_text())
     bad["sites"][1]["postal_code"] = "00000"
     bad["sites"][2]["capacity"] = -1
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     with pytest.raises(SiteImportError) as refused:
-        await import_sites(kit.db, path, kit.router.geocoder)
+        await import_sites(kit.db, path, kit.commands.geocoder)
     assert [p.split(":")[0] for p in refused.value.problems] == ["site #3"]
     del bad["sites"][2]
     path.write_text(json.dumps(bad))
     with pytest.raises(SiteImportError, match="site DFCI: unknown postal code '00000' for US"):
-        await import_sites(kit.db, path, kit.router.geocoder)
+        await import_sites(kit.db, path, kit.commands.geocoder)
     assert await kit.open_counts() == {}
 
 

@@ -9,7 +9,7 @@ import pytest
 from services.site_router import sites
 from services.site_router.domain import SiteStatus
 from services.site_router.schemas import SiteUpdate
-from tests.integration.site_router.conftest import NEAREST_FIRST, RouterKit
+from tests.integration.site_router.conftest import NEAREST_FIRST, CommandKit
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def database_url(any_database_url: str) -> str:
     return any_database_url
 
 
-async def test_nearest_recruiting_site_with_room_gets_the_referral(kit: RouterKit) -> None:
+async def test_nearest_recruiting_site_with_room_gets_the_referral(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1, "DFCI": 1, "MCC": 1, "MDACC": 1})
     first, second = await kit.screen(), await kit.screen()
     assert (await kit.site_of(first), await kit.site_of(second)) == ("WCM", "DFCI")
@@ -35,7 +35,7 @@ async def test_nearest_recruiting_site_with_room_gets_the_referral(kit: RouterKi
     assert routed["referrer"]["email"] == "asmith@clinic.example.org"
 
 
-async def test_paused_closed_and_full_sites_are_skipped(kit: RouterKit) -> None:
+async def test_paused_closed_and_full_sites_are_skipped(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 2}, status="paused")
     await kit.add_sites({"DFCI": 2}, status="closed")
     await kit.add_sites({"MCC": 0, "MDACC": 1})
@@ -46,7 +46,7 @@ async def test_paused_closed_and_full_sites_are_skipped(kit: RouterKit) -> None:
     assert (await kit.events_of(waiting))[0][0] == "referral.waitlisted"
 
 
-async def test_decline_sends_the_referral_to_the_next_site_never_back(kit: RouterKit) -> None:
+async def test_decline_sends_the_referral_to_the_next_site_never_back(kit: CommandKit) -> None:
     await kit.add_sites(dict.fromkeys(NEAREST_FIRST, 2))
     referral = await kit.screen()
     for declining, expected_next in zip(NEAREST_FIRST, [*NEAREST_FIRST[1:], None], strict=True):
@@ -68,7 +68,9 @@ async def test_decline_sends_the_referral_to_the_next_site_never_back(kit: Route
     assert await kit.open_counts() == dict.fromkeys(NEAREST_FIRST, 0)
 
 
-async def test_a_declined_referral_waits_rather_than_return_to_the_site_that_declined(kit: RouterKit) -> None:
+async def test_a_declined_referral_waits_rather_than_return_to_the_site_that_declined(
+    kit: CommandKit,
+) -> None:
     await kit.add_sites({"WCM": 1, "DFCI": 1})
     declined, other = await kit.screen(), await kit.screen()  # WCM, DFCI: both full now
     await kit.decline("WCM", declined)
@@ -82,7 +84,7 @@ async def test_a_declined_referral_waits_rather_than_return_to_the_site_that_dec
     assert [d["rank"] for k, d in await kit.events_of(declined) if k == "referral.routed"] == [1, 2]
 
 
-async def test_waitlist_is_first_in_first_out_and_drains_on_every_kind_of_freed_slot(kit: RouterKit) -> None:
+async def test_waitlist_is_first_in_first_out_and_drains_on_every_kind_of_freed_slot(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1, "DFCI": 1})
     holders = [await kit.screen(), await kit.screen()]
     waiting = [await kit.screen() for _ in range(5)]
@@ -110,7 +112,7 @@ async def test_waitlist_is_first_in_first_out_and_drains_on_every_kind_of_freed_
     assert await kit.active_per_site() == await kit.open_counts()
 
 
-async def test_withdrawal_frees_the_slot_and_leaves_the_waitlist(kit: RouterKit) -> None:
+async def test_withdrawal_frees_the_slot_and_leaves_the_waitlist(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1})
     routed, waiting = await kit.screen(), await kit.screen()
     await kit.withdraw(waiting)
@@ -122,7 +124,7 @@ async def test_withdrawal_frees_the_slot_and_leaves_the_waitlist(kit: RouterKit)
     assert await kit.site_of(routed) is None
 
 
-async def test_withdrawal_before_the_screening_arrives_wins(kit: RouterKit) -> None:
+async def test_withdrawal_before_the_screening_arrives_wins(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1})
     referral = uuid.uuid4()
     await kit.withdraw(referral)
@@ -132,7 +134,7 @@ async def test_withdrawal_before_the_screening_arrives_wins(kit: RouterKit) -> N
     assert await kit.events_of(referral) == []
 
 
-async def test_unknown_postal_code_or_country_is_unroutable_with_the_reason(kit: RouterKit) -> None:
+async def test_unknown_postal_code_or_country_is_unroutable_with_the_reason(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1})
     unknown = await kit.screen(postal_code="00000")
     foreign = await kit.screen(postal_code="75001", country="FR")
@@ -143,7 +145,7 @@ async def test_unknown_postal_code_or_country_is_unroutable_with_the_reason(kit:
     assert (await kit.referral(unknown)).reason == "unknown postal code '00000' for US"
 
 
-async def test_not_routable_is_recorded_without_an_event(kit: RouterKit) -> None:
+async def test_not_routable_is_recorded_without_an_event(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1})
     referral = await kit.screen(routable=False, decision="ineligible")
     assert await kit.events_of(referral) == []
@@ -151,7 +153,7 @@ async def test_not_routable_is_recorded_without_an_event(kit: RouterKit) -> None
     assert record.state == "not_routed" and record.screening is not None
 
 
-async def test_rescreen_keeps_the_site_while_routable_and_releases_it_when_not(kit: RouterKit) -> None:
+async def test_rescreen_keeps_the_site_while_routable_and_releases_it_when_not(kit: CommandKit) -> None:
     await kit.add_sites({"WCM": 1, "DFCI": 1})
     referral = await kit.screen()
     waiting = [await kit.screen(), await kit.screen()]  # DFCI, then the waitlist
@@ -172,7 +174,7 @@ async def test_rescreen_keeps_the_site_while_routable_and_releases_it_when_not(k
     assert await kit.waitlisted() == [referral]
 
 
-async def test_redelivered_screening_changes_nothing(kit: RouterKit) -> None:
+async def test_redelivered_screening_changes_nothing(kit: CommandKit) -> None:
     """The consumer loop skips a redelivered event id; a new event for the same revision re-routes
     nothing either: the referral keeps its site and only the routed event repeats."""
     await kit.add_sites({"WCM": 2})

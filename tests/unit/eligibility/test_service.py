@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from services.eligibility.commands import screened_event, screening_input
 from services.eligibility.config import EligibilitySettings
-from services.eligibility.consumers import screened_event, screening_input
 from services.eligibility.domain import StudySettings, assess, input_hash
 from services.eligibility.rules import load_ruleset
 from services.eligibility.schemas import RulesetPublic

@@ -1,9 +1,10 @@
-"""Use cases on referrals: a screening arrives, the clinic withdraws, the site accepts, declines, closes.
+"""The site router's use cases on referrals: a screening arrives, the clinic withdraws, the site accepts,
+declines, closes (those on sites themselves are in ``sites.py``).
 
 Each runs in the caller's transaction (the consumer loop's, or a route's ``db.session()``), locks the
 referral first and writes its events to the outbox.
 
-A re-screen (an amended referral) of a referral the router already holds:
+A re-screen (an amended referral) of a referral the site router already holds:
 
 - still routable and routed: it keeps its site (no churn for the site or the patient) and
   ``referral.routed`` is published again with the new revision, so downstream timelines show where it is;
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 Decided = tuple[store.ReferralRecord, store.Assignment]
 
 
-class Router:
+class Commands:
     """The referral use cases, with the geocoder and the in-memory site index they need."""
 
     def __init__(self, geocoder: Geocoder, directory: SiteDirectory) -> None:

@@ -1,26 +1,35 @@
-"""Intake's commands: submit, amend, withdraw. Each writes its state and its event in one transaction.
+"""Intake's use cases: the clinic's commands (submit, amend, withdraw) and the status timeline.
 
-Routes parse and call one of these; consumers never do. A command checks what it can before touching
-the store, then hands its work to the caller's ``Transaction``, which runs it once in one transaction (the
-API's runs it under the request's Idempotency-Key, and may give back an earlier run's answer instead). A
-command returns the referral's receipt and raises ``shared.problems`` errors; statuses, paths and
-headers are the API's. The event carries what may leave intake (see docs/referral.md): never the
-patient's names, birth date, email or phone.
+``Commands``: each writes its state and its event in one transaction. Routes parse and call one of these.
+A command checks what it can before touching the store, then hands its work to the caller's
+``Transaction``, which runs it once in one transaction (the API's runs it under the request's
+Idempotency-Key, and may give back an earlier run's answer instead). A command returns the referral's
+receipt and raises ``shared.problems`` errors; statuses, paths and headers are the API's. The event
+carries what may leave intake (see docs/referral.md): never the patient's names, birth date, email or
+phone.
+
+``record_status_events``: the other services' status events on the referrals' timelines, in the consumer
+loop's transaction. Events of one referral come from several topics, so they may arrive in any order and
+concurrently: the referral row is locked, each entry is stored with the time it occurred, and the status
+is re-derived from the whole timeline (``domain.project``), never copied from the last event that
+happened to arrive.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import store
+from services.intake import SERVICE, store
 from services.intake.config import IntakeSettings
-from services.intake.domain import Status, age_in_years, change_refusal
+from services.intake.domain import Status, age_in_years, change_refusal, describe
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
 from services.intake.store import Referral, TimelineEntry
 from shared.auth import Principal
@@ -33,11 +42,13 @@ from shared.events import (
     ReferralWithdrawn,
     Referrer,
 )
+from shared.handlers import PoisonMessage
+from shared.observability import referral_context
 from shared.outbox import add_event
 from shared.problems import Conflict, NotFound, Unprocessable
 from shared.store import utcnow
 
-PRODUCER = "intake"
+log = logging.getLogger(__name__)
 
 Work = Callable[[AsyncSession], Awaitable[ReferralReceipt]]
 """A command's writes, given the transaction's session; the receipt of the referral it wrote."""
@@ -146,7 +157,7 @@ class Commands:
         trace: str | None,
     ) -> None:
         """Queue the event and put the same fact, under the same id and time, on the timeline."""
-        envelope = Envelope.wrap(data, producer=PRODUCER, referral_id=referral.id, trace=trace)
+        envelope = Envelope.wrap(data, producer=SERVICE, referral_id=referral.id, trace=trace)
         add_event(session, envelope)
         entry = TimelineEntry(
             referral_id=referral.id,
@@ -155,10 +166,57 @@ class Commands:
             status=status.value,
             revision=None if status is Status.WITHDRAWN else referral.revision,
             occurred_at=envelope.occurred_at,
-            source=PRODUCER,
+            source=SERVICE,
             reason=reason,
         )
         await store.record(session, referral, entry)
+
+
+async def record_status_events(session: AsyncSession, items: list[tuple[Envelope, EventData]]) -> None:
+    """Record status events of other services on their referrals' timelines: the referrals are locked
+    and their timelines read once for all of them, and each touched referral is folded once."""
+    ids = sorted({envelope.referral_id for envelope, _ in items})
+    referrals = await store.get_referrals(session, ids, lock=True)
+    entries = await store.timelines(session, list(referrals))
+    known = {entry.event_id for timeline in entries.values() for entry in timeline}
+    touched: set[uuid.UUID] = set()
+    for envelope, data in items:
+        referral = referrals.get(envelope.referral_id)
+        if referral is None:
+            # Intake commits a referral before its first event leaves: an unknown id is not ours.
+            raise PoisonMessage(f"no referral {envelope.referral_id} in intake")
+        clinic_id = getattr(data, "clinic_id", None)
+        if clinic_id is not None and clinic_id != referral.clinic_id:
+            raise PoisonMessage("the event names another clinic than the referral's")
+        if envelope.id in known:
+            continue  # already on the timeline (e.g. replayed under another consumer group)
+        known.add(envelope.id)
+        entry = _entry(envelope, data)
+        session.add(entry)
+        entries[referral.id].append(entry)
+        touched.add(referral.id)
+        with referral_context(envelope.referral_id, envelope.trace):
+            log.info("status event recorded", extra={"event_type": envelope.type})
+    for referral_id in touched:
+        store.fold(referrals[referral_id], entries[referral_id])
+
+
+def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
+    described = describe(data)
+    occurred_at = envelope.occurred_at
+    if occurred_at.tzinfo is None:  # a producer that forgot the zone: event times are UTC (docs/events.md)
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    return TimelineEntry(
+        referral_id=envelope.referral_id,
+        event_id=envelope.id,
+        event_type=envelope.type,
+        status=described.status.value if described.status else None,
+        revision=described.revision,
+        occurred_at=occurred_at,
+        source=envelope.producer,
+        reason=described.reason,
+        details=described.details,
+    )
 
 
 def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study: str) -> Referral:

@@ -87,16 +87,23 @@ class Pages:
     shots: Path
 
     def open(
-        self, url: str | None = None, *, allow: Iterable[str] = (), phone: bool = False
+        self,
+        url: str | None = None,
+        *,
+        allow: Iterable[str] = (),
+        phone: bool = False,
+        csp: str | None = None,
     ) -> AbstractAsyncContextManager[Tab]:
         """A page in a fresh context, at ``url`` if given. Requests may go only to ``url``'s origin and
-        the origins in ``allow``; any other is aborted and listed in ``Tab.blocked``."""
-        return self._open(
-            url, allowed={*(origin_of(o) for o in allow), *([origin_of(url)] if url else [])}, phone=phone
-        )
+        the origins in ``allow``; any other is aborted and listed in ``Tab.blocked``. ``csp`` replaces
+        every response's Content-Security-Policy (to check that a page works under that policy)."""
+        allowed = {*(origin_of(o) for o in allow), *([origin_of(url)] if url else [])}
+        return self._open(url, allowed=allowed, phone=phone, csp=csp)
 
     @asynccontextmanager
-    async def _open(self, url: str | None, *, allowed: set[str], phone: bool) -> AsyncIterator[Tab]:
+    async def _open(
+        self, url: str | None, *, allowed: set[str], phone: bool, csp: str | None
+    ) -> AsyncIterator[Tab]:
         context = await self.browser.new_context(
             viewport=PHONE if phone else DESKTOP,
             is_mobile=phone,
@@ -109,11 +116,15 @@ class Pages:
             tab = Tab(page, self.shots)
 
             async def only_allowed(route: Route) -> None:
-                if origin_of(route.request.url) in allowed:
-                    await route.continue_()
-                else:
+                if origin_of(route.request.url) not in allowed:
                     tab.blocked.append(route.request.url)
                     await route.abort("blockedbyclient")
+                elif csp is None:
+                    await route.continue_()
+                else:
+                    response = await route.fetch()
+                    headers = {**response.headers, "content-security-policy": csp}
+                    await route.fulfill(response=response, headers=headers)
 
             def on_console(message: ConsoleMessage) -> None:
                 if message.type == "error":

@@ -54,7 +54,7 @@ def available() -> bool:
 
 
 def _file_name(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", text)
+    return re.sub(r"[^\w.-]+", "-", text).strip("-")
 
 
 def origin_of(url: str) -> str:

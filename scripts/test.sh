@@ -8,6 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/bootstrap.sh
 scripts/lint.sh
-[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || scripts/install-chromium.sh  # browser tests
+[[ -x /usr/bin/chromium ]] || scripts/install-chromium.sh  # browser tests (Playwright drives it)
 
 exec scripts/with-servers.sh --pg-fast .venv/bin/pytest "$@"

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.deps import ServiceState
+from shared.docs import mount_docs
 from shared.observability import metrics
 from shared.problems import install_problem_handlers, problem_response
 
@@ -95,8 +96,11 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
         openapi_tags=spec.openapi_tags,
+        docs_url=None,  # served by shared.docs, without a CDN
+        redoc_url=None,
     )
     app.state.service = spec.state
+    mount_docs(app, service=spec.name, settings=spec.state.settings)
     install_problem_handlers(app)
     app.include_router(_ops_router(spec))
     for router in spec.routers:

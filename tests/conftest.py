@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from shared.kafka import delete_topics, ensure_topics
 from shared.settings import KafkaSettings
 
-pytest_plugins = ["tests.support.auth"]
+pytest_plugins = ["tests.support.auth", "tests.support.browser"]
 
 
 @dataclass(frozen=True)

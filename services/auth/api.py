@@ -33,10 +33,17 @@ _TOKEN_REQUEST = {
                     "client_id": {"type": "string", "description": "client_secret_post only"},
                     "client_secret": {"type": "string", "description": "client_secret_post only"},
                 },
-            }
+            },
+            "example": {"grant_type": GRANT_TYPE, "audience": "intake", "scope": "referrals:write"},
         }
     },
 }
+
+
+def _oauth_error(error: str, description: str) -> dict[str, Any]:
+    """An RFC 6749 error body, what OAuth2 client libraries read (not problem+json)."""
+    example = {"error": error, "error_description": description}
+    return {"application/json": {"schema": {"type": "object"}, "example": example}}
 
 
 @router.post(
@@ -45,8 +52,14 @@ _TOKEN_REQUEST = {
     openapi_extra={"requestBody": _TOKEN_REQUEST},
     responses={
         200: {"description": "an RFC 9068 JWT access token: access_token, token_type, expires_in, scope"},
-        400: {"description": "RFC 6749 error: invalid_request, invalid_scope, invalid_target, ..."},
-        401: {"description": "RFC 6749 error invalid_client"},
+        400: {
+            "description": "RFC 6749 error: invalid_request, invalid_scope, invalid_target, ...",
+            "content": _oauth_error("invalid_scope", "the client may not have the scope ops"),
+        },
+        401: {
+            "description": "RFC 6749 error invalid_client",
+            "content": _oauth_error("invalid_client", "client authentication failed"),
+        },
         429: {"description": "too many failed client authentications (problem+json, Retry-After)"},
     },
 )

@@ -18,7 +18,24 @@ Country = Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True,
 class SiteCreate(BaseModel):
     """A site as registered by trial staff; its coordinates come from the postal code."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "WCM",
+                    "name": "Weill Cornell Medicine / NewYork-Presbyterian Hospital",
+                    "city": "New York",
+                    "region": "NY",
+                    "postal_code": "10065",
+                    "country": "US",
+                    "coordinator_email": "ucart123.wcm@sites.example.org",
+                    "phone": "+1 212 555 0100",
+                    "capacity": 3,
+                }
+            ]
+        },
+    )
 
     code: SiteCode = Field(examples=["WCM"])
     name: Text
@@ -36,7 +53,7 @@ class SiteCreate(BaseModel):
 class SiteUpdate(BaseModel):
     """What may change on a live site; absent fields stay as they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"capacity": 5}]})
 
     name: Text | None = None
     coordinator_email: EmailStr | None = None
@@ -133,13 +150,19 @@ class SiteQueue(BaseModel):
 
 
 class DeclineRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "no CAR-T bed before the patient's next assessment"}]},
+    )
 
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class CloseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"enrolled": True}, {"enrolled": False, "reason": "screen failure"}]},
+    )
 
     enrolled: bool
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None

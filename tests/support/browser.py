@@ -1,152 +1,162 @@
-"""Headless Chromium for page tests, driven over the W3C WebDriver protocol with httpx.
+"""Page tests in headless Chromium, driven by Playwright (async API) on Debian's own Chromium.
 
-Debian's ``chromium`` and ``chromium-driver`` (``scripts/install-chromium.sh``); nothing is downloaded.
-The client is async on purpose: the app under test is served on the test's own event loop, so a blocking
-call to chromedriver (say, a navigation waiting for the page) would stop the server it waits for.
+Playwright's browser download is never used: ``chromium.launch(executable_path=/usr/bin/chromium)``
+(``scripts/install-chromium.sh`` installs it). The async API on purpose: the app under test is served
+on the test's own event loop, so a blocking call would stop the server the browser waits for.
 
-    async with open_browser() as browser:
-        await browser.get(f"{base_url}/sites/finder")
-        await browser.type("#postal-code", "10021")
-        await browser.click("#find")
-        items = await browser.wait_for(lambda: browser.texts("#site-list li"))
+A pytest plugin (``tests/conftest.py`` lists it): the ``chromium`` fixture is one browser for the whole
+run; the ``pages`` fixture opens pages for one test, each in its own context (no cookies shared), with
+every request to an origin other than the allowed ones aborted and recorded, and keeps screenshots
+under ``.run/screenshots/<test>/`` (``TRIALROUTE_SCREENSHOTS`` moves them)::
+
+    async def test_page(pages: Pages) -> None:
+        async with pages.open(f"{url}/sites/finder", phone=True) as tab:
+            await tab.page.get_by_label("ZIP / postal code").fill("10021")
+            await tab.page.keyboard.press("Enter")
+            await expect(tab.page.locator("#site-list li")).to_have_count(4)
+            await tab.screenshot("results")
+            assert tab.blocked == []
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
+import os
+import re
 import shutil
-import socket
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, ViewportSize, async_playwright
 
-from tests.support.waiting import eventually
+CHROMIUM = Path("/usr/bin/chromium")
+_REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = Path(os.environ.get("TRIALROUTE_SCREENSHOTS") or _REPO / ".run" / "screenshots")
+DESKTOP = ViewportSize(width=1200, height=1000)
+PHONE = ViewportSize(width=390, height=844)
+"""A current phone's CSS viewport (iPhone 12 to 15)."""
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
-CHROME_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1200,1000",
-]  # fmt: skip
-
-T = TypeVar("T")
+_ARGS = [
+    "--no-sandbox",  # the tests run as root on CI
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def available() -> bool:
-    return Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+    return CHROMIUM.exists()
 
 
-class WebDriverError(RuntimeError):
-    pass
+def _file_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", text).strip("-")
 
 
-class Browser:
-    """One WebDriver session: navigate, find by CSS, type, click, read text, wait, screenshot."""
-
-    def __init__(self, http: httpx.AsyncClient, session_id: str) -> None:
-        self.http, self.session = http, session_id
-
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"/session/{self.session}{path}"
-        response = await self.http.request(method, url, json=body if method == "POST" else None)
-        value = response.json().get("value")
-        if response.status_code != 200:
-            raise WebDriverError(f"{method} {path}: {value.get('error')}: {value.get('message')}")
-        return value
-
-    async def get(self, url: str) -> None:
-        await self._call("POST", "/url", {"url": url})
-
-    async def title(self) -> str:
-        return await self._call("GET", "/title")
-
-    async def find(self, css: str) -> str:
-        return (await self._call("POST", "/element", {"using": "css selector", "value": css}))[ELEMENT]
-
-    async def find_all(self, css: str) -> list[str]:
-        found = await self._call("POST", "/elements", {"using": "css selector", "value": css})
-        return [e[ELEMENT] for e in found]
-
-    async def text(self, css: str) -> str:
-        return await self._call("GET", f"/element/{await self.find(css)}/text")
-
-    async def texts(self, css: str) -> list[str]:
-        return [await self._call("GET", f"/element/{e}/text") for e in await self.find_all(css)]
-
-    async def attribute(self, css: str, name: str) -> str | None:
-        return await self._call("GET", f"/element/{await self.find(css)}/attribute/{name}")
-
-    async def type(self, css: str, text: str) -> None:
-        element = await self.find(css)
-        await self._call("POST", f"/element/{element}/clear", {})
-        await self._call("POST", f"/element/{element}/value", {"text": text})
-
-    async def click(self, css: str) -> None:
-        await self._call("POST", f"/element/{await self.find(css)}/click", {})
-
-    async def script(self, source: str, *args: Any) -> Any:
-        return await self._call("POST", "/execute/sync", {"script": source, "args": list(args)})
-
-    async def screenshot(self, path: Path) -> None:
-        png = base64.b64decode(await self._call("GET", "/screenshot"))
-        await asyncio.to_thread(path.write_bytes, png)
-
-    async def wait_for(self, probe: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
-        """Poll until ``probe`` returns something truthy; its last value in the error otherwise."""
-        return await eventually(probe, within=timeout_s, interval=0.05, what="the page")
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass
+class Tab:
+    """One page, what it was refused (requests to other origins) and what it reported on its console."""
+
+    page: Page
+    shots: Path
+    blocked: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+    async def screenshot(self, name: str, *, full_page: bool = True) -> Path:
+        """Keep the page as it is now: ``<screenshots>/<test>/<name>.png`` (the path is printed)."""
+        path = self.shots / f"{_file_name(name)}.png"
+        await self.page.screenshot(path=path, full_page=full_page)
+        print(f"screenshot: {path}")
+        return path
 
 
-@contextlib.asynccontextmanager
-async def open_browser(startup_timeout_s: float = 20.0) -> AsyncIterator[Browser]:
-    """Start chromedriver on a free loopback port and one headless Chromium session; stop both after."""
-    profile = tempfile.mkdtemp(prefix="trialroute-chromium-")
-    port = _free_port()
-    driver = await asyncio.create_subprocess_exec(
-        CHROMEDRIVER, f"--port={port}", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    # trust_env=False: a proxy from the environment must never see loopback WebDriver traffic.
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, trust_env=False)
-    try:
+@dataclass
+class Pages:
+    """Opens pages for one test; see the module's docstring."""
 
-        async def ready() -> bool:
-            if driver.returncode is not None:
-                raise WebDriverError(f"chromedriver did not start (exit code {driver.returncode})")
-            with contextlib.suppress(httpx.TransportError):
-                return bool((await http.get("/status")).json()["value"]["ready"])
-            return False
+    browser: Browser
+    shots: Path
 
-        await eventually(ready, within=startup_timeout_s, interval=0.05, what="chromedriver to start")
-        options = {"binary": CHROMIUM, "args": [*CHROME_ARGS, f"--user-data-dir={profile}"]}
-        capabilities = {"browserName": "chrome", "goog:chromeOptions": options}
-        created = await http.post("/session", json={"capabilities": {"alwaysMatch": capabilities}})
-        if created.status_code != 200:
-            raise WebDriverError(f"no browser session: {created.text}")
-        browser = Browser(http, created.json()["value"]["sessionId"])
+    def open(
+        self,
+        url: str | None = None,
+        *,
+        allow: Iterable[str] = (),
+        phone: bool = False,
+        csp: str | None = None,
+    ) -> AbstractAsyncContextManager[Tab]:
+        """A page in a fresh context, at ``url`` if given. Requests may go only to ``url``'s origin and
+        the origins in ``allow``; any other is aborted and listed in ``Tab.blocked``. ``csp`` replaces
+        every response's Content-Security-Policy (to check that a page works under that policy)."""
+        allowed = {*(origin_of(o) for o in allow), *([origin_of(url)] if url else [])}
+        return self._open(url, allowed=allowed, phone=phone, csp=csp)
+
+    @asynccontextmanager
+    async def _open(
+        self, url: str | None, *, allowed: set[str], phone: bool, csp: str | None
+    ) -> AsyncIterator[Tab]:
+        context = await self.browser.new_context(
+            viewport=PHONE if phone else DESKTOP,
+            is_mobile=phone,
+            has_touch=phone,
+            device_scale_factor=2 if phone else 1,
+            service_workers="block",  # a service worker's fetches would bypass the routing below
+        )
+        try:
+            page = await context.new_page()
+            tab = Tab(page, self.shots)
+
+            async def only_allowed(route: Route) -> None:
+                if origin_of(route.request.url) not in allowed:
+                    tab.blocked.append(route.request.url)
+                    await route.abort("blockedbyclient")
+                elif csp is None:
+                    await route.continue_()
+                else:
+                    response = await route.fetch()
+                    headers = {**response.headers, "content-security-policy": csp}
+                    await route.fulfill(response=response, headers=headers)
+
+            def on_console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    tab.console_errors.append(message.text)
+
+            await context.route("**/*", only_allowed)
+            page.on("console", on_console)
+            if url is not None:
+                await page.goto(url)
+            yield tab
+        finally:
+            await context.close()
+
+
+@pytest.fixture(scope="session")
+async def chromium() -> AsyncIterator[Browser]:
+    """One headless Debian Chromium for the whole run (each test's pages get their own context)."""
+    if not available():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-chromium.sh (scripts/test.sh does)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
         try:
             yield browser
         finally:
-            with contextlib.suppress(httpx.HTTPError):
-                await http.delete(f"/session/{browser.session}")
-    finally:
-        await http.aclose()
-        if driver.returncode is None:
-            driver.terminate()
-            try:
-                await asyncio.wait_for(driver.wait(), timeout=10)
-            except TimeoutError:
-                driver.kill()
-                await driver.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+            await browser.close()
+
+
+@pytest.fixture
+def pages(chromium: Browser, request: pytest.FixtureRequest) -> Pages:
+    """Pages for this test; its screenshots go to ``<screenshots>/<test module>/<test name>/``."""
+    module = request.node.module.__name__.rsplit(".", 1)[-1]
+    shots = SCREENSHOTS / module / _file_name(request.node.name)
+    shutil.rmtree(shots, ignore_errors=True)  # only this run's pictures
+    shots.mkdir(parents=True)
+    return Pages(chromium, shots)

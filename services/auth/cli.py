@@ -55,6 +55,28 @@ def _show_secret(client_id: str, secret: str) -> None:
     typer.echo("The secret is shown this once and not stored: keep it in the client's secret store now.")
 
 
+JwksUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--jwks-url",
+        help="where the client publishes its public keys (https): it signs in with private_key_jwt and "
+        "rotates keys by publishing them",
+    ),
+]
+JwksFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--jwks-file", help="a JWK Set file of the client's public keys: it signs in with private_key_jwt"
+    ),
+]
+
+
+def _check_one_key_source(jwks_url: str | None, jwks_file: Path | None) -> None:
+    if (jwks_url is None) == (jwks_file is None):
+        typer.echo("error: --jwks-url or --jwks-file (one of them, not both)", err=True)
+        raise typer.Exit(1)
+
+
 def _read_jwks(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -74,26 +96,11 @@ def create(
     scope: Annotated[list[Scope], typer.Option("--scope", help="repeatable")],
     clinic: Annotated[str | None, typer.Option("--clinic", help="the clinic it acts for")] = None,
     site: Annotated[str | None, typer.Option("--site", help="the site it acts for")] = None,
-    jwks_url: Annotated[
-        str | None,
-        typer.Option(
-            "--jwks-url",
-            help="where the client publishes its public keys (https): it signs in "
-            "with private_key_jwt and rotates keys by publishing them",
-        ),
-    ] = None,
-    jwks_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--jwks-file", help="a JWK Set file of the client's public keys: it signs in with private_key_jwt"
-        ),
-    ] = None,
+    jwks_url: JwksUrl = None,
+    jwks_file: JwksFile = None,
 ) -> None:
     """Register a client. With --jwks-url or --jwks-file (the way for clinics: SMART Backend Services)
     it signs in with its own key and has no secret; without, it gets a secret, printed once."""
-    if jwks_url is not None and jwks_file is not None:
-        typer.echo("error: --jwks-url or --jwks-file, not both", err=True)
-        raise typer.Exit(1)
     if jwks_url is None and jwks_file is None:
         secret = _run(
             lambda db, _: registry.create_client(
@@ -102,6 +109,7 @@ def create(
         )
         _show_secret(client_id, secret)
         return
+    _check_one_key_source(jwks_url, jwks_file)
     jwks = _read_jwks(jwks_file) if jwks_file is not None else None
     _run(
         lambda db, _: registry.create_key_client(
@@ -155,6 +163,17 @@ def rotate_secret(client_id: Annotated[str, typer.Argument()]) -> None:
     """Give the client a new secret (the old one stops working now); prints it once."""
     secret = _run(lambda db, _: registry.rotate_secret(db, client_id))
     _show_secret(client_id, secret)
+
+
+@app.command("set-keys")
+def set_keys(
+    client_id: Annotated[str, typer.Argument()], jwks_url: JwksUrl = None, jwks_file: JwksFile = None
+) -> None:
+    """Give a client new public keys; a client with a secret loses it: it signs in with its key now."""
+    _check_one_key_source(jwks_url, jwks_file)
+    jwks = _read_jwks(jwks_file) if jwks_file is not None else None
+    _run(lambda db, _: registry.set_keys(db, client_id, jwks_url=jwks_url, jwks=jwks))
+    typer.echo(f"{client_id} signs in with private_key_jwt (no secret)")
 
 
 @app.command("rotate-key")

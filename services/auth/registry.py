@@ -56,13 +56,31 @@ async def create_key_client(
     """Register a client that signs in with its own key (``private_key_jwt``, SMART Backend Services):
     its public keys at ``jwks_url`` (fetched when needed: the client rotates keys by publishing) or
     the JWK Set ``jwks`` itself. It has no secret."""
+    jwks_url, jwks = _checked_keys(jwks_url, jwks)
+    await _add(db, client_id, scopes, audiences, clinic_id, site_code, jwks_url=jwks_url, jwks=jwks)
+
+
+async def set_keys(
+    db: Database, client_id: str, *, jwks_url: str | None = None, jwks: dict[str, Any] | None = None
+) -> None:
+    """Give a client new public keys (a JWK Set URL or a JWK Set); a client that had a secret loses it
+    and from now on signs in with ``private_key_jwt`` (how a clinic moves from a secret to a key)."""
+    jwks_url, jwks = _checked_keys(jwks_url, jwks)
+    async with db.session() as session:
+        row = await store.get_client(session, client_id)
+        if row is None:
+            raise ClientNotFound(client_id)
+        row.secret_hash, row.jwks_url, row.jwks = None, jwks_url, jwks
+        row.secret_changed_at = datetime.now(UTC)
+
+
+def _checked_keys(jwks_url: str | None, jwks: Any) -> tuple[str | None, dict[str, Any] | None]:
     if (jwks_url is None) == (jwks is None):
         raise RegistrationError("a key client needs a JWK Set URL or a JWK Set (one of them)")
     if jwks_url is not None:
         check_jwks_url(jwks_url)
-    if jwks is not None:
-        jwks = public_jwks(jwks)
-    await _add(db, client_id, scopes, audiences, clinic_id, site_code, jwks_url=jwks_url, jwks=jwks)
+        return jwks_url, None
+    return None, public_jwks(jwks)
 
 
 def public_jwks(jwks: Any) -> dict[str, Any]:

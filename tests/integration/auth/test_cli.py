@@ -160,3 +160,20 @@ async def test_key_registrations_refused(auth: RunningAuth, tmp_path: Path) -> N
     jwks_file.write_text("not json")
     assert (await clients(auth, *clinic, "--jwks-file", str(jwks_file))).exit_code == 1
     assert "clinic-c" not in (await clients(auth, "list")).output
+
+
+async def test_a_clinic_moves_from_its_secret_to_a_key(
+    auth: RunningAuth, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    created = "create --client-id clinic-m --scope referrals:write --audience intake --clinic M"
+    secret = secret_in(await clients(auth, *created.split()))
+    key = ec_key()
+    jwks_file = tmp_path / "clinic-m.jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+
+    moved = await clients(auth, "set-keys", "clinic-m", "--jwks-file", str(jwks_file))
+    assert moved.exit_code == 0, moved.output
+    assert (await auth.token_response(http, "clinic-m", secret)).status_code == 401
+    signed = assertion(key, "clinic-m", auth.token_url, alg="ES384")
+    assert (await auth.assertion_response(http, signed)).status_code == 200
+    assert (await clients(auth, "set-keys", "nobody", "--jwks-file", str(jwks_file))).exit_code == 1

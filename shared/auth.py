@@ -12,7 +12,8 @@ its lifetime, carrying the scopes the route needs. Routes declare what they need
         ...                                         # another clinic's referral answers 404
 
 The validator is the service state's ``token_validator`` (``shared.deps``), which each service's bootstrap
-builds. Service-to-service calls get their own token from ``ServiceTokenSource``.
+builds. Service-to-service calls get their own token from ``ServiceTokenSource``. A client that signs
+in with its own key (a clinic, SMART Backend Services) hands ``BackendServicesJWT`` to authlib's client.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 from authlib.deprecate import AuthlibDeprecationWarning
+from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from joserfc import jws, jwt
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ALGORITHM",
+    "BackendServicesJWT",
     "IssuerUnavailable",
     "Principal",
     "Scope",
@@ -403,6 +406,33 @@ class ServiceTokenSource(httpx.Auth):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class BackendServicesJWT(PrivateKeyJWT):  # type: ignore[misc]  # authlib has no types: Any
+    """authlib's ``private_key_jwt`` client authentication (RFC 7523) as SMART Backend Services wants
+    it: each assertion names its key (``kid``) and expires within five minutes (authlib's own live an
+    hour, which SMART servers, ours included, refuse). The client's ``client_secret`` is its private
+    key (a joserfc ``RSAKey`` or ``ECKey``)::
+
+        auth_method = BackendServicesJWT(token_url, kid=key.kid)
+        AsyncOAuth2Client("clinic-1", key, token_endpoint_auth_method=auth_method)
+    """
+
+    def __init__(
+        self, token_endpoint: str | None = None, *, kid: str, alg: str = "RS384", lifetime_s: int = 300
+    ) -> None:
+        super().__init__(token_endpoint, headers={"kid": kid}, alg=alg)
+        self.lifetime_s = lifetime_s
+
+    def sign(self, auth: Any, token_endpoint: str) -> str:
+        return private_key_jwt_sign(  # type: ignore[no-any-return]
+            auth.client_secret,
+            client_id=auth.client_id,
+            token_endpoint=token_endpoint,
+            alg=self.alg,
+            header=dict(self.headers),
+            expires_in=self.lifetime_s,
+        )
 
 
 def _raise_unless_oauth_answer(response: httpx.Response) -> httpx.Response:

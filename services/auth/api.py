@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from services.auth.config import AuthSettings
 from services.auth.deps import AuthStateDep
-from services.auth.tokens import AUTH_METHODS, GRANT_TYPE
+from services.auth.tokens import ASSERTION_ALGORITHMS, AUTH_METHODS, GRANT_TYPE
 from shared.auth import Scope
 
 router = APIRouter(tags=["oauth2"])
@@ -30,6 +30,17 @@ _TOKEN_REQUEST = {
                     "scope": {"type": "string", "description": "space-separated; default: all allowed"},
                     "resource": {"type": "string", "description": "RFC 8707: the audience wanted"},
                     "audience": {"type": "string", "description": "same as resource (Auth0's name)"},
+                    "client_assertion_type": {
+                        "type": "string",
+                        "enum": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
+                        "description": "private_key_jwt (SMART Backend Services)",
+                    },
+                    "client_assertion": {
+                        "type": "string",
+                        "description": "private_key_jwt: a JWT signed RS384, ES384 or RS256 with the "
+                        "client's key ('kid' in the header); iss = sub = client id, aud = this URL, exp at "
+                        "most 5 minutes ahead, a jti never used before",
+                    },
                     "client_id": {"type": "string", "description": "client_secret_post only"},
                     "client_secret": {"type": "string", "description": "client_secret_post only"},
                 },
@@ -64,7 +75,9 @@ def _oauth_error(error: str, description: str) -> dict[str, Any]:
     },
 )
 async def issue_token(request: Request, auth: AuthStateDep) -> Response:
-    """Client authentication: HTTP Basic (``client_secret_basic``) or form fields (``client_secret_post``)."""
+    """Client authentication: a signed JWT (``private_key_jwt``, RFC 7523 as SMART Backend Services
+    profiles it: the way for clinics), or a secret: HTTP Basic (``client_secret_basic``) or form fields
+    (``client_secret_post``)."""
     return await auth.token_server.token_response(request)
 
 
@@ -92,6 +105,24 @@ async def openid_configuration(auth: AuthStateDep) -> dict[str, Any]:
     return metadata(auth.settings)
 
 
+@router.get(
+    "/.well-known/smart-configuration",
+    summary="SMART App Launch discovery: how a backend service (a clinic's EHR) signs in",
+)
+async def smart_configuration(auth: AuthStateDep) -> dict[str, Any]:
+    settings = auth.settings
+    return {
+        "issuer": settings.issuer,
+        "jwks_uri": settings.jwks_url,
+        "token_endpoint": settings.token_url,
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+        "grant_types_supported": [GRANT_TYPE],
+        "scopes_supported": [s.value for s in Scope],
+        "capabilities": ["client-confidential-asymmetric"],
+    }
+
+
 def metadata(settings: AuthSettings) -> dict[str, Any]:
     return {
         "issuer": settings.issuer,
@@ -99,6 +130,7 @@ def metadata(settings: AuthSettings) -> dict[str, Any]:
         "jwks_uri": settings.jwks_url,
         "grant_types_supported": [GRANT_TYPE],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "scopes_supported": [s.value for s in Scope],
         "response_types_supported": [],  # no authorization endpoint: machine clients only
     }

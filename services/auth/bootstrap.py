@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import httpx
 from fastapi import FastAPI
 
 from services.auth import SERVICE, api
+from services.auth.assertions import ClientKeys
 from services.auth.config import AuthSettings
 from services.auth.deps import AuthState
 from services.auth.keys import KeyRing, ensure_signing_key
@@ -24,7 +26,8 @@ from shared.db import Database
 
 DESCRIPTION = (
     "OAuth2 authorization server (client credentials grant) issuing RFC 9068 JWT access tokens signed "
-    "RS256, with rotating keys published as a JWKS. Any OIDC issuer can replace it."
+    "RS256, with rotating keys published as a JWKS. Clients sign in with a signed JWT (private_key_jwt, "
+    "SMART Backend Services) or a secret. Any OIDC issuer can replace it."
 )
 
 
@@ -42,7 +45,9 @@ def build(
         by_client=SlidingWindowThrottle(settings.throttle_client_failures, settings.throttle_window_s),
         by_address=SlidingWindowThrottle(settings.throttle_address_failures, settings.throttle_window_s),
     )
-    server = TokenServer(db, settings, keyring, throttle)
+    # Fetches clients' JWK Sets (private_key_jwt); never follows redirects (the URL is the one registered).
+    http = httpx.AsyncClient(timeout=settings.client_jwks_timeout_s, follow_redirects=False)
+    server = TokenServer(db, settings, keyring, throttle, ClientKeys(settings, http))
 
     async def start() -> None:
         await db.create_tables(TABLES)
@@ -60,7 +65,7 @@ def build(
         routers=[api.router] if "api" in roles else [],
         checks={"database": db.ping, "signing_key": signing_key},
         on_start=[start],
-        on_stop=[db.dispose],
+        on_stop=[db.dispose, http.aclose],
         max_body_bytes=min(settings.max_body_bytes, 16_384),
         state=AuthState(db=db, settings=settings, keyring=keyring, token_server=server),
     )

@@ -8,8 +8,10 @@ Each command is a thin wrapper over a function taking a ``Database`` (``services
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -53,6 +55,40 @@ def _show_secret(client_id: str, secret: str) -> None:
     typer.echo("The secret is shown this once and not stored: keep it in the client's secret store now.")
 
 
+JwksUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--jwks-url",
+        help="where the client publishes its public keys (https): it signs in with private_key_jwt and "
+        "rotates keys by publishing them",
+    ),
+]
+JwksFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--jwks-file", help="a JWK Set file of the client's public keys: it signs in with private_key_jwt"
+    ),
+]
+
+
+def _check_one_key_source(jwks_url: str | None, jwks_file: Path | None) -> None:
+    if (jwks_url is None) == (jwks_file is None):
+        typer.echo("error: --jwks-url or --jwks-file (one of them, not both)", err=True)
+        raise typer.Exit(1)
+
+
+def _read_jwks(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: --jwks-file {path}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not isinstance(data, dict):
+        typer.echo(f"error: --jwks-file {path}: not a JWK Set", err=True)
+        raise typer.Exit(1)
+    return data
+
+
 @app.command()
 def create(
     client_id: Annotated[str, typer.Option("--client-id", help="e.g. clinic-0001, notifier")],
@@ -60,14 +96,36 @@ def create(
     scope: Annotated[list[Scope], typer.Option("--scope", help="repeatable")],
     clinic: Annotated[str | None, typer.Option("--clinic", help="the clinic it acts for")] = None,
     site: Annotated[str | None, typer.Option("--site", help="the site it acts for")] = None,
+    jwks_url: JwksUrl = None,
+    jwks_file: JwksFile = None,
 ) -> None:
-    """Register a client; prints its secret once."""
-    secret = _run(
-        lambda db, _: registry.create_client(
-            db, client_id, scopes=scope, audiences=audience, clinic_id=clinic, site_code=site
+    """Register a client. With --jwks-url or --jwks-file (the way for clinics: SMART Backend Services)
+    it signs in with its own key and has no secret; without, it gets a secret, printed once."""
+    if jwks_url is None and jwks_file is None:
+        secret = _run(
+            lambda db, _: registry.create_client(
+                db, client_id, scopes=scope, audiences=audience, clinic_id=clinic, site_code=site
+            )
+        )
+        _show_secret(client_id, secret)
+        return
+    _check_one_key_source(jwks_url, jwks_file)
+    jwks = _read_jwks(jwks_file) if jwks_file is not None else None
+    _run(
+        lambda db, _: registry.create_key_client(
+            db,
+            client_id,
+            scopes=scope,
+            audiences=audience,
+            clinic_id=clinic,
+            site_code=site,
+            jwks_url=jwks_url,
+            jwks=jwks,
         )
     )
-    _show_secret(client_id, secret)
+    typer.echo(f"client_id: {client_id}")
+    where = f"its JWK Set at {jwks_url}" if jwks_url else f"the JWK Set registered from {jwks_file}"
+    typer.echo(f"It signs in with private_key_jwt (RS384, ES384 or RS256), with the keys of {where}.")
 
 
 @app.command("list")
@@ -79,7 +137,8 @@ def list_() -> None:
         state = "enabled" if c.enabled else "disabled"
         typer.echo(
             f"{c.client_id}\t{state}\t{tenant}\tscopes={' '.join(c.scopes)}\t"
-            f"audiences={' '.join(c.audiences)}\tcreated={c.created_at.isoformat(timespec='seconds')}"
+            f"audiences={' '.join(c.audiences)}\tcreated={c.created_at.isoformat(timespec='seconds')}\t"
+            f"auth={c.auth_method}{f' jwks_url={c.jwks_url}' if c.jwks_url else ''}"
         )
     if not clients:
         typer.echo("no clients")
@@ -104,6 +163,17 @@ def rotate_secret(client_id: Annotated[str, typer.Argument()]) -> None:
     """Give the client a new secret (the old one stops working now); prints it once."""
     secret = _run(lambda db, _: registry.rotate_secret(db, client_id))
     _show_secret(client_id, secret)
+
+
+@app.command("set-keys")
+def set_keys(
+    client_id: Annotated[str, typer.Argument()], jwks_url: JwksUrl = None, jwks_file: JwksFile = None
+) -> None:
+    """Give a client new public keys; a client with a secret loses it: it signs in with its key now."""
+    _check_one_key_source(jwks_url, jwks_file)
+    jwks = _read_jwks(jwks_file) if jwks_file is not None else None
+    _run(lambda db, _: registry.set_keys(db, client_id, jwks_url=jwks_url, jwks=jwks))
+    typer.echo(f"{client_id} signs in with private_key_jwt (no secret)")
 
 
 @app.command("rotate-key")

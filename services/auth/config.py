@@ -31,6 +31,24 @@ class AuthSettings(ServiceSettings):
         default=SecretStr("development-only-key-encryption-secret"),
         description="encrypts the signing keys' private PEM at rest (PKCS#8); changing it orphans them",
     )
+    assertion_max_lifetime_s: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="a client assertion's 'exp' at most this far ahead (SMART: 5 min)",
+    )
+    assertion_leeway_s: int = Field(
+        default=30, ge=0, le=300, description="clock skew allowed on a client assertion's 'exp' and 'nbf'"
+    )
+    client_jwks_cache_s: float = Field(
+        default=300.0, ge=0, description="how long a client's fetched JWK Set is trusted"
+    )
+    client_jwks_refetch_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="an unknown 'kid' re-fetches a client's JWK Set at most this often (spares its server)",
+    )
+    client_jwks_timeout_s: float = Field(default=5.0, gt=0, description="fetching a client's JWK Set")
     throttle_window_s: float = Field(default=60.0, gt=0, description="sliding window for failed logins")
     throttle_client_failures: int = Field(default=5, ge=1, description="per client id, in the window")
     throttle_address_failures: int = Field(default=20, ge=1, description="per remote address")

@@ -1,15 +1,20 @@
 """The auth service's rules, as pure functions over plain data: no I/O, no clock of their own.
 
 - which scopes and which audience a client gets in a token;
+- how a client proves who it is (a secret, or a key: a JWK Set URL or a registered JWK Set), and how
+  long a signed client assertion may live;
 - when a signing key is published, signs, stops signing and is retired.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 from shared.auth import Scope
 
@@ -22,16 +27,28 @@ class RegistrationError(ValueError):
 
 @dataclass(frozen=True)
 class Client:
-    """A registered client as the rules see it; its secret only as an argon2id hash."""
+    """A registered client as the rules see it: its secret only as an argon2id hash, or (a client that
+    signs in with ``private_key_jwt``) no secret and its public keys' JWK Set URL or JWK Set."""
 
     client_id: str
-    secret_hash: str
+    secret_hash: str | None
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     clinic_id: str | None
     site_code: str | None
     enabled: bool
     created_at: datetime
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+
+    @property
+    def signs_in_with_key(self) -> bool:
+        return self.jwks_url is not None or self.jwks is not None
+
+    @property
+    def auth_method(self) -> str:
+        """How it authenticates at the token endpoint, in RFC 8414's words (for listings)."""
+        return "private_key_jwt" if self.signs_in_with_key else "client_secret"
 
 
 def check_registration(
@@ -53,6 +70,40 @@ def check_registration(
         raise RegistrationError("a client needs at least one audience (the services it may call)")
     if clinic_id and site_code:
         raise RegistrationError("a client acts for a clinic or for a site, not both")
+
+
+def check_jwks_url(url: str) -> None:
+    """A client's JWK Set URL: ``https`` (SMART Backend Services requires TLS), or ``http`` to a
+    loopback address only (a client on the same machine: development and tests)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return
+    raise RegistrationError("JWK Set URL: an https URL (http only to a loopback address)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AssertionLifetimeRefused(ValueError):
+    """A client assertion that lives longer than allowed (SMART Backend Services: 5 minutes)."""
+
+
+def check_assertion_expiry(exp: object, now: float, *, max_lifetime_s: int, leeway_s: int) -> None:
+    """``exp`` must be a number at most ``max_lifetime_s`` ahead of ``now`` (plus ``leeway_s`` for the
+    client's clock running ahead of ours); whether it has passed already is checked with the
+    signature (authlib)."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise AssertionLifetimeRefused("the assertion's 'exp' must be a number (seconds since the epoch)")
+    if exp > now + max_lifetime_s + leeway_s:
+        raise AssertionLifetimeRefused(f"the assertion's 'exp' may be at most {max_lifetime_s} seconds ahead")
 
 
 def grant_scopes(requested: str | None, allowed: Sequence[str]) -> str | None:

@@ -28,6 +28,9 @@ from urllib.parse import parse_qsl
 from authlib.oauth2 import AuthorizationServer, OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Payload
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc import jws
+from joserfc.errors import JoseError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -78,9 +81,26 @@ class StarletteOAuth2Request(OAuth2Request):  # type: ignore[misc]  # authlib ha
 
     @property
     def named_client_id(self) -> str | None:
-        """The client id the caller claims (HTTP Basic first, then the form), before it is verified."""
+        """The client id the caller claims (HTTP Basic first, then a client assertion's ``sub``, then
+        the form), before it is verified."""
         basic_id, _ = extract_basic_authorization(self.headers)
-        return basic_id or self.payload.data.get("client_id") or None
+        subject = self.unverified_assertion[1].get("sub")
+        claimed = subject if isinstance(subject, str) else None
+        return basic_id or claimed or self.payload.data.get("client_id") or None
+
+    @property
+    def unverified_assertion(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The header and claims of the RFC 7523 client assertion, if the request carries one, read
+        without checking anything: to know which client and key to load. Empty if none or malformed."""
+        data = self.payload.data
+        if data.get("client_assertion_type") != JWTBearerClientAssertion.CLIENT_ASSERTION_TYPE:
+            return {}, {}
+        try:
+            compact = jws.extract_compact(data.get("client_assertion", "").encode())
+            claims = json.loads(compact.payload)
+        except (JoseError, ValueError):
+            return {}, {}
+        return compact.headers(), claims if isinstance(claims, dict) else {}
 
 
 class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # authlib has no types: Any

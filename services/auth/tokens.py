@@ -1,6 +1,7 @@
 """How trialroute issues tokens, in authlib's terms: the client model, the client credentials grant
-with a requested resource (RFC 8707), the RFC 9068 JWT generator, and the server that wires them
-with the store, the key ring and the login throttle."""
+with a requested resource (RFC 8707), client authentication by signed assertion (RFC 7523
+``private_key_jwt`` as SMART Backend Services profiles it), the RFC 9068 JWT generator, and the server
+that wires them with the store, the key ring and the login throttle."""
 
 from __future__ import annotations
 
@@ -8,15 +9,27 @@ import logging
 import time
 from typing import Any
 
+import anyio.from_thread
 from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import ClientCredentialsGrant, ClientMixin, InvalidClientError
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from services.auth import store
+from services.auth.assertions import ClientKeys, SeenAssertions
 from services.auth.config import AuthSettings
 from services.auth.credentials import verify_secret
-from services.auth.domain import AudienceRefused, Client, choose_audience, grant_scopes
+from services.auth.domain import (
+    AssertionLifetimeRefused,
+    AudienceRefused,
+    Client,
+    check_assertion_expiry,
+    choose_audience,
+    grant_scopes,
+)
 from services.auth.keys import KeyRing
 from services.auth.oauth_server import FastAPIAuthorizationServer, StarletteOAuth2Request
 from services.auth.throttle import LoginThrottle
@@ -27,7 +40,12 @@ from shared.problems import TooManyRequests
 log = logging.getLogger(__name__)
 
 GRANT_TYPE = "client_credentials"
-AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+KEY_METHOD = "private_key_jwt"
+AUTH_METHODS = (KEY_METHOD, *SECRET_METHODS)
+ASSERTION_ALGORITHMS = ("RS384", "ES384", "RS256")
+"""SMART Backend Services: RS384 and ES384 (servers must support both); RS256 as well, which many
+client libraries sign with by default. Anything else (HS256, ``none``...) is refused."""
 
 
 class RegisteredClient(ClientMixin):  # type: ignore[misc]  # authlib has no types: Any
@@ -38,6 +56,7 @@ class RegisteredClient(ClientMixin):  # type: ignore[misc]  # authlib has no typ
         self.client_id = client_id
         self.client = client if client is not None and client.enabled else None
         self.audience: str | None = None  # chosen by the grant, from the request
+        self.public_keys = KeySet([])  # loaded before authlib runs, for a request with an assertion
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -46,7 +65,10 @@ class RegisteredClient(ClientMixin):  # type: ignore[misc]  # authlib has no typ
         return verify_secret(self.client.secret_hash if self.client else None, client_secret)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return endpoint == "token" and method in AUTH_METHODS
+        """A client with keys signs in with them only; a client with a secret, with it only."""
+        if endpoint != "token" or self.client is None:
+            return False
+        return method == KEY_METHOD if self.client.signs_in_with_key else method in SECRET_METHODS
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type == GRANT_TYPE
@@ -72,10 +94,10 @@ class InvalidTargetError(OAuth2Error):  # type: ignore[misc]  # authlib has no t
 
 
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]  # authlib has no types: Any
-    """RFC 6749 §4.4 with ``client_secret_basic`` or ``client_secret_post``, and the audience asked
-    for as ``resource`` (RFC 8707) or ``audience`` (the Auth0 spelling)."""
+    """RFC 6749 §4.4 with ``private_key_jwt``, ``client_secret_basic`` or ``client_secret_post``, and
+    the audience asked for as ``resource`` (RFC 8707) or ``audience`` (the Auth0 spelling)."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    TOKEN_ENDPOINT_AUTH_METHODS = [*SECRET_METHODS, KEY_METHOD]
 
     def validate_token_request(self) -> None:
         super().validate_token_request()
@@ -86,6 +108,66 @@ class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]  # authli
             client.audience = choose_audience(requested, client.client.audiences if client.client else ())
         except AudienceRefused as exc:
             raise InvalidTargetError(str(exc)) from exc
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]  # authlib has no types: Any
+    """RFC 7523 client authentication as SMART Backend Services profiles it. authlib checks the
+    signature, ``iss`` = ``sub`` = the client, ``aud``, ``exp`` (and ``nbf``) and asks us about the
+    ``jti``; this adds what SMART says on top: the algorithms, a ``kid``, ``exp`` at most
+    ``AUTH_ASSERTION_MAX_LIFETIME_S`` ahead, and every refusal as a 401 ``invalid_client``.
+
+    Runs in authlib's worker thread: the client's keys were loaded before (``TokenServer.prepare``);
+    the ``jti`` is recorded in the store through the event loop (``anyio.from_thread``)."""
+
+    CLIENT_AUTH_METHOD = KEY_METHOD
+
+    def __init__(self, settings: AuthSettings, seen: SeenAssertions) -> None:
+        super().__init__(validate_jti=True, leeway=settings.assertion_leeway_s)
+        self.settings = settings
+        self.seen = seen
+
+    def __call__(self, query_client: Any, request: OAuth2Request) -> RegisteredClient | None:
+        try:
+            return super().__call__(query_client, request)  # type: ignore[no-any-return]
+        except InvalidClientError as error:
+            error.status_code = 401  # as for a wrong secret: RFC 6749 §5.2 allows it, clients expect it
+            raise
+
+    def get_audiences(self) -> list[str]:
+        return [self.settings.token_url]
+
+    def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
+        return client.public_keys
+
+    def process_assertion_claims(self, assertion: str, resolve_key: KeySet) -> dict[str, Any]:
+        """authlib's, with the algorithms restricted and a ``kid`` required (the key is chosen by it)."""
+        try:
+            header = jws.extract_compact(assertion.encode()).headers()
+            if not isinstance(header.get("kid"), str):
+                raise InvalidClientError(description="the assertion's header must name its key ('kid')")
+            token = jwt.decode(assertion, resolve_key, algorithms=list(ASSERTION_ALGORITHMS))
+        except (JoseError, ValueError) as exc:  # ValueError: no key with that kid and alg
+            raise InvalidClientError(description=str(exc) or "the assertion is not valid") from exc
+        self.verify_claims(token.claims)
+        return token.claims
+
+    def verify_claims(self, claims: jwt.Claims) -> None:
+        try:
+            check_assertion_expiry(
+                claims.get("exp"),
+                time.time(),
+                max_lifetime_s=self.settings.assertion_max_lifetime_s,
+                leeway_s=self.settings.assertion_leeway_s,
+            )
+        except AssertionLifetimeRefused as exc:
+            raise InvalidClientError(description=str(exc)) from exc
+        super().verify_claims(claims)  # last: it records the jti
+
+    def validate_jti(self, claims: jwt.Claims, jti: Any) -> bool:
+        if not isinstance(jti, str):
+            return False
+        keep_until = float(claims["exp"]) + self.settings.assertion_leeway_s
+        return bool(anyio.from_thread.run(self.seen.first_use, claims["sub"], jti, keep_until))
 
 
 class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]  # authlib has no types: Any
@@ -120,12 +202,21 @@ class TokenServer(FastAPIAuthorizationServer):
     """The auth service's authorization server: client credentials only, RFC 9068 tokens, a brake
     on secret guessing."""
 
-    def __init__(self, db: Database, settings: AuthSettings, keyring: KeyRing, throttle: LoginThrottle):
+    def __init__(
+        self,
+        db: Database,
+        settings: AuthSettings,
+        keyring: KeyRing,
+        throttle: LoginThrottle,
+        client_keys: ClientKeys,
+    ):
         super().__init__(self._load, scopes_supported=[s.value for s in Scope])
         self.db = db
         self.keyring = keyring
         self.throttle = throttle
+        self.client_keys = client_keys
         self.register_grant(ClientCredentials)
+        self.register_client_auth_method(KEY_METHOD, PrivateKeyJWT(settings, SeenAssertions(db)))
         self.register_token_generator("default", AccessTokenGenerator(settings, keyring))
         self.connect("after_token_error", self._count_failed_login)
 
@@ -146,7 +237,15 @@ class TokenServer(FastAPIAuthorizationServer):
                 "too many failed client authentications; try again later", headers={"Retry-After": str(wait)}
             )
         await self.keyring.refresh_if_stale()
-        return await super().prepare(request)
+        loaded = await super().prepare(request)
+        header, _ = request.unverified_assertion
+        client = loaded.get(request.named_client_id or "")
+        if header and isinstance(client, RegisteredClient):
+            kid = header.get("kid")
+            client.public_keys = await self.client_keys.of(
+                client.client, kid if isinstance(kid, str) else None
+            )
+        return loaded
 
     def _count_failed_login(self, request: OAuth2Request, error: OAuth2Error) -> None:
         if isinstance(error, InvalidClientError) and isinstance(request, StarletteOAuth2Request):

@@ -1,6 +1,7 @@
 """``trialroute demo``: a clinic's day against the running system, watched live.
 
-It does what a partner clinic's integration does: obtain a token, submit referrals, follow them.
+It does what a partner clinic's integration does: obtain a token (signing in with its own key, SMART
+Backend Services ``private_key_jwt``, through authlib's OAuth2 client), submit referrals, follow them.
 """
 
 from __future__ import annotations
@@ -9,14 +10,24 @@ import copy
 import json
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from authlib.deprecate import AuthlibDeprecationWarning
+from joserfc.jwk import ECKey
 
+from services.devstack.stack import DEMO_CLINIC, DEMO_CLINIC_KEY_FILE
+from shared.auth import BackendServicesJWT
 from shared.referral import EXAMPLE_REFERRAL
+
+with warnings.catch_warnings():
+    # authlib prefers the httpx2 package and warns at import when it falls back to httpx (same API).
+    warnings.filterwarnings("ignore", "The httpx module is deprecated", AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import OAuth2Client
 
 SETTLED = {
     "notified",
@@ -72,18 +83,30 @@ def referral(sample: Sample, today: date) -> dict[str, Any]:
     return body
 
 
-def run_demo(intake_url: str, auth_url: str, credentials: Path, timeout_s: float = 90) -> int:
-    secret = json.loads(credentials.read_text())["demo-clinic"]
+def clinic_token(auth_url: str, credentials: Path) -> str:
+    """An access token for intake, as the demo clinic: with its key, kept next to ``credentials`` by
+    ``trialroute run``; with its secret from ``credentials`` if it has none (an older run dir)."""
+    token_url = f"{auth_url}/oauth/token"
+    key_file = credentials.parent / DEMO_CLINIC_KEY_FILE
+    if key_file.exists():
+        key = ECKey.import_key(json.loads(key_file.read_text()))
+        method = BackendServicesJWT(token_url, kid=str(key.kid), alg="ES384")
+        with OAuth2Client(DEMO_CLINIC, key, token_endpoint_auth_method=method, timeout=10) as oauth:
+            token = oauth.fetch_token(token_url, grant_type="client_credentials", audience="intake")
+        return str(token["access_token"])
+    secret = json.loads(credentials.read_text())[DEMO_CLINIC]
     with httpx.Client(timeout=10) as http:
-        token = (
-            http.post(
-                f"{auth_url}/oauth/token",
-                data={"grant_type": "client_credentials", "audience": "intake"},
-                auth=("demo-clinic", secret),
-            )
-            .raise_for_status()
-            .json()["access_token"]
+        response = http.post(
+            token_url,
+            data={"grant_type": "client_credentials", "audience": "intake"},
+            auth=(DEMO_CLINIC, secret),
         )
+        return str(response.raise_for_status().json()["access_token"])
+
+
+def run_demo(intake_url: str, auth_url: str, credentials: Path, timeout_s: float = 90) -> int:
+    token = clinic_token(auth_url, credentials)
+    with httpx.Client(timeout=10) as http:
         http.headers["Authorization"] = f"Bearer {token}"
         ids: dict[str, str] = {}
         for sample in SAMPLES:

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from services.devstack.stack import SERVICES, Stack, StackConfig
+from services.devstack.stack import DEMO_CLINIC, DEMO_CLINIC_KEY_FILE, SERVICES, Stack, StackConfig
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
@@ -18,7 +18,7 @@ def run_system(run_dir: Path) -> None:
     """Start Kafka (unless one is configured), every service and the mailbox; stop them on Ctrl-C."""
     run_dir.mkdir(parents=True, exist_ok=True)
     started_kafka = False
-    config = StackConfig(run_dir=run_dir)
+    config = StackConfig(run_dir=run_dir, clinic_key=True)
     if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
         started_kafka = _start_local_kafka()
     config.database_urls = {
@@ -83,13 +83,19 @@ def summary(config: StackConfig, credentials: dict[str, str]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = ["", "trialroute is running. Ctrl-C stops everything.", ""]
     lines += [f"  {name.ljust(width)}  {where}" for name, where in rows]
-    lines += ["", "Demo clients (client_id / secret; also in .run/demo-credentials.json):"]
+    lines += ["", f"Demo clients (client_id / secret; also in {config.run_dir / 'demo-credentials.json'}):"]
     lines += [f"  {cid.ljust(width)}  {secret}" for cid, secret in credentials.items()]
+    if config.clinic_key:
+        key_file = config.run_dir / DEMO_CLINIC_KEY_FILE
+        lines += [
+            f"  {DEMO_CLINIC.ljust(width)}  signs in with its key, as clinics do (SMART Backend Services "
+            f"private_key_jwt, ES384): private key in {key_file}"
+        ]
     lines += [
         "",
-        "Get a token:  curl -u demo-clinic:SECRET -d grant_type=client_credentials -d audience=intake "
+        "Get a token:  curl -u ops:SECRET -d grant_type=client_credentials -d audience=intake "
         f"{config.url('auth')}/oauth/token",
-        "Try it all:   .venv/bin/trialroute demo",
+        f"Try it all:   .venv/bin/trialroute demo   (signs in as {DEMO_CLINIC} with its key)",
         "",
     ]
     return "\n".join(lines)

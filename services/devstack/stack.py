@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.auth.registry import ClientExists, create_client, rotate_secret
+from joserfc.jwk import ECKey
+
+from services.auth.registry import ClientExists, create_client, create_key_client, rotate_secret, set_keys
 from services.devstack.processes import ServiceProcess, trialroute_argv
 from shared.auth import Scope
 from shared.db import Database
@@ -32,6 +34,9 @@ DEFAULT_PORTS = {
     "smtp": 1025,
 }
 SEED_SITES = Path(__file__).resolve().parent.parent / "site_router" / "seed" / "sites.json"
+DEMO_CLINIC = "demo-clinic"
+DEMO_CLINIC_KEY_FILE = "demo-clinic.private-jwk.json"
+"""In the run dir: the demo clinic's private key (a JWK), when it signs in with a key."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,10 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
     """A clinic, a coordinator per site, ops, and the notifier's own service client."""
     clients = [
         DemoClient(
-            "demo-clinic",
+            DEMO_CLINIC,
             (Scope.REFERRALS_WRITE, Scope.REFERRALS_READ, Scope.ASSESSMENTS_READ),
             ("intake", "eligibility"),
-            clinic_id="demo-clinic",
+            clinic_id=DEMO_CLINIC,
         ),
         DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake")),
         DemoClient("notifier", (Scope.CONTACT_READ,), ("intake",)),
@@ -77,6 +82,10 @@ class StackConfig:
     environment: str = "development"
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra environment per service, e.g. faster retries in tests."""
+    clinic_key: bool = False
+    """The demo clinic signs in with its own key (SMART Backend Services), kept in the run dir, as a
+    clinic should (``trialroute run``); without, it gets a secret like the other demo clients (the
+    suites' system, which sign in with secrets)."""
 
     def database_url(self, service: str) -> str:
         default = f"sqlite+aiosqlite:///{(self.run_dir / 'data' / f'{service}.db').resolve()}"
@@ -113,7 +122,7 @@ class Stack:
                 f"{self.config.url('mail_http')}/healthz",
             )
         self._start_service("auth")
-        self.credentials = asyncio.run(self._seed_clients())
+        self.credentials = asyncio.run(self.seed_clients())
         self._import_sites()
         for service in ("intake", "eligibility", "site_router", "notifier"):
             self._start_service(service)
@@ -159,12 +168,16 @@ class Stack:
             env["SITE_ROUTER_RUNTIME_DIR"] = str((c.run_dir / "site_router").resolve())
         return env | c.service_env.get(service, {})
 
-    async def _seed_clients(self) -> dict[str, str]:
-        """Register the demo clients (or give them new secrets) and keep the secrets in the run dir."""
+    async def seed_clients(self) -> dict[str, str]:
+        """Register the demo clients (or give them new secrets) and keep the secrets in the run dir;
+        the demo clinic's key too, if it signs in with one."""
         db = Database(self.config.database_url("auth"))
         secrets: dict[str, str] = {}
         try:
             for client in demo_clients(site_codes()):
+                if client.client_id == DEMO_CLINIC and self.config.clinic_key:
+                    await self._seed_key_client(db, client)
+                    continue
                 try:
                     secrets[client.client_id] = await create_client(
                         db,
@@ -182,6 +195,29 @@ class Stack:
         path.write_text(json.dumps(secrets, indent=2))
         path.chmod(0o600)
         return secrets
+
+    async def _seed_key_client(self, db: Database, client: DemoClient) -> None:
+        """The client's key pair (made once, kept in the run dir), its public JWK Set registered."""
+        path = self.config.run_dir / DEMO_CLINIC_KEY_FILE
+        if path.exists():
+            key = ECKey.import_key(json.loads(path.read_text()))
+        else:
+            key = ECKey.generate_key("P-384", parameters={"alg": "ES384", "use": "sig"}, auto_kid=True)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(key.as_dict(private=True)))
+        jwks = {"keys": [key.as_dict(private=False)]}
+        try:
+            await create_key_client(
+                db,
+                client.client_id,
+                scopes=client.scopes,
+                audiences=client.audiences,
+                clinic_id=client.clinic_id,
+                site_code=client.site_code,
+                jwks=jwks,
+            )
+        except ClientExists:
+            await set_keys(db, client.client_id, jwks=jwks)
 
     def _import_sites(self) -> None:
         env = self.service_env("site_router")

@@ -18,12 +18,15 @@ from tests.support.servers import loopback_socket, serve_app, url_of
 
 @pytest.fixture
 def start_auth(database_url: str) -> StartAuth:
-    """Start the auth service (settings overridable, its key ring on ``clock``) on this test's database."""
+    """Start the auth service (settings overridable, its key ring on ``clock``) on this test's database;
+    several started in one test are replicas on one store."""
 
     @asynccontextmanager
     async def start(clock: Callable[[], float] = time.time, **overrides: Any) -> AsyncIterator[RunningAuth]:
         sock = loopback_socket()
-        settings = auth_settings(database_url, url_of(sock), **overrides)
+        # a replica of another instance shares its issuer (and token URL); by default, its own URL
+        issuer = overrides.pop("issuer", None) or url_of(sock)
+        settings = auth_settings(database_url, issuer, **overrides)
         db = Database(database_url)
         try:
             async with serve_app(create_app(settings, clock=clock), sock=sock) as url:

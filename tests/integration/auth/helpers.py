@@ -17,13 +17,14 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, OctKey, RSAKey
 from pydantic import SecretStr
 
 from services.auth.config import AuthSettings
 from services.auth.keys import KeyRing
-from services.auth.registry import create_client
+from services.auth.registry import create_client, create_key_client
 from shared.app import ServiceSpec
 from shared.app import create_app as create_service_app
 from shared.auth import Principal, Scope, TokenValidator, require
@@ -58,6 +59,43 @@ class RunningAuth:
     ) -> str:
         return await create_client(
             self.db, client_id, scopes=scopes, audiences=audiences, clinic_id=clinic_id, site_code=site_code
+        )
+
+    async def register_key_client(
+        self,
+        client_id: str,
+        scopes: list[Scope],
+        *,
+        jwks_url: str | None = None,
+        jwks: dict[str, Any] | None = None,
+        clinic_id: str | None = None,
+    ) -> None:
+        await create_key_client(
+            self.db,
+            client_id,
+            scopes=scopes,
+            audiences=(AUDIENCE,),
+            clinic_id=clinic_id,
+            jwks_url=jwks_url,
+            jwks=jwks,
+        )
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/oauth/token"
+
+    async def assertion_response(
+        self, http: httpx.AsyncClient, assertion: str, **form: str
+    ) -> httpx.Response:
+        """A token request authenticated by a client assertion (private_key_jwt) alone."""
+        return await http.post(
+            self.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+                **form,
+            },
         )
 
     async def token_response(
@@ -142,8 +180,9 @@ StartAuth = Callable[..., AbstractAsyncContextManager[RunningAuth]]
 ServeResource = Callable[[TokenValidator], AbstractAsyncContextManager[str]]
 
 
-def forge(key: RSAKey | None, header: dict[str, Any], claims: dict[str, Any]) -> str:
-    """A token made outside the auth service: signed with ``key`` (RS256), or unsigned if None."""
+def forge(key: RSAKey | ECKey | OctKey | None, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token made outside the auth service: signed with ``key`` (``header['alg']``), or unsigned if
+    None."""
     if key is not None:
         return jwt.encode(header, claims, key, algorithms=[header["alg"]])
     return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()), ""])
@@ -164,6 +203,62 @@ def claims_for(auth: RunningAuth, **overrides: Any) -> dict[str, Any]:
         "clinic_id": "C1",
         **overrides,
     }
+
+
+class ClientJwksServer:
+    """A clinic's own JWK Set URL: serves the public half of the keys it holds now, counts fetches."""
+
+    def __init__(self, *keys: RSAKey | ECKey) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+
+    def publish(self, *keys: RSAKey | ECKey) -> None:
+        """Key rotation at the clinic: from now on its URL serves these."""
+        self.keys = list(keys)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/jwks.json")
+        async def jwks() -> JSONResponse:
+            self.fetches += 1
+            return JSONResponse({"keys": [key.as_dict(private=False) for key in self.keys]})
+
+        return app
+
+
+def rsa_key() -> RSAKey:
+    return RSAKey.generate_key(2048, auto_kid=True)
+
+
+def ec_key() -> ECKey:
+    return ECKey.generate_key("P-384", auto_kid=True)
+
+
+def assertion(
+    key: RSAKey | ECKey | OctKey | None,
+    client_id: str,
+    audience: str,
+    *,
+    alg: str = "RS384",
+    header: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A client assertion as SMART Backend Services describes it, signed with ``key`` (its ``kid`` in
+    the header), every part overridable to make it wrong."""
+    now = int(time.time())
+    payload = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "exp": now + 240,
+        "jti": f"{client_id}-{time.time_ns()}",
+        **claims,
+    }
+    head = {"alg": alg, "typ": "JWT", **({"kid": key.kid} if key is not None else {}), **(header or {})}
+    # None removes a claim or header parameter
+    head = {name: value for name, value in head.items() if value is not None}
+    return forge(key, head, {name: value for name, value in payload.items() if value is not None})
 
 
 def b64url(data: bytes) -> str:

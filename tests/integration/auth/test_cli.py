@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +13,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from services.auth.cli import app
-from tests.integration.auth.helpers import KEK, RunningAuth
+from tests.integration.auth.helpers import KEK, ClientJwksServer, RunningAuth, assertion, ec_key, rsa_key
+from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +104,76 @@ async def test_rotate_key_publishes_a_new_key(auth: RunningAuth, http: httpx.Asy
     assert match
     after = {k["kid"] for k in (await http.get(f"{auth.url}/.well-known/jwks.json")).json()["keys"]}
     assert after == before | {match.group(1)}
+
+
+async def test_clinics_register_a_key_by_url_or_file(
+    auth: RunningAuth, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    clinic = "--scope referrals:write --audience intake --clinic".split()
+    url_key, file_key = rsa_key(), ec_key()
+    jwks_file = tmp_path / "clinic-b.jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [file_key.as_dict(private=False)]}))
+    jwks_server = ClientJwksServer(url_key)
+    async with serve_app(jwks_server.app()) as base:
+        by_url = await clients(
+            auth, "create", "--client-id", "clinic-a", *clinic, "A", "--jwks-url", f"{base}/jwks.json"
+        )
+        by_file = await clients(
+            auth, "create", "--client-id", "clinic-b", *clinic, "B", "--jwks-file", str(jwks_file)
+        )
+        for result in (by_url, by_file):
+            assert result.exit_code == 0, result.output
+            assert "private_key_jwt" in result.output
+            assert "client_secret" not in result.output
+
+        signed_a = assertion(url_key, "clinic-a", auth.token_url)
+        assert (await auth.assertion_response(http, signed_a)).status_code == 200
+        signed_b = assertion(file_key, "clinic-b", auth.token_url, alg="ES384")
+        assert (await auth.assertion_response(http, signed_b)).status_code == 200
+
+    listed = (await clients(auth, "list")).output
+    assert re.search(rf"^clinic-a\t.*auth=private_key_jwt jwks_url={base}/jwks.json$", listed, re.MULTILINE)
+    assert re.search(r"^clinic-b\t.*auth=private_key_jwt$", listed, re.MULTILINE)
+
+    no_secret = await clients(auth, "rotate-secret", "clinic-a")
+    assert no_secret.exit_code == 1
+    assert "signs in with a key" in no_secret.output
+
+
+async def test_key_registrations_refused(auth: RunningAuth, tmp_path: Path) -> None:
+    clinic = "create --client-id clinic-c --scope referrals:write --audience intake".split()
+    plain_http = await clients(auth, *clinic, "--jwks-url", "http://ehr.clinic.example/jwks.json")
+    assert plain_http.exit_code == 1
+    assert "https" in plain_http.output
+
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [rsa_key().as_dict(private=False)]}))
+    both = await clients(auth, *clinic, "--jwks-url", "https://ehr.example/j", "--jwks-file", str(jwks_file))
+    assert both.exit_code == 1
+    assert "not both" in both.output
+
+    jwks_file.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}))
+    symmetric = await clients(auth, *clinic, "--jwks-file", str(jwks_file))
+    assert symmetric.exit_code == 1
+    assert "no RSA or EC public key" in symmetric.output
+
+    jwks_file.write_text("not json")
+    assert (await clients(auth, *clinic, "--jwks-file", str(jwks_file))).exit_code == 1
+    assert "clinic-c" not in (await clients(auth, "list")).output
+
+
+async def test_a_clinic_moves_from_its_secret_to_a_key(
+    auth: RunningAuth, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    created = "create --client-id clinic-m --scope referrals:write --audience intake --clinic M"
+    secret = secret_in(await clients(auth, *created.split()))
+    key = ec_key()
+    jwks_file = tmp_path / "clinic-m.jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+
+    moved = await clients(auth, "set-keys", "clinic-m", "--jwks-file", str(jwks_file))
+    assert moved.exit_code == 0, moved.output
+    assert (await auth.token_response(http, "clinic-m", secret)).status_code == 401
+    signed = assertion(key, "clinic-m", auth.token_url, alg="ES384")
+    assert (await auth.assertion_response(http, signed)).status_code == 200
+    assert (await clients(auth, "set-keys", "nobody", "--jwks-file", str(jwks_file))).exit_code == 1

@@ -5,9 +5,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.auth.domain import (
+    AssertionLifetimeRefused,
     AudienceRefused,
     KeySchedule,
     RegistrationError,
+    check_assertion_expiry,
+    check_jwks_url,
     check_registration,
     choose_audience,
     grant_scopes,
@@ -134,3 +137,39 @@ class TestKeyRotation:
             retire_leeway=timedelta(0),
         )
         assert plan.ending[0].retire_at == T0 + timedelta(hours=2)
+
+
+class TestClientAssertions:
+    def test_exp_at_most_the_lifetime_ahead_plus_leeway(self) -> None:
+        check_assertion_expiry(1300, 1000, max_lifetime_s=300, leeway_s=0)
+        check_assertion_expiry(1329.5, 1000, max_lifetime_s=300, leeway_s=30)
+        with pytest.raises(AssertionLifetimeRefused, match="at most 300 seconds"):
+            check_assertion_expiry(1301, 1000, max_lifetime_s=300, leeway_s=0)
+        with pytest.raises(AssertionLifetimeRefused):
+            check_assertion_expiry(1000 + 3600, 1000, max_lifetime_s=300, leeway_s=30)
+
+    @pytest.mark.parametrize("exp", [None, "1300", True, [1300]])
+    def test_exp_must_be_a_number(self, exp: object) -> None:
+        with pytest.raises(AssertionLifetimeRefused, match="number"):
+            check_assertion_expiry(exp, 1000, max_lifetime_s=300, leeway_s=30)
+
+
+class TestJwksUrl:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://ehr.clinic.example/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/j",
+        ],
+    )
+    def test_https_or_loopback_http(self, url: str) -> None:
+        check_jwks_url(url)
+
+    @pytest.mark.parametrize(
+        "url",
+        ["http://ehr.clinic.example/jwks", "ftp://x/jwks", "https:///jwks", "jwks.json", "http://10.0.0.1/"],
+    )
+    def test_anything_else_is_refused(self, url: str) -> None:
+        with pytest.raises(RegistrationError, match="https"):
+            check_jwks_url(url)

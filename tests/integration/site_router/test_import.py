@@ -15,6 +15,7 @@ from tests.integration.site_router.conftest import CommandKit
 
 pytestmark = pytest.mark.integration
 
+
 def test_the_seed_holds_the_trials_four_sites() -> None:
     assert [s["code"] for s in json.loads(SEED_FILE.read_text())["sites"]] == ["WCM", "DFCI", "MCC", "MDACC"]
 

@@ -48,8 +48,8 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
     clients = [
         DemoClient(
             "demo-clinic",
-            (Scope.REFERRALS_WRITE, Scope.REFERRALS_READ, Scope.ASSESSMENTS_READ),
-            ("intake", "eligibility"),
+            (Scope.REFERRALS_WRITE, Scope.REFERRALS_READ, Scope.ASSESSMENTS_READ, Scope.WEBHOOKS_MANAGE),
+            ("intake", "eligibility", "notifier"),
             clinic_id="demo-clinic",
         ),
         DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake")),

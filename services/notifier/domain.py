@@ -185,13 +185,15 @@ def address_refusal(address: str) -> str | None:
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return f"{ip} is not a public address"
     if ip.is_loopback:
         return f"{ip} is a loopback address"
     if ip.is_link_local:
         return f"{ip} is a link-local address"
     if ip.is_private:
         return f"{ip} is a private address"
-    if ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global:
+    if ip.is_multicast or ip.is_reserved or not ip.is_global:
         return f"{ip} is not a public address"
     return None
 

@@ -17,6 +17,7 @@ from services.notifier.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
+    EndpointPublic,
     NotificationLog,
     NotificationPublic,
 )
@@ -86,7 +87,7 @@ async def create_endpoint(
 ) -> EndpointCreated:
     endpoint = await commands.create_endpoint(session, principal.require_clinic(), body, notifier.settings)
     await session.flush()
-    return EndpointCreated(**EndpointCreated.of(endpoint).model_dump(), secret=endpoint.secret)
+    return EndpointCreated(**EndpointPublic.of(endpoint).model_dump(), secret=endpoint.secret)
 
 
 @webhooks_router.get("/endpoints", summary="The clinic's webhook endpoints (never their secrets)")

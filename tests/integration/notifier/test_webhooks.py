@@ -27,6 +27,7 @@ from shared.dead_letters import DeadLetter
 from shared.events import Envelope
 from tests.integration.notifier.conftest import CLINIC, CONSUMER_GROUP, PATIENT, Issuer, Stack, bearer
 from tests.support import builders
+from tests.support.auth import CLINIC_SCOPES
 from tests.support.kafka import read_topic, wait_consumed
 from tests.support.servers import serve_app
 from tests.support.waiting import eventually
@@ -72,7 +73,7 @@ async def receiving(statuses: list[int] | None = None) -> AsyncIterator[Receiver
 
 async def clinic_token(issuer: Issuer, http: httpx.AsyncClient, clinic_id: str = CLINIC) -> str:
     return await issuer.token(
-        http, f"{clinic_id}-hooks", [Scope.WEBHOOKS_MANAGE], audience="notifier", clinic_id=clinic_id
+        http, f"{clinic_id}-hooks", CLINIC_SCOPES, audience="notifier", clinic_id=clinic_id
     )
 
 

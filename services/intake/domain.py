@@ -231,4 +231,6 @@ def decode_change_cursor(cursor: str) -> int:
     number = raw.removeprefix(_CHANGES)
     if not raw.startswith(_CHANGES) or not number.isdigit() or not number.isascii() or len(number) > 19:
         raise ValueError("not a cursor of the change feed")
+    if int(number) >= 2**63:  # beyond the column's bigint: no position of ours
+        raise ValueError("not a cursor of the change feed")
     return int(number)

@@ -21,6 +21,11 @@ def test_anything_else_is_refused(cursor: str) -> None:
         decode_change_cursor(cursor)
 
 
+def test_a_position_beyond_a_bigint_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a cursor"):
+        decode_change_cursor(encode_change_cursor(2**63))
+
+
 def test_the_referral_lists_cursor_is_not_a_feed_cursor() -> None:
     import uuid
     from datetime import UTC, datetime

@@ -74,6 +74,7 @@ class Scope(StrEnum):
     OPS = "ops"
     CONTACT_READ = "contact:read"
     ASSESSMENTS_READ = "assessments:read"
+    WEBHOOKS_MANAGE = "webhooks:manage"
 
     @property
     def description(self) -> str:
@@ -88,6 +89,7 @@ SCOPE_DESCRIPTIONS: dict[Scope, str] = {
     Scope.OPS: "Operations: dead letters, replays, delivery logs",
     Scope.CONTACT_READ: "Read a referral's patient contact details (the notifier, to send its emails)",
     Scope.ASSESSMENTS_READ: "Read eligibility assessments",
+    Scope.WEBHOOKS_MANAGE: "Manage the clinic's webhook endpoints; see and replay their deliveries",
 }
 
 

@@ -41,6 +41,16 @@ class FailedNotification(BaseModel):
     attempts: int
 
 
+class FailedWebhook(BaseModel):
+    """Which webhook delivery the notifier gave up on (its retry window ran out)."""
+
+    id: str
+    endpoint_id: str
+    event_type: str
+    attempts: int
+    last_status_code: int | None = None
+
+
 class DeadLetter(BaseModel):
     """The error and the original record, enough to understand and replay it."""
 
@@ -58,6 +68,7 @@ class DeadLetter(BaseModel):
     value_truncated: bool = False
     failed_at: datetime = Field(default_factory=utcnow)
     notification: FailedNotification | None = None
+    webhook: FailedWebhook | None = None
     dlq_partition: int | None = Field(default=None, description="where the letter is, when read back")
     dlq_offset: int | None = None
 

@@ -148,6 +148,25 @@ class ReferralNotified(EventData):
     source_event_id: uuid.UUID
 
 
+class ReferralStatusChanged(EventData):
+    """One entry of a referral's timeline as its clinic sees it (intake's change feed, and what the
+    notifier delivers by webhook). Ids, statuses, reasons and times only: never patient identity."""
+
+    event_type = "referral.status_changed"
+
+    clinic_id: str
+    seq: int = Field(ge=1, description="the entry's position in the clinic's change feed (GET /v1/changes)")
+    status: str = Field(description="the referral's status once this entry was recorded")
+    entry_status: str | None = Field(default=None, description="the status the source event reports")
+    revision: int = Field(ge=1, description="the referral's revision once this entry was recorded")
+    entry_revision: int | None = Field(default=None, description="the revision the source event is about")
+    reason: str | None = None
+    occurred_at: datetime = Field(description="when the source event occurred")
+    recorded_at: datetime = Field(description="when intake put it on the timeline")
+    source_event_id: uuid.UUID
+    source_event_type: str = Field(description="e.g. referral.routed")
+
+
 EVENTS: tuple[type[EventData], ...] = (
     ReferralSubmitted,
     ReferralAmended,
@@ -158,6 +177,7 @@ EVENTS: tuple[type[EventData], ...] = (
     ReferralUnroutable,
     ReferralSiteDecided,
     ReferralNotified,
+    ReferralStatusChanged,
 )
 """Every event model; a new version of an event is a new model with the same ``event_type``."""
 EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {(m.event_type, m.event_version): m for m in EVENTS}

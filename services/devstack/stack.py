@@ -53,8 +53,8 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
     clients = [
         DemoClient(
             DEMO_CLINIC,
-            (Scope.REFERRALS_WRITE, Scope.REFERRALS_READ, Scope.ASSESSMENTS_READ),
-            ("intake", "eligibility"),
+            (Scope.REFERRALS_WRITE, Scope.REFERRALS_READ, Scope.ASSESSMENTS_READ, Scope.WEBHOOKS_MANAGE),
+            ("intake", "eligibility", "notifier"),
             clinic_id=DEMO_CLINIC,
         ),
         DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake")),

@@ -25,6 +25,7 @@ from services.intake.openapi import REFERRAL_EXAMPLE, problems
 from services.intake.schemas import (
     EXAMPLE_ID,
     AmendmentCreate,
+    ChangePage,
     ContactList,
     ReferralCreate,
     ReferralPage,
@@ -180,6 +181,30 @@ async def list_referrals(
     return await intake.queries.page(
         principal, statuses=status or [], updated_since=updated_since, cursor=cursor, limit=limit
     )
+
+
+@router.get(
+    "/v1/changes",
+    tags=["referrals"],
+    summary="The clinic's change feed: every timeline entry of its referrals, in order",
+    description="Scope `referrals:read`. Every entry recorded on the timelines of the clinic's referrals "
+    "(its own submissions, amendments and withdrawals, and every status event), each with the referral's "
+    "status and revision once it was recorded, oldest first. Start without `cursor`; then pass the "
+    "`next_cursor` of the previous answer (it comes back also when there is nothing new). A clinic that "
+    "stores `next_cursor` after handling the items misses nothing, even while entries of other "
+    "referrals are being recorded: each referral's entries come in the order recorded, at least once "
+    "(drop a copy by `seq`). A cursor this feed did not give is a 422.",
+    responses=problems(401, 403, 422),
+)
+async def list_changes(
+    principal: Reader,
+    intake: IntakeStateDep,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous answer")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="most items in one answer")] = 100,
+) -> ChangePage:
+    return await intake.queries.changes(principal, cursor=cursor, limit=limit)
 
 
 @router.get(

@@ -39,7 +39,9 @@ POSTs take an `Idempotency-Key` header (see each operation): retry them safely w
 **Lifecycle.** `received` -> `screened` (or `not_routed` when ineligible) -> `routed`, `waitlisted` or
 `unroutable` -> `notified` -> `accepted` or `declined` (then routed again) -> `closed`; `withdrawn` by the
 clinic at any time before `accepted`. An amendment returns the referral to `received` (next revision).
-Every change is on the referral's timeline, with its time, the service that caused it and the reason.
+Every change is on the referral's timeline, with its time, the service that caused it and the reason,
+and on the clinic's change feed (`GET /v1/changes`, resumable with a cursor); the notifier can deliver
+each one to the clinic's webhook endpoints too.
 """
 TAGS = [
     {"name": "referrals", "description": "what a clinic does: submit, follow, amend, withdraw"},

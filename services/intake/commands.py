@@ -38,6 +38,7 @@ from shared.events import (
     Envelope,
     EventData,
     ReferralAmended,
+    ReferralStatusChanged,
     ReferralSubmitted,
     ReferralWithdrawn,
     Referrer,
@@ -170,6 +171,32 @@ class Commands:
             reason=reason,
         )
         await store.record(session, referral, entry)
+        await _publish_changes(session, [(referral, entry, trace)])
+
+
+async def _publish_changes(
+    session: AsyncSession, changes: list[tuple[Referral, TimelineEntry, str | None]]
+) -> None:
+    """Number the new timeline entries in their clinics' change feeds and queue, for each, the
+    ``referral.status_changed`` the notifier delivers by webhook (after folding: it carries the status
+    the clinic now sees). Ids, statuses, reasons and times: no patient identity."""
+    await store.number_changes(session, [(referral, entry) for referral, entry, _ in changes])
+    for referral, entry, trace in changes:
+        assert entry.seq is not None and entry.referral_status is not None
+        data = ReferralStatusChanged(
+            clinic_id=referral.clinic_id,
+            seq=entry.seq,
+            status=entry.referral_status,
+            entry_status=entry.status,
+            revision=referral.revision,
+            entry_revision=entry.revision,
+            reason=entry.reason,
+            occurred_at=entry.occurred_at,
+            recorded_at=entry.recorded_at,
+            source_event_id=entry.event_id,
+            source_event_type=entry.event_type,
+        )
+        add_event(session, Envelope.wrap(data, producer=SERVICE, referral_id=referral.id, trace=trace))
 
 
 async def record_status_events(session: AsyncSession, items: list[tuple[Envelope, EventData]]) -> None:
@@ -180,6 +207,7 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
     entries = await store.timelines(session, list(referrals))
     known = {entry.event_id for timeline in entries.values() for entry in timeline}
     touched: set[uuid.UUID] = set()
+    added: list[tuple[Referral, TimelineEntry, str | None]] = []
     for envelope, data in items:
         referral = referrals.get(envelope.referral_id)
         if referral is None:
@@ -194,11 +222,14 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
         entry = _entry(envelope, data)
         session.add(entry)
         entries[referral.id].append(entry)
+        added.append((referral, entry, envelope.trace))
         touched.add(referral.id)
         with referral_context(envelope.referral_id, envelope.trace):
             log.info("status event recorded", extra={"event_type": envelope.type})
     for referral_id in touched:
         store.fold(referrals[referral_id], entries[referral_id])
+    if added:
+        await _publish_changes(session, added)
 
 
 def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:

@@ -212,3 +212,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return moment, uuid.UUID(rid)
     except (binascii.Error, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise ValueError("not a cursor of this list") from exc
+
+
+_CHANGES = "changes:"
+
+
+def encode_change_cursor(seq: int) -> str:
+    """An opaque position in a clinic's change feed: after entry ``seq``."""
+    return base64.urlsafe_b64encode(f"{_CHANGES}{seq}".encode()).decode().rstrip("=")
+
+
+def decode_change_cursor(cursor: str) -> int:
+    """The position of ``encode_change_cursor``; ``ValueError`` for anything it did not produce."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a cursor of the change feed") from exc
+    number = raw.removeprefix(_CHANGES)
+    if not raw.startswith(_CHANGES) or not number.isdigit() or not number.isascii() or len(number) > 19:
+        raise ValueError("not a cursor of the change feed")
+    if int(number) >= 2**63:  # beyond the column's bigint: no position of ours
+        raise ValueError("not a cursor of the change feed")
+    return int(number)

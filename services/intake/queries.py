@@ -10,8 +10,16 @@ from datetime import datetime
 
 from services.intake import store
 from services.intake.config import IntakeSettings
-from services.intake.domain import Status, decode_cursor, encode_cursor
+from services.intake.domain import (
+    Status,
+    decode_change_cursor,
+    decode_cursor,
+    encode_change_cursor,
+    encode_cursor,
+)
 from services.intake.schemas import (
+    ChangeItem,
+    ChangePage,
     ContactList,
     ContactPublic,
     DecisionPublic,
@@ -85,6 +93,25 @@ class Queries:
         next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None
         return ReferralPage(items=[_summary(r) for r in rows], next_cursor=next_cursor)
 
+    async def changes(self, principal: Principal, *, cursor: str | None, limit: int) -> ChangePage:
+        """The clinic's change feed after ``cursor`` (from the start without one), in feed order: each
+        referral's entries in the order recorded. The cursor of the last item (or the same one when
+        there is none) comes back as ``next_cursor``."""
+        clinic_id = principal.require_clinic()
+        after = 0
+        if cursor:
+            try:
+                after = decode_change_cursor(cursor)
+            except ValueError:
+                raise Unprocessable(
+                    "1 invalid field(s)",
+                    errors=[{"field": "cursor", "reason": "not a cursor of the change feed"}],
+                ) from None
+        async with self.db.session() as session:
+            rows = await store.changes(session, clinic_id, after=after, limit=limit)
+        items = [_change(row) for row in rows]
+        return ChangePage(items=items, next_cursor=encode_change_cursor(items[-1].seq if items else after))
+
     async def contacts(self, principal: Principal, referral_ids: Sequence[uuid.UUID]) -> ContactList:
         """Contact details for the notifier, for a dispatch batch's referrals at once; each read and its
         reader are logged in the same transaction."""
@@ -118,6 +145,24 @@ def _contact(referral: Referral) -> ContactPublic:
             consent_to_contact=consent,
         ),
         referrer=ReferrerContact(name=referral.referrer_name, email=referral.referrer_email),
+    )
+
+
+def _change(entry: TimelineEntry) -> ChangeItem:
+    assert entry.seq is not None and entry.referral_status is not None and entry.referral_revision is not None
+    return ChangeItem(
+        seq=entry.seq,
+        referral_id=entry.referral_id,
+        event_id=entry.event_id,
+        event=entry.event_type,
+        status=Status(entry.referral_status),
+        entry_status=Status(entry.status) if entry.status else None,
+        revision=entry.referral_revision,
+        entry_revision=entry.revision,
+        source=entry.source,
+        reason=entry.reason,
+        occurred_at=entry.occurred_at,
+        recorded_at=entry.recorded_at,
     )
 
 

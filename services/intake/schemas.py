@@ -134,6 +134,41 @@ class ReferralPage(_View):
     )
 
 
+class ChangeItem(_View):
+    """One entry of a referral's timeline, in the clinic's change feed."""
+
+    seq: int = Field(
+        description="its position in the clinic's feed (increasing; use it to drop a copy seen twice)",
+        examples=[42],
+    )
+    referral_id: uuid.UUID = Field(description="the referral", examples=[EXAMPLE_ID])
+    event_id: uuid.UUID = Field(description="the id of the event that reported it", examples=[EXAMPLE_ID])
+    event: str = Field(description="the event that reported it", examples=["referral.routed"])
+    status: Status = Field(
+        description="the referral's status once this entry was recorded", examples=["routed"]
+    )
+    entry_status: Status | None = Field(
+        description="the state the event reports (history when an older revision's)", examples=["routed"]
+    )
+    revision: int = Field(description="the referral's revision once this entry was recorded", examples=[1])
+    entry_revision: int | None = Field(
+        description="the revision the event is about, if it says", examples=[1]
+    )
+    source: str = Field(description="the service that caused it", examples=["site_router"])
+    reason: str | None = Field(examples=["Memorial Hospital, New York: 6.4 km (choice 1)"])
+    occurred_at: datetime = Field(description="when it occurred", examples=[EXAMPLE_TIME])
+    recorded_at: datetime = Field(description="when intake recorded it", examples=[EXAMPLE_TIME])
+
+
+class ChangePage(_View):
+    items: list[ChangeItem]
+    next_cursor: str = Field(
+        description="pass as `cursor` next time (also when `items` is empty): store it once the items are "
+        "handled, and nothing is missed",
+        examples=["Yzo0Mg"],
+    )
+
+
 class PatientContact(_View):
     given_name: str = Field(examples=["Maria"])
     family_name: str = Field(examples=["Lopez"])

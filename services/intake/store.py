@@ -23,13 +23,14 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from services.intake.domain import OPEN_EXCLUDED, Fact, Status, project
 from shared.consumer import ProcessedEvent
 from shared.outbox import OutboxRecord
-from shared.store import bigint_pk, tables, timestamp, utcnow
+from shared.store import BIGINT, bigint_pk, table_of, tables, timestamp, utcnow
 
 _OPEN = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in OPEN_EXCLUDED))
 
@@ -83,10 +84,17 @@ class Referral(SQLModel, table=True):
 
 
 class TimelineEntry(SQLModel, table=True):
-    """One state change or notice, stamped with when it occurred and which service said so."""
+    """One state change or notice, stamped with when it occurred and which service said so.
+
+    ``seq`` is the entry's position in its clinic's change feed (``GET /v1/changes``), numbered by
+    ``number_changes`` in the transaction that records it; with it the entry keeps the referral's
+    status and revision as they stood once it was recorded (what the clinic saw then)."""
 
     __tablename__ = "timeline"
-    __table_args__ = (Index("ix_timeline_referral", "referral_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_timeline_referral", "referral_id", "occurred_at"),
+        Index("uq_timeline_clinic_seq", "clinic_id", "seq", unique=True),
+    )
 
     id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(sa_column=Column(ForeignKey("referrals.id"), nullable=False))
@@ -99,6 +107,21 @@ class TimelineEntry(SQLModel, table=True):
     source: str
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    clinic_id: str | None = None
+    seq: int | None = Field(default=None, sa_column=Column(BIGINT, nullable=True))
+    referral_status: str | None = None
+    referral_revision: int | None = None
+
+
+class ClinicFeed(SQLModel, table=True):
+    """The last position handed out in a clinic's change feed. Its row is locked (by the upsert that
+    moves it) until the transaction that took the positions commits, so a clinic's positions commit in
+    the order they were taken: a reader that has seen position n can never later find a smaller one."""
+
+    __tablename__ = "clinic_feed"
+
+    clinic_id: str = Field(primary_key=True)
+    last_seq: int = Field(default=0, sa_column=Column(BIGINT, nullable=False))
 
 
 class IdempotencyKey(SQLModel, table=True):
@@ -131,7 +154,9 @@ class ContactAccess(SQLModel, table=True):
     accessed_at: datetime = timestamp()
 
 
-TABLES = tables(Referral, TimelineEntry, IdempotencyKey, ContactAccess, OutboxRecord, ProcessedEvent)
+TABLES = tables(
+    Referral, TimelineEntry, ClinicFeed, IdempotencyKey, ContactAccess, OutboxRecord, ProcessedEvent
+)
 
 
 async def get_referral(
@@ -259,4 +284,52 @@ async def list_referrals(
             or_(col(Referral.updated_at) > at, and_(col(Referral.updated_at) == at, col(Referral.id) > rid))
         )
     query = query.order_by(col(Referral.updated_at), col(Referral.id)).limit(limit)
+    return (await session.execute(query)).scalars().all()
+
+
+async def number_changes(session: AsyncSession, changes: Sequence[tuple[Referral, TimelineEntry]]) -> None:
+    """Give new timeline entries their places in their clinics' change feeds, in the order given, and
+    stamp each with its referral's status and revision as they now stand (call after folding).
+
+    Positions come from the clinic's ``ClinicFeed`` row, moved by one upsert per clinic (clinics in
+    sorted order, after the referral locks every writer takes first: one lock order, no deadlock). The
+    upsert keeps the row locked until commit, so a clinic's writers take and commit positions one after
+    another (SQLite: its single writer does that): positions appear in the order they were handed out.
+    A cursor over them never skips an entry that commits late, which one over the timeline's id could
+    (ids are taken at insert and committed in any order)."""
+    by_clinic: dict[str, list[tuple[Referral, TimelineEntry]]] = {}
+    for referral, entry in changes:
+        by_clinic.setdefault(referral.clinic_id, []).append((referral, entry))
+    dialect = session.get_bind().dialect.name
+    table = table_of(ClinicFeed)
+    for clinic_id in sorted(by_clinic):
+        entries = by_clinic[clinic_id]
+        moved = {"last_seq": table.c.last_seq + len(entries)}
+        statement = (
+            postgresql.insert(table).on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
+            if dialect == "postgresql"
+            else sqlite.insert(table).on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
+        )
+        with session.no_autoflush:  # the new rows are written once, numbered, at commit
+            result = await session.execute(
+                statement.values(clinic_id=clinic_id, last_seq=len(entries)).returning(table.c.last_seq)
+            )
+        last = int(result.scalar_one())
+        for offset, (referral, entry) in enumerate(entries):
+            entry.clinic_id = clinic_id
+            entry.seq = last - len(entries) + 1 + offset
+            entry.referral_status = referral.status
+            entry.referral_revision = referral.revision
+
+
+async def changes(
+    session: AsyncSession, clinic_id: str, *, after: int, limit: int
+) -> Sequence[TimelineEntry]:
+    """The clinic's change feed after position ``after``, in order."""
+    query = (
+        select(TimelineEntry)
+        .where(col(TimelineEntry.clinic_id) == clinic_id, col(TimelineEntry.seq) > after)
+        .order_by(col(TimelineEntry.seq))
+        .limit(limit)
+    )
     return (await session.execute(query)).scalars().all()

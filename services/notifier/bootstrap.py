@@ -1,6 +1,7 @@
 """Wiring: the notifier's routes, loops and clients, built from its settings.
 
-Roles: ``api`` serves the delivery log; ``consumer`` runs the consumer loop AND the dispatcher (both
+Roles: ``api`` serves the delivery log and the clinics' webhooks; ``consumer`` runs the consumer loop
+AND the dispatchers of emails and webhooks (all
 only ever do work that is safe to run in several processes at once); ``relay`` publishes the outbox
 (``referral.notified`` and the dispatcher's dead letters).
 """
@@ -22,6 +23,7 @@ from services.notifier.dispatcher import Dispatcher
 from services.notifier.mail import Mailer, Templates
 from services.notifier.queries import Queries
 from services.notifier.store import TABLES
+from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 from shared.app import ALL_ROLES, Hook, Loop, Role, ServiceSpec
 from shared.auth import ServiceTokenSource, TokenValidator
 from shared.db import Database
@@ -63,14 +65,19 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
             contacts=contacts,
             consumer_name=f"{consumer_group(settings, SERVICE)}-dispatcher",
         )
-        loops.append(Loop("dispatcher", dispatcher.run))
-        on_stop += [mailer.aclose, contacts.aclose, tokens.aclose]
+        sender = WebhookSender(settings)
+        webhooks = WebhookDispatcher(
+            db, settings, sender, consumer_name=f"{consumer_group(settings, SERVICE)}-webhooks"
+        )
+        loops += [Loop("dispatcher", dispatcher.run), Loop("webhooks", webhooks.run)]
+        on_stop += [mailer.aclose, contacts.aclose, tokens.aclose, sender.aclose]
     return ServiceSpec(
         name=SERVICE,
         title="trialroute notifier",
         description="Emails the site coordinator, the patient and the referrer when a referral is "
-        "routed or decided, exactly once each; the delivery log for ops.",
-        routers=[api.router] if "api" in roles else [],
+        "routed or decided, exactly once each; the delivery log for ops. Delivers every change of a "
+        "clinic's referrals to the webhook endpoints it registers (Standard Webhooks signatures).",
+        routers=[api.router, api.webhooks_router] if "api" in roles else [],
         loops=loops,
         state=NotifierState(db=db, settings=settings, token_validator=validator, queries=Queries(db)),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},

@@ -1,4 +1,5 @@
-"""The notifier's use cases: record the notifications an event causes; retry a failed one.
+"""The notifier's use cases: record the notifications an event causes; retry a failed one; a clinic's
+webhook endpoints (create, delete), the deliveries a change causes, and their replay.
 
 Each runs in the caller's transaction: the consumer loop's (which also records the event id, so an event
 delivered three times records its notifications once) or a route's. None of them sends mail: an SMTP or
@@ -7,15 +8,28 @@ intake outage must not hold up a partition, and with it every other referral on 
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import UTC, datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from services.notifier import store
-from services.notifier.domain import State, message_id, plan
-from services.notifier.store import Notification
-from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided
-from shared.problems import Conflict, NotFound
+from services.notifier.config import NotifierSettings
+from services.notifier.domain import (
+    DeliveryState,
+    State,
+    message_id,
+    new_webhook_secret,
+    plan,
+    webhook_url_refusal,
+)
+from services.notifier.schemas import EndpointCreate
+from services.notifier.store import Notification, WebhookDelivery, WebhookEndpoint
+from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided, ReferralStatusChanged
+from shared.problems import Conflict, NotFound, Unprocessable
 
 
 async def record_routings(
@@ -66,3 +80,117 @@ def _record(
         previous_site=site_name,
         now=datetime.now(UTC),
     )
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+async def record_status_change(
+    session: AsyncSession, envelope: Envelope, data: ReferralStatusChanged
+) -> None:
+    """One pending delivery per endpoint of the clinic that wants this type; the dispatcher sends them.
+    The body is fixed here (ids, statuses, reasons and times: no patient identity), so every attempt
+    and replay sends, and signs, the same bytes under the same ``webhook-id``."""
+    now = datetime.now(UTC)
+    body = delivery_body(envelope.referral_id, data)
+    source = envelope.model_dump_json()
+    for endpoint in await store.endpoints(session, data.clinic_id):
+        if endpoint.event_types and data.source_event_type not in endpoint.event_types:
+            continue
+        session.add(
+            WebhookDelivery(
+                endpoint_id=endpoint.id,
+                clinic_id=data.clinic_id,
+                referral_id=envelope.referral_id,
+                source_event_id=envelope.id,
+                event_type=data.source_event_type,
+                payload=body,
+                source=source,
+                window_started_at=now,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def delivery_body(referral_id: uuid.UUID, data: ReferralStatusChanged) -> str:
+    """The JSON a webhook carries, in the Standard Webhooks shape (``type``, ``timestamp``, ``data``)."""
+    return json.dumps(
+        {
+            "type": data.source_event_type,
+            "timestamp": data.recorded_at.isoformat(),
+            "data": {
+                "referral_id": str(referral_id),
+                "seq": data.seq,
+                "status": data.status,
+                "entry_status": data.entry_status,
+                "revision": data.revision,
+                "entry_revision": data.entry_revision,
+                "reason": data.reason,
+                "occurred_at": data.occurred_at.isoformat(),
+                "recorded_at": data.recorded_at.isoformat(),
+                "event_id": str(data.source_event_id),
+            },
+        },
+        separators=(",", ":"),
+    )
+
+
+async def create_endpoint(
+    session: AsyncSession, clinic_id: str, body: EndpointCreate, settings: NotifierSettings
+) -> WebhookEndpoint:
+    """Register a clinic's endpoint with a new secret (the caller shows it once)."""
+    refusal = webhook_url_refusal(
+        body.url,
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private_addresses,
+    )
+    if refusal is not None:
+        raise Unprocessable("1 invalid field(s)", errors=[{"field": "url", "reason": refusal}])
+    count = await session.execute(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(col(WebhookEndpoint.clinic_id) == clinic_id, col(WebhookEndpoint.deleted_at).is_(None))
+    )
+    if int(count.scalar_one()) >= settings.webhook_max_endpoints:
+        raise Conflict(f"a clinic has at most {settings.webhook_max_endpoints} endpoints; delete one first")
+    endpoint = WebhookEndpoint(
+        clinic_id=clinic_id,
+        url=body.url,
+        event_types=list(dict.fromkeys(body.event_types)),
+        description=body.description,
+        secret=new_webhook_secret(),
+    )
+    session.add(endpoint)
+    return endpoint
+
+
+async def delete_endpoint(session: AsyncSession, clinic_id: str, endpoint_id: uuid.UUID) -> None:
+    """Stop delivering to the endpoint; its waiting deliveries are cancelled, its log kept."""
+    endpoint = await store.get_endpoint(session, clinic_id, endpoint_id, lock=True)
+    if endpoint is None:
+        raise NotFound("no such endpoint for this clinic")
+    now = datetime.now(UTC)
+    endpoint.deleted_at = now
+    await store.cancel_deliveries(session, endpoint_id, now)
+
+
+async def replay_delivery(session: AsyncSession, clinic_id: str, delivery_id: uuid.UUID) -> WebhookDelivery:
+    """Deliver again (same body and ``webhook-id``) a delivered or failed delivery, with a fresh window."""
+    delivery = await store.get_delivery(session, clinic_id, delivery_id, lock=True)
+    if delivery is None:
+        raise NotFound("no such delivery for this clinic")
+    if await store.get_endpoint(session, clinic_id, delivery.endpoint_id) is None:
+        raise Conflict("the endpoint was deleted", current_state=delivery.state)
+    if delivery.state not in (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.CANCELLED):
+        raise Conflict(
+            f"the delivery is {delivery.state}; it is being tried already", current_state=delivery.state
+        )
+    now = datetime.now(UTC)
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.window_started_at = now
+    delivery.next_attempt_at = now
+    delivery.updated_at = now
+    return delivery

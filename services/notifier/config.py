@@ -57,6 +57,33 @@ class NotifierSettings(ServiceSettings):
     dispatch_interval_s: float = Field(default=1.0, gt=0, description="poll period when idle")
     dispatch_batch: int = Field(default=20, ge=1)
 
+    # Webhooks (clinics' endpoints; services/notifier/webhooks.py).
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="one delivery's HTTP timeout")
+    webhook_retry_base_s: float = Field(default=10.0, gt=0, description="first retry; doubles per attempt")
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, description="longest wait between attempts")
+    webhook_retry_window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="a delivery still failing this long after it was due is dead-lettered",
+    )
+    webhook_lease_s: float = Field(default=60.0, gt=0, description="how long a claimed delivery is ours")
+    webhook_batch: int = Field(default=20, ge=1)
+    webhook_max_endpoints: int = Field(default=20, ge=1, description="endpoints per clinic")
+    webhook_allow_http: bool = Field(
+        default=False,
+        description="accept plain http:// endpoint URLs (tests, local stacks; never production)",
+    )
+    webhook_allow_private_addresses: bool = Field(
+        default=False,
+        description="deliver to loopback, link-local and private addresses (tests, local stacks only)",
+    )
+
+    @model_validator(mode="after")
+    def _webhook_lease_outlasts_a_delivery(self) -> NotifierSettings:
+        if self.webhook_lease_s < 2 * self.webhook_timeout_s:
+            raise ValueError("webhook_lease_s must be at least twice webhook_timeout_s")
+        return self
+
     @model_validator(mode="after")
     def _lease_outlasts_a_delivery(self) -> NotifierSettings:
         """A lease that expires mid-send lets another instance send the same email a second time."""

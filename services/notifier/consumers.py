@@ -9,12 +9,13 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import commands
-from shared.events import Envelope, ReferralRouted, ReferralSiteDecided
+from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, ReferralStatusChanged
 from shared.handlers import Handlers
 
 
 def handlers(message_id_domain: str) -> Handlers:
-    """Routings together (one read of the routings before them), site decisions one by one."""
+    """Routings together (one read of the routings before them), site decisions one by one; each
+    status change as the webhook deliveries it causes."""
 
     async def on_routed(session: AsyncSession, items: list[tuple[Envelope, ReferralRouted]]) -> None:
         await commands.record_routings(session, items, message_id_domain=message_id_domain)
@@ -22,4 +23,14 @@ def handlers(message_id_domain: str) -> Handlers:
     async def on_site_decided(session: AsyncSession, envelope: Envelope, data: ReferralSiteDecided) -> None:
         await commands.record_site_decision(session, envelope, data, message_id_domain=message_id_domain)
 
-    return Handlers().together([ReferralRouted], on_routed).on(ReferralSiteDecided, on_site_decided)
+    async def on_status_changed(
+        session: AsyncSession, envelope: Envelope, data: ReferralStatusChanged
+    ) -> None:
+        await commands.record_status_change(session, envelope, data)
+
+    return (
+        Handlers()
+        .together([ReferralRouted], on_routed)
+        .on(ReferralSiteDecided, on_site_decided)
+        .on(ReferralStatusChanged, on_status_changed)
+    )

@@ -8,11 +8,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import ipaddress
+import secrets
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 from shared.events import EventData, RecipientRole, ReferralRouted, ReferralSiteDecided
 
@@ -109,3 +114,90 @@ def retry_delay_s(attempts: int, base_s: float, max_s: float) -> float:
 def gives_up(attempts: int, max_attempts: int, *, permanent: bool) -> bool:
     """A permanent error fails at once; a transient one only when the attempts are used up."""
     return permanent or attempts >= max_attempts
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+class DeliveryState(StrEnum):
+    """A webhook delivery's life: pending -> sending -> delivered; or back to pending (a later
+    attempt); or, its retry window spent, failed (dead-lettered); cancelled when its endpoint is
+    deleted. A replay makes a delivered or failed one pending again."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+WebhookEventType = Literal[
+    "referral.submitted",
+    "referral.amended",
+    "referral.withdrawn",
+    "referral.screened",
+    "referral.routed",
+    "referral.waitlisted",
+    "referral.unroutable",
+    "referral.notified",
+    "referral.site_decided",
+]
+"""What a delivery's ``type`` can be: the event that put the entry on the referral's timeline."""
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = get_args(WebhookEventType)
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_url_refusal(url: str, *, allow_http: bool, allow_private: bool) -> str | None:
+    """Why an endpoint URL is refused at registration, or ``None``: https only (http when ops allow
+    it), a host, no credentials, and not a private address or local name written in the URL. A host
+    name is checked again when delivering, against every address it resolves to (DNS rebinding)."""
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in schemes:
+        return "must be an https URL"
+    try:
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return "has an invalid port"
+    if not host:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials"
+    if allow_private:
+        return None
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return "must not name a local host"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: its addresses are checked at delivery
+    return address_refusal(host)
+
+
+def address_refusal(address: str) -> str | None:
+    """Why a webhook must not be delivered to ``address`` (an IP address), or ``None`` when it is a
+    public one: never loopback, link-local, private, multicast, reserved or otherwise non-global
+    (an IPv4-mapped IPv6 address is judged as the IPv4 address it maps)."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return f"{ip} is not a public address"
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address"
+    if ip.is_private:
+        return f"{ip} is a private address"
+    if ip.is_multicast or ip.is_reserved or not ip.is_global:
+        return f"{ip} is not a public address"
+    return None
+
+
+def webhook_retry_delay_s(attempts: int, base_s: float, max_s: float) -> float:
+    """The wait after the ``attempts``-th failed delivery: base, 2x, 4x ... capped at ``max_s``."""
+    return retry_delay_s(attempts, base_s, max_s)

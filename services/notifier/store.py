@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Column,
     Index,
     Text,
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col
 
-from services.notifier.domain import Planned, State
+from services.notifier.domain import DeliveryState, Planned, State
 from shared.consumer import ProcessedEvent
 from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
@@ -69,7 +70,58 @@ class Notification(SQLModel, table=True):
     sent_at: datetime | None = timestamp(nullable=True, now_by_default=False)
 
 
-TABLES = tables(Notification, OutboxRecord, ProcessedEvent)
+class WebhookEndpoint(SQLModel, table=True):
+    """A clinic's webhook endpoint. The secret signs every delivery (Standard Webhooks); it is shown to
+    the clinic once, when the endpoint is created. A deleted endpoint is kept for its deliveries' log."""
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = (Index("ix_webhook_endpoint_clinic", "clinic_id", "created_at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    clinic_id: str = Field(max_length=200)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    event_types: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False), description="empty: every type"
+    )
+    description: str | None = Field(default=None, max_length=200)
+    secret: str = Field(max_length=200)
+    created_at: datetime = timestamp()
+    deleted_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One change for one endpoint: the signed body, and how delivering it went. ``id`` is the
+    ``webhook-id`` of every attempt and replay, so a receiver can drop a copy."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("source_event_id", "endpoint_id", name="uq_webhook_delivery_event_endpoint"),
+        Index("ix_webhook_delivery_due", "state", "next_attempt_at"),
+        Index("ix_webhook_delivery_clinic", "clinic_id", "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    endpoint_id: uuid.UUID = Field(index=True)
+    clinic_id: str = Field(max_length=200)
+    referral_id: uuid.UUID
+    source_event_id: uuid.UUID = Field(description="the referral.status_changed event")
+    event_type: str = Field(max_length=100, description="the delivery's type: the timeline entry's event")
+    payload: str = Field(sa_column=Column(Text, nullable=False), description="the JSON body, as signed")
+    source: str = Field(sa_column=Column(Text, nullable=False), description="the source envelope, JSON")
+    state: str = Field(default=DeliveryState.PENDING.value, max_length=10)
+    attempts: int = 0
+    window_started_at: datetime = timestamp()  # retries stop a retry window after this
+    next_attempt_at: datetime = timestamp()
+    claimed_until: datetime | None = timestamp(nullable=True, now_by_default=False)
+    claim: str | None = Field(default=None, max_length=32)
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    delivered_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+TABLES = tables(Notification, WebhookEndpoint, WebhookDelivery, OutboxRecord, ProcessedEvent)
 
 
 def add_planned(
@@ -231,3 +283,141 @@ async def retry_failed(session: AsyncSession, notification_id: int, now: datetim
         row.next_attempt_at = now
         row.updated_at = now
     return row
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+async def endpoints(session: AsyncSession, clinic_id: str) -> Sequence[WebhookEndpoint]:
+    """The clinic's endpoints (not deleted), oldest first."""
+    query = (
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.clinic_id) == clinic_id, col(WebhookEndpoint.deleted_at).is_(None))
+        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def get_endpoint(
+    session: AsyncSession, clinic_id: str, endpoint_id: uuid.UUID, *, lock: bool = False
+) -> WebhookEndpoint | None:
+    """The clinic's endpoint (not deleted); another clinic's is ``None``."""
+    query = select(WebhookEndpoint).where(
+        col(WebhookEndpoint.id) == endpoint_id,
+        col(WebhookEndpoint.clinic_id) == clinic_id,
+        col(WebhookEndpoint.deleted_at).is_(None),
+    )
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalars().first()
+
+
+async def cancel_deliveries(session: AsyncSession, endpoint_id: uuid.UUID, now: datetime) -> None:
+    """A deleted endpoint's waiting deliveries are not tried again."""
+    await session.execute(
+        update(WebhookDelivery)
+        .where(
+            col(WebhookDelivery.endpoint_id) == endpoint_id,
+            col(WebhookDelivery.state) == DeliveryState.PENDING,
+        )
+        .values(state=DeliveryState.CANCELLED, updated_at=now)
+    )
+
+
+async def deliveries(
+    session: AsyncSession,
+    clinic_id: str,
+    *,
+    endpoint_id: uuid.UUID | None,
+    referral_id: uuid.UUID | None,
+    state: DeliveryState | None,
+    limit: int,
+) -> Sequence[WebhookDelivery]:
+    """The clinic's deliveries, newest first."""
+    query = select(WebhookDelivery).where(col(WebhookDelivery.clinic_id) == clinic_id)
+    if endpoint_id is not None:
+        query = query.where(col(WebhookDelivery.endpoint_id) == endpoint_id)
+    if referral_id is not None:
+        query = query.where(col(WebhookDelivery.referral_id) == referral_id)
+    if state is not None:
+        query = query.where(col(WebhookDelivery.state) == state)
+    query = query.order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id)).limit(limit)
+    return (await session.execute(query)).scalars().all()
+
+
+async def get_delivery(
+    session: AsyncSession, clinic_id: str, delivery_id: uuid.UUID, *, lock: bool = False
+) -> WebhookDelivery | None:
+    query = select(WebhookDelivery).where(
+        col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.clinic_id) == clinic_id
+    )
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalars().first()
+
+
+def _delivery_due(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(
+            col(WebhookDelivery.state) == DeliveryState.PENDING, col(WebhookDelivery.next_attempt_at) <= now
+        ),
+        # A lease that ran out: its holder crashed mid-delivery; the receiver may have it (same webhook-id).
+        and_(col(WebhookDelivery.state) == DeliveryState.SENDING, col(WebhookDelivery.claimed_until) < now),
+    )
+
+
+async def claim_deliveries(
+    session: AsyncSession, *, is_sqlite: bool, now: datetime, lease_s: float, limit: int
+) -> Sequence[tuple[WebhookDelivery, WebhookEndpoint]]:
+    """Take up to ``limit`` due deliveries, with their endpoints: ``sending`` under a lease, one more
+    attempt counted. Concurrent dispatchers never claim the same row (as ``claim_due``)."""
+    token = uuid.uuid4().hex
+    due = (
+        select(col(WebhookDelivery.id))
+        .where(_delivery_due(now))
+        .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
+        .limit(limit)
+    )
+    ids: Any
+    if is_sqlite:
+        ids = due.scalar_subquery()
+    else:
+        ids = (await session.execute(due.with_for_update(skip_locked=True))).scalars().all()
+        if not ids:
+            return []
+    await session.execute(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id).in_(ids))
+        .values(
+            state=DeliveryState.SENDING,
+            claim=token,
+            claimed_until=now + timedelta(seconds=lease_s),
+            attempts=col(WebhookDelivery.attempts) + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(
+        select(WebhookDelivery, WebhookEndpoint)
+        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+        .where(col(WebhookDelivery.claim) == token)
+        .order_by(col(WebhookDelivery.id))
+    )
+    return [(delivery, endpoint) for delivery, endpoint in result.all()]
+
+
+async def finish_delivery(
+    session: AsyncSession, delivery: WebhookDelivery, values: dict[str, Any], now: datetime
+) -> bool:
+    """Record a claimed delivery's outcome if the claim is still ours (else another pass owns it)."""
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            col(WebhookDelivery.id) == delivery.id,
+            col(WebhookDelivery.state) == DeliveryState.SENDING,
+            col(WebhookDelivery.claim) == delivery.claim,
+        )
+        .values(**values, claim=None, claimed_until=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))

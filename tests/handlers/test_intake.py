@@ -67,6 +67,7 @@ async def received(harness: HandlerHarness, *, revisions: int = 1, clinic_id: st
                 reason="submitted",
             )
             await store.record(session, referral, entry)
+            await store.number_changes(session, [(referral, entry)])
             await session.flush()
     return referral.id
 
@@ -251,3 +252,51 @@ async def test_a_time_without_a_zone_is_taken_as_utc(harness: HandlerHarness) ->
     naive = envelope(rid, events.routed(), minutes(1).replace(tzinfo=None))
     await harness.deliver(naive, envelope(rid, events.screened(), minutes(0.5)))
     assert (await view(harness, rid)).statuses == ["received", "screened", "routed"]
+
+
+async def test_each_new_entry_is_numbered_in_its_clinics_feed_and_published_for_the_clinic(
+    harness: HandlerHarness,
+) -> None:
+    first, second = await received(harness), await received(harness)
+    other = await received(harness, clinic_id="CLINIC-B")
+    await harness.deliver(
+        envelope(first, events.screened(), minutes(1)),
+        envelope(second, events.screened(routable=False), minutes(1)),
+        envelope(first, events.routed(), minutes(2)),
+        envelope(other, events.screened(clinic_id="CLINIC-B"), minutes(1)),
+    )
+    async with harness.db.session() as session:
+        feed = list(await store.changes(session, CLINIC, after=0, limit=100))
+        others = list(await store.changes(session, "CLINIC-B", after=0, limit=100))
+    # received(harness) records the received entries directly (numbered 1, 2); the events follow in order.
+    assert [(e.referral_id, e.event_type, e.seq) for e in feed] == [
+        (first, "referral.submitted", 1),
+        (second, "referral.submitted", 2),
+        (first, "referral.screened", 3),
+        (second, "referral.screened", 4),
+        (first, "referral.routed", 5),
+    ]
+    assert [(e.seq, e.referral_status) for e in others] == [(1, "received"), (2, "screened")]
+    assert feed[2].referral_status == "routed", "stamped with the status once the transaction folded"
+
+    published = await harness.published("referral.status_changed")
+    changes = [(e.referral_id, e.payload()) for e in published]
+    assert [
+        (rid, data.seq, data.source_event_type, data.status) for rid, data in changes if rid != other
+    ] == [
+        (first, 3, "referral.screened", "routed"),
+        (second, 4, "referral.screened", "not_routed"),
+        (first, 5, "referral.routed", "routed"),
+    ]
+    for envelope_ in published:
+        assert "Maria" not in envelope_.model_dump_json() and "1968" not in envelope_.model_dump_json()
+
+
+async def test_a_redelivered_event_is_not_numbered_or_published_twice(harness: HandlerHarness) -> None:
+    rid = await received(harness)
+    event = envelope(rid, events.screened(), minutes(1))
+    await harness.deliver(event)
+    await harness.deliver(event)
+    assert len(await harness.published("referral.status_changed")) == 1
+    async with harness.db.session() as session:
+        assert [e.seq for e in await store.changes(session, CLINIC, after=0, limit=100)] == [1, 2]

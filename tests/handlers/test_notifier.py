@@ -6,6 +6,7 @@ here, what the consumer records of each event.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,9 +15,9 @@ from sqlmodel import col, select
 
 from services.notifier.consumers import handlers
 from services.notifier.domain import message_id
-from services.notifier.store import TABLES, Notification
+from services.notifier.store import TABLES, Notification, WebhookDelivery, WebhookEndpoint
 from shared.events import Envelope
-from tests.support import events
+from tests.support import builders, events
 from tests.support.events import envelope, site
 from tests.support.handlers import HandlerHarness, handler_harness
 
@@ -163,3 +164,38 @@ async def test_an_unreadable_routing_is_dead_lettered_and_the_others_are_recorde
     assert letter.error.startswith("ValidationError") and letter.value() == broken.to_bytes()
     assert {r.source_event_id for r in await notifications(harness)} == {good.id}
     assert harness.position("referral.routed") == 2
+
+
+async def endpoint(harness: HandlerHarness, clinic_id: str, event_types: list[str]) -> uuid.UUID:
+    row = WebhookEndpoint(
+        clinic_id=clinic_id, url="https://ehr.example.org/hook", event_types=event_types, secret="whsec_AAAA"
+    )
+    async with harness.db.session() as session:
+        session.add(row)
+    return row.id
+
+
+async def test_a_status_change_becomes_one_pending_delivery_per_endpoint_of_the_clinic_that_wants_it(
+    harness: HandlerHarness,
+) -> None:
+    every = await endpoint(harness, builders.CLINIC, [])
+    routed_only = await endpoint(harness, builders.CLINIC, ["referral.routed"])
+    await endpoint(harness, builders.CLINIC, ["referral.site_decided"])
+    await endpoint(harness, "another-clinic", [])
+    change = builders.wrap(builders.status_changed("referral.routed", seq=7))
+    await harness.deliver(change)
+    await harness.deliver(change)  # a redelivery records nothing more
+
+    async with harness.db.session() as session:
+        rows = list((await session.execute(select(WebhookDelivery))).scalars().all())
+    assert {r.endpoint_id for r in rows} == {every, routed_only}
+    assert {(r.state, r.attempts, r.event_type, r.clinic_id) for r in rows} == {
+        ("pending", 0, "referral.routed", builders.CLINIC)
+    }
+    body = json.loads(rows[0].payload)
+    assert body["type"] == "referral.routed"
+    assert body["data"]["referral_id"] == str(change.referral_id) and body["data"]["seq"] == 7
+    assert set(body["data"]) == {
+        "referral_id", "seq", "status", "entry_status", "revision", "entry_revision", "reason",
+        "occurred_at", "recorded_at", "event_id",
+    }  # fmt: skip

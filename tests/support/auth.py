@@ -27,6 +27,14 @@ from shared.settings import OAuthSettings
 from tests.conftest import Servers, fresh_database
 from tests.support.servers import loopback_socket, serve_app, url_of
 
+CLINIC_SCOPES: tuple[Scope, ...] = (
+    Scope.REFERRALS_WRITE,
+    Scope.REFERRALS_READ,
+    Scope.ASSESSMENTS_READ,
+    Scope.WEBHOOKS_MANAGE,
+)
+"""What a partner clinic's client holds, as the demo clinic does (services/devstack/stack.py)."""
+
 
 @dataclass
 class Issuer:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from shared.events import (
@@ -25,6 +25,7 @@ from shared.events import (
     ReferralRouted,
     ReferralScreened,
     ReferralSiteDecided,
+    ReferralStatusChanged,
     ReferralSubmitted,
     ReferralUnroutable,
     ReferralWaitlisted,
@@ -49,6 +50,7 @@ PRODUCERS: dict[type[EventData], str] = {
     ReferralUnroutable: "site_router",
     ReferralSiteDecided: "site_router",
     ReferralNotified: "notifier",
+    ReferralStatusChanged: "intake",
 }
 """Which service publishes each event type."""
 
@@ -191,6 +193,25 @@ def notified(role: str = "site", template: str = "site_new_referral") -> Referra
         message_id=f"<{uuid.uuid4().hex}@trialroute>",
         source_event_id=uuid.uuid4(),
     )
+
+
+def status_changed(event_type: str = "referral.routed", **changes: Any) -> ReferralStatusChanged:
+    """An entry of a referral's timeline as intake publishes it for the clinic (``seq`` 1 unless given)."""
+    now = datetime(2026, 11, 10, 9, 30, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "clinic_id": CLINIC,
+        "seq": 1,
+        "status": "routed",
+        "entry_status": "routed",
+        "revision": 1,
+        "entry_revision": 1,
+        "reason": "Memorial Hospital, New York: 3.2 km (choice 1)",
+        "occurred_at": now,
+        "recorded_at": now,
+        "source_event_id": uuid.uuid4(),
+        "source_event_type": event_type,
+    }
+    return ReferralStatusChanged(**(values | changes))
 
 
 # --- envelopes ---------------------------------------------------------------------------------------

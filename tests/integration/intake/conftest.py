@@ -14,6 +14,7 @@ import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from services.intake.bootstrap import create_app
 from services.intake.config import IntakeSettings
@@ -21,6 +22,7 @@ from services.intake.store import Referral
 from shared.app import ALL_ROLES, Role
 from shared.auth import Scope
 from shared.db import Database
+from shared.events import ReferralStatusChanged
 from shared.kafka import all_topics, ensure_topics
 from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
@@ -58,9 +60,13 @@ class RunningIntake:
         async with self.db.session() as session:
             return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
 
-    async def outbox(self) -> list[OutboxRecord]:
+    async def outbox(self, *, changes: bool = False) -> list[OutboxRecord]:
+        """The outbox rows in order: the referral events the commands wrote, or (``changes``) only the
+        ``referral.status_changed`` that accompanies each new timeline entry."""
+        query = select(OutboxRecord).order_by(OutboxRecord.id)  # type: ignore[arg-type]
+        is_change = col(OutboxRecord.topic) == ReferralStatusChanged.event_type
         async with self.db.session() as session:
-            return list((await session.execute(select(OutboxRecord).order_by(OutboxRecord.id))).scalars())  # type: ignore[arg-type]
+            return list((await session.execute(query.where(is_change if changes else ~is_change))).scalars())
 
 
 StartIntake = Callable[..., AbstractAsyncContextManager[RunningIntake]]

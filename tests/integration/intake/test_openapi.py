@@ -14,6 +14,7 @@ pytestmark = pytest.mark.integration
 OPERATIONS = {
     ("post", "/v1/referrals"): ("referrals:write", {"401", "403", "409", "413", "415", "422"}),
     ("get", "/v1/referrals"): ("referrals:read", {"401", "403", "422"}),
+    ("get", "/v1/changes"): ("referrals:read", {"401", "403", "422"}),
     ("get", "/v1/referrals/{referral_id}"): ("referrals:read", {"401", "403", "404", "422"}),
     ("post", "/v1/referrals/{referral_id}/amendments"): (
         "referrals:write",

@@ -134,7 +134,7 @@ async def submit_bundle(
     "`https://trialroute.example.org/fhir/CodeSystem/referral-status`) follow the referral.",
     responses={
         200: {"description": "the Task", "content": {FHIR_JSON: {"schema": {"type": "object"}}}},
-        **_errors(401, 403, 404),
+        **_errors(401, 403, 404, 422),
     },
 )
 async def read_task(

@@ -244,7 +244,7 @@ class _Reader:
             _put(body, "clinic_reference", identifiers[index].value)
         uris = list(request.instantiatesUri or [])
         self.source("study", f"{path}.instantiatesUri[0]")
-        ours = [(i, u) for i, u in enumerate(uris) if u.startswith(codes.STUDY_PREFIX)]
+        ours = [(i, u) for i, u in enumerate(uris) if u and u.startswith(codes.STUDY_PREFIX)]
         if ours:
             self.source("study", f"{path}.instantiatesUri[{ours[0][0]}]")
             body["study"] = ours[0][1].removeprefix(codes.STUDY_PREFIX)
@@ -281,7 +281,7 @@ class _Reader:
         self.source("patient.given_name", f"{path}.name[{n}].given")
         self.source("patient.family_name", f"{path}.name[{n}].family")
         if names:
-            _put(out, "given_name", " ".join(names[n].given or []) or None)
+            _put(out, "given_name", " ".join(g for g in names[n].given or [] if g) or None)
             _put(out, "family_name", names[n].family)
         self.source("patient.date_of_birth", f"{path}.birthDate")
         if patient.birthDate is not None:

@@ -228,3 +228,14 @@ def test_every_state_has_a_task_status_and_the_task_is_valid_fhir() -> None:
         assert parsed.businessStatus is not None and parsed.businessStatus.text == status.value
         assert parsed.for_fhir is None  # no patient identity beyond the clinic's own reference
     assert capability_statement("http://127.0.0.1/fhir/r4")["fhirVersion"] == "4.0.1"
+
+
+def test_null_items_in_lists_of_primitives_are_read_as_absent_not_a_crash() -> None:
+    bundle = fhir_bundle()
+    patient = fhir_entry(bundle, kind="Patient")
+    bundle["entry"][patient]["resource"]["name"][0]["given"] = [None, "Maria"]
+    bundle["entry"][0]["resource"]["instantiatesUri"] = [None]
+    assert paths_of(bundle) == {"Bundle.entry[0].resource.instantiatesUri[0]"}
+    bundle["entry"][0]["resource"]["instantiatesUri"] = [None, f"{codes.STUDY_PREFIX}UCART123-AMELI-01"]
+    referral = map_bundle(bundle).referral
+    assert referral.patient.given_name == "Maria" and referral.study == "UCART123-AMELI-01"

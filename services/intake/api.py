@@ -70,7 +70,7 @@ TraceParent = Annotated[
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$")
 
 
-def _trace(value: str | None) -> str | None:
+def valid_trace(value: str | None) -> str | None:
     """A malformed trace header is dropped, never a reason to refuse a referral."""
     return value if value and len(value) <= 512 and _TRACEPARENT.match(value) else None
 
@@ -146,7 +146,7 @@ async def submit_referral(
     trace: TraceParent = None,
 ) -> JSONResponse:
     transaction = _idempotent(intake.idempotency, principal, key, "/v1/referrals", payload, 202)
-    trace = _trace(trace)
+    trace = valid_trace(trace)
     outcome = await intake.commands.submit(principal, payload, transaction, trace)
     with referral_context(outcome.body["id"], trace):
         log.info("referral received", extra={"replayed": outcome.replayed})
@@ -239,7 +239,7 @@ async def amend_referral(
 ) -> JSONResponse:
     path = f"/v1/referrals/{referral_id}/amendments"
     transaction = _idempotent(intake.idempotency, principal, key, path, body, 202)
-    return respond(await intake.commands.amend(principal, referral_id, body, transaction, _trace(trace)))
+    return respond(await intake.commands.amend(principal, referral_id, body, transaction, valid_trace(trace)))
 
 
 @router.post(
@@ -265,7 +265,7 @@ async def withdraw_referral(
     path = f"/v1/referrals/{referral_id}/withdraw"
     transaction = _idempotent(intake.idempotency, principal, key, path, withdrawal, 200)
     return respond(
-        await intake.commands.withdraw(principal, referral_id, withdrawal, transaction, _trace(trace))
+        await intake.commands.withdraw(principal, referral_id, withdrawal, transaction, valid_trace(trace))
     )
 
 

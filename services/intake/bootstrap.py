@@ -13,6 +13,7 @@ from services.intake.commands import Commands
 from services.intake.config import IntakeSettings
 from services.intake.consumers import HANDLERS
 from services.intake.deps import IntakeState
+from services.intake.fhir import api as fhir_api
 from services.intake.idempotency import Idempotency
 from services.intake.queries import Queries
 from services.intake.store import TABLES
@@ -45,6 +46,10 @@ each one to the clinic's webhook endpoints too.
 """
 TAGS = [
     {"name": "referrals", "description": "what a clinic does: submit, follow, amend, withdraw"},
+    {
+        "name": "fhir",
+        "description": "the same referrals in HL7 FHIR R4: a Bundle in, a Task out (docs/fhir.md)",
+    },
     {"name": "internal", "description": "service-to-service: the notifier reads contact details"},
     {"name": "operations", "description": "health, readiness, metrics"},
 ]
@@ -66,7 +71,7 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
         name=SERVICE,
         title="trialroute intake",
         description=DESCRIPTION,
-        routers=[api.router] if "api" in roles else [],
+        routers=[api.router, fhir_api.router] if "api" in roles else [],
         loops=loops,
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[partial(db.create_tables, TABLES)],

@@ -162,7 +162,7 @@ def enrich(schema: dict[str, Any]) -> dict[str, Any]:
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             for code, response in operation.get("responses", {}).items():
-                if int(code) >= 400 and int(code) in _PROBLEMS:
+                if int(code) >= 400 and int(code) in _PROBLEMS and not path.startswith("/fhir/"):
                     response["content"] = _problem_content(int(code), path)
     return schema
 

@@ -55,6 +55,7 @@ PUBLIC = frozenset(
         ("auth", "GET", "/.well-known/openid-configuration"),
         ("eligibility", "GET", "/v1/rulesets/current"),
         ("site_router", "GET", "/v1/sites/nearby"),
+        ("intake", "GET", "/fhir/r4/metadata"),
     }
 )
 """The routes meant to answer without a bearer token; every other documented route must be secured."""
@@ -289,7 +290,7 @@ async def test_another_tenants_referral_is_not_found(
                 response = await call(case, base, await token(kind, "stranger", op.service))
                 if by_id and response.status_code != 404:
                     problems.append(f"{op.label}: another {kind}'s token got {response.status_code}")
-                elif by_id and _media_type(response) != PROBLEM_JSON:
+                elif by_id and _media_type(response) != _error_media_type(op.path):
                     problems.append(f"{op.label}: the 404 is {_media_type(response)}")
                 elif not by_id and (response.status_code != 200 or rid in response.text):
                     problems.append(
@@ -333,8 +334,10 @@ async def expect_everywhere(
         got = response.status_code
         if got != status:
             problems.append(f"{op.label}: {got}, not {status}: {response.text[:200]}")
-        elif _media_type(response) != PROBLEM_JSON:
-            problems.append(f"{op.label}: {status} as {_media_type(response)}, not {PROBLEM_JSON}")
+        elif _media_type(response) != _error_media_type(op.path):
+            problems.append(
+                f"{op.label}: {status} as {_media_type(response)}, not {_error_media_type(op.path)}"
+            )
         elif not _header(response, "www-authenticate").startswith("Bearer"):
             problems.append(f"{op.label}: {status} without a WWW-Authenticate: Bearer challenge")
         elif status == 403 and "insufficient_scope" not in _header(response, "www-authenticate"):
@@ -403,6 +406,11 @@ def client_token(headers: dict[str, str]) -> str:
 def _header(response: Response, name: str) -> str:
     values = response.headers.get(name) or [""]
     return str(values[0])
+
+
+def _error_media_type(path: str) -> str:
+    """Errors are RFC 9457 problems, except on the FHIR routes: OperationOutcomes there."""
+    return "application/fhir+json" if path.startswith("/fhir/") else PROBLEM_JSON
 
 
 def _media_type(response: Response) -> str:

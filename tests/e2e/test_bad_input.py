@@ -5,7 +5,8 @@ HTTP: schemathesis builds requests from each service's own ``/openapi.json`` (th
 valid and invalid generated requests, and valid ones with a value no store can hold: a NUL in a
 string, an integer past 64 bits), sent with a token that has the operation's scopes. No answer may be
 a 5xx, and every 4xx must be an RFC 9457 problem (``application/problem+json`` with ``status`` and
-``title``), except the token endpoint's 400/401, which are RFC 6749 error JSON. Valid requests get
+``title``), except the token endpoint's 400/401, which are RFC 6749 error JSON, and intake's FHIR
+routes' (``/fhir/r4/...``), which are FHIR OperationOutcomes. Valid requests get
 real path parameters (a referral and a site of this test's own), to get past the 404s.
 
 Kafka: records that can never be handled go to ``<topic>.dlq`` once per consumer group reading the
@@ -261,7 +262,8 @@ def fuzz(target: Target) -> tuple[int, list[str]]:
 
 def problem_details(ctx: CheckContext, response: Response, case: Case) -> bool | None:
     """A 4xx is an RFC 9457 problem with its status and title; the token endpoint's 400 and 401 are
-    RFC 6749 errors (``{"error": ...}``), which OAuth2 client libraries expect."""
+    RFC 6749 errors (``{"error": ...}``), which OAuth2 client libraries expect; the FHIR routes' are
+    OperationOutcomes."""
     if not 400 <= response.status_code < 500 or _breaks_http_framing(case):
         return None
     media_type = str((response.headers.get("content-type") or [""])[0]).split(";")[0].strip()
@@ -272,6 +274,13 @@ def problem_details(ctx: CheckContext, response: Response, case: Case) -> bool |
     if case.path == TOKEN_ENDPOINT and response.status_code in (400, 401):
         assert media_type == "application/json", f"an RFC 6749 error as {media_type!r}"
         assert isinstance(body, dict) and isinstance(body.get("error"), str), "no RFC 6749 'error'"
+        return None
+    if case.path.startswith("/fhir/"):  # the FHIR routes' errors are OperationOutcomes
+        assert media_type == "application/fhir+json", f"a FHIR {response.status_code} as {media_type!r}"
+        assert isinstance(body, dict) and body.get("resourceType") == "OperationOutcome", (
+            "no OperationOutcome"
+        )
+        assert body.get("issue"), "an OperationOutcome without issues"
         return None
     assert media_type == PROBLEM_JSON, f"a {response.status_code} as {media_type!r}, not {PROBLEM_JSON}"
     assert isinstance(body, dict), "a problem that is not a JSON object"

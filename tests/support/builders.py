@@ -12,8 +12,10 @@ what it is about:
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from shared.events import (
@@ -234,3 +236,42 @@ def wrap(
         trace=trace,
     )
     return envelope if at is None else envelope.model_copy(update={"occurred_at": at})
+
+
+# --- FHIR referral Bundles (services/intake/fhir/examples, docs/fhir.md) ----------------------------
+
+FHIR_EXAMPLES = Path(__file__).resolve().parents[2] / "services" / "intake" / "fhir" / "examples"
+FHIR_EXAMPLE_DAY = date(2026, 11, 10)
+"""The day the example Bundles were written for (the demo's dates count back from it)."""
+
+
+def fhir_examples() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Each demo referral (services/devstack/demo.py): its name, its example Bundle and its JSON twin."""
+    from services.devstack.demo import SAMPLES, referral
+
+    out = []
+    for i, sample in enumerate(SAMPLES, 1):
+        (path,) = FHIR_EXAMPLES.glob(f"{i}-*.json")
+        twin = referral(sample, FHIR_EXAMPLE_DAY)
+        twin["clinic_reference"] = f"DEMO-{i:04d}"
+        out.append((path.stem, json.loads(path.read_text()), twin))
+    return out
+
+
+def fhir_bundle(reference: str | None = None) -> dict[str, Any]:
+    """The first example Bundle (eligible, New York), with another clinic reference if given."""
+    _, bundle, _ = fhir_examples()[0]
+    if reference is not None:
+        bundle["entry"][0]["resource"]["identifier"][0]["value"] = reference
+    return bundle
+
+
+def fhir_entry(bundle: dict[str, Any], code: str | None = None, kind: str = "Observation") -> int:
+    """The index of the Bundle's entry of a resource type (an Observation: the one with this code)."""
+    for i, entry in enumerate(bundle["entry"]):
+        resource = entry["resource"]
+        if resource["resourceType"] == kind and (
+            code is None or any(c["code"] == code for c in resource["code"]["coding"])
+        ):
+            return i
+    raise LookupError(f"no {kind} {code or ''} in the Bundle")

@@ -16,7 +16,7 @@ from shared.app import ALL_ROLES, Role
 from shared.app import serve as serve_app
 from shared.dead_letters import list_dead_letters, replay
 from shared.kafka import ensure_topics
-from shared.migrations import Migrations, current_revision, new_revision
+from shared.migrations import Migrations, current_revision, new_revision, service_migrations
 from shared.migrations import migrate as run_migrations
 from shared.observability import configure_logging
 from shared.settings import KafkaSettings
@@ -65,7 +65,7 @@ def _migrations(service: str) -> tuple[Migrations, str]:
     """A service's migrations and its store's URL (from its settings, as the service reads them)."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
-    migrations: Migrations = importlib.import_module(f"services.{service}.migrations").MIGRATIONS
+    migrations = service_migrations(service)
     settings = importlib.import_module(f"services.{service}.bootstrap").load_settings()
     return migrations, settings.database_url
 

@@ -18,6 +18,7 @@ How a change ships without downtime (expand, deploy, contract) is in ``docs/migr
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import subprocess
@@ -101,6 +102,14 @@ class Migrations:
         if type_ == "table" and reflected and name not in self.metadata.tables:
             return False
         return True
+
+
+def service_migrations(service: str) -> Migrations:
+    """A service's ``Migrations`` by its name (``services/<name>/migrations``), for the tools that take
+    the name: ``trialroute migrate``, the dev stack, the tests."""
+    module = importlib.import_module(f"services.{service}.migrations")
+    migrations: Migrations = module.MIGRATIONS
+    return migrations
 
 
 # --- the environment (shared/migration_env/env.py calls run_env) -------------------------------------

@@ -213,7 +213,11 @@ async def migrate(url: str | URL, migrations: Migrations, target: str = "head") 
         if _created_before_migrations(connection, migrations):
             log.warning("adopting a store created without migrations", extra={"service": migrations.service})
             command.stamp(config, script.get_base() or "base")
-        if _below(script, _revisions(connection, migrations), target):
+        revisions = _revisions(connection, migrations)
+        refusal = _refusal(migrations, revisions, migrating=True)
+        if refusal:
+            raise StoreNotAtHead(refusal)
+        if _below(script, revisions, target):
             command.downgrade(config, target)
         else:
             command.upgrade(config, target)
@@ -262,23 +266,29 @@ async def check(engine: AsyncEngine, migrations: Migrations) -> None:
 
     async with engine.connect() as connection:
         revisions = await connection.run_sync(lambda c: _revisions(c, migrations))
+    refusal = _refusal(migrations, revisions)
+    if refusal:
+        raise StoreNotAtHead(refusal)
+
+
+def _refusal(migrations: Migrations, revisions: tuple[str, ...], *, migrating: bool = False) -> str | None:
+    """Why a store at ``revisions`` will not do for this code (``None``: it will). Migrating, only a
+    revision the code does not know is a reason: a newer version was there."""
     head = migrations.head()
     if revisions == (head,):
-        return
+        return None
     service = migrations.service
     script = migrations.script()
-    known = all(_known(script, r) for r in revisions)
-    if not known:
-        raise StoreNotAtHead(
+    if not all(_known(script, r) for r in revisions):
+        return (
             f"{service}'s store is at revision {', '.join(revisions)}, which this version of the code "
             f"does not know (its head is {head}): a newer version migrated it; deploy that version or a "
             "newer one"
         )
+    if migrating:
+        return None
     at = ", ".join(revisions) or "no revision (an empty store)"
-    raise StoreNotAtHead(
-        f"{service}'s store is at {at} and this code needs revision {head}: "
-        f"run `trialroute migrate {service}`"
-    )
+    return f"{service}'s store is at {at}; this code needs {head}: run `trialroute migrate {service}`"
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:

@@ -85,6 +85,7 @@ async def running_intake(
         consumer_group=f"intake-{uuid.uuid4().hex[:8]}",
         **overrides,
     )
+    await migrated(database_url, "intake")
     db = Database(database_url)
     try:
         async with serve_app(create_app(settings, roles)) as url:

@@ -97,7 +97,7 @@ def migrate(
         raise typer.Exit(1)
 
 
-@app.command(hidden=True)
+@app.command()
 def revision(
     service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")],
     message: Annotated[str, typer.Argument(help='what the revision changes, e.g. "add webhooks"')],

@@ -352,8 +352,9 @@ async def new_revision(migrations: Migrations, message: str, *, url: str | URL |
 
 
 def _format(path: Path) -> None:
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    if not Path(ruff).exists():
+    beside = Path(sys.executable).with_name("ruff")  # the project's pinned ruff, in its .venv
+    ruff = str(beside) if beside.exists() else shutil.which("ruff")
+    if ruff is None:
         log.warning("ruff not found: format %s yourself", path)
         return
     subprocess.run([ruff, "check", "--fix", "--quiet", str(path)], check=False)  # noqa: S603

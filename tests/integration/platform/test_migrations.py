@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -14,7 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import CHAR, JSON, Connection, MetaData, Table, column, select, text, update
+from sqlalchemy import (
+    CHAR,
+    JSON,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import table as table_clause
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -26,9 +41,11 @@ from shared.migrations import (
     current_revision,
     differences,
     migrate,
+    new_revision,
     service_migrations,
 )
 from shared.settings import ServiceSettings
+from shared.store import UTCDateTime
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +271,39 @@ def test_trialroute_migrate_brings_a_store_to_the_head_and_check_says_so(tmp_pat
 
     check = subprocess.run([*trialroute, "migrate", "intake", "--check"], env=env, capture_output=True)
     assert check.returncode == 0
+
+
+# --- writing a revision (scripts/revision.sh) ------------------------------------------------------------
+
+
+async def test_a_new_revision_is_written_from_what_the_models_add_and_then_agrees_with_them(
+    tmp_path: Path,
+) -> None:
+    """What the integrator runs when a branch adds a table or a column: the next revision, importable
+    and formatted, that brings a store to the changed models (and back)."""
+    shipped = service_migrations("notifier")
+    versions = tmp_path / "migrations"
+    shutil.copytree(shipped.versions_dir, versions, ignore=shutil.ignore_patterns("__pycache__"))
+    probe = Table(
+        "webhook_probe",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("url", String(500), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Index("ix_webhook_probe_created", "created_at"),
+    )
+    changed = Migrations("notifier", [*shipped.tables, probe], versions)
+
+    path = await new_revision(changed, "add webhook probe")
+
+    number = len(list(shipped.script().walk_revisions())) + 1
+    assert path.name == f"m{number:04d}_add_webhook_probe.py"
+    source = path.read_text()
+    assert "from shared.store import UTCDateTime" in source
+    assert 'op.create_table(\n        "webhook_probe"' in source
+    assert f'down_revision: str | None = "{shipped.head()}"' in source
+    url = f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}"
+    assert await migrate(url, changed) == (f"{number:04d}",)
+    assert await differences(url, changed) == []
+    assert await migrate(url, changed, shipped.head()) == (shipped.head(),)
+    assert await differences(url, shipped) == []

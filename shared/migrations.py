@@ -9,7 +9,7 @@ revision template (``script.py.mako``) are shared: ``shared/migration_env/``.
   that processes starting together migrate one at a time;
 - ``check`` refuses a store that is behind or ahead of the code, saying what to run;
 - ``prepare_store`` is every service's ``on_start`` hook: migrate if the service may, then check;
-- ``revision`` writes a new revision from the difference between the models and the head
+- ``new_revision`` writes a new revision from the difference between the models and the head
   (``scripts/revision.sh SERVICE "message"``);
 - ``differences`` is that difference for a store already migrated (empty when models and migrations agree).
 
@@ -36,7 +36,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, MetaData, Table, pool, text
+from sqlalchemy import Connection, MetaData, Table, inspect, pool, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.sql.sqltypes import AutoString
@@ -202,8 +202,8 @@ async def migrate(url: str | URL, migrations: Migrations, target: str = "head") 
     ``base``, downgrades) and return the revision it is at.
 
     A store created before migrations existed (its tables made from the models at start-up) is adopted:
-    when the version table is missing but the first revision's tables are there, it is stamped at the
-    first revision, whose schema is the one those versions created, and migrated on from there.
+    when the version table is missing but the service's tables are there, it is stamped at the first
+    revision, whose schema is the one those versions created, and migrated on from there.
     """
 
     def run(connection: Connection) -> tuple[str, ...]:
@@ -247,12 +247,12 @@ def _below(script: ScriptDirectory, revisions: tuple[str, ...], target: str) -> 
 
 
 def _created_before_migrations(connection: Connection, migrations: Migrations) -> bool:
-    from sqlalchemy import inspect
-
+    """Tables of the service but no version table: made by a version from before migrations (whose
+    tables are the first revision's, so a later revision's new tables are not required here)."""
     existing = set(inspect(connection).get_table_names())
     if migrations.version_table in existing:
         return False
-    return bool(existing) and {t.name for t in migrations.tables} <= existing
+    return bool(existing & set(migrations.metadata.tables))
 
 
 async def current_revision(url: str | URL, migrations: Migrations) -> tuple[str, ...]:

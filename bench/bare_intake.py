@@ -20,9 +20,11 @@ from typing import Any
 from fastapi import Body, FastAPI
 from sqlalchemy import Table, insert
 
-from services.intake.store import TABLES, Referral
+from services.intake.migrations import MIGRATIONS
+from services.intake.store import Referral
 from shared.app import serve
 from shared.db import Database
+from shared.migrations import migrate
 from shared.store import table_of
 
 
@@ -32,7 +34,7 @@ def create_app(database_url: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await db.create_tables(TABLES)
+        await migrate(database_url, MIGRATIONS)
         yield
         await db.dispose()
 

@@ -43,10 +43,10 @@ from bench.common import (
 )
 from services.devstack.processes import ServiceProcess, trialroute_argv
 from services.devstack.stack import free_port
-from services.eligibility.store import TABLES
-from shared.db import Database
+from services.eligibility.migrations import MIGRATIONS
 from shared.events import Referrer
 from shared.kafka import delete_topics, ensure_topics, new_producer
+from shared.migrations import migrate
 from shared.settings import KafkaSettings
 from tests.support.builders import sample_referral, submitted, wrap
 
@@ -199,11 +199,7 @@ def _print_profile(path: Path) -> None:
 
 
 async def _create_tables(db_url: str) -> None:
-    db = Database(db_url)
-    try:
-        await db.create_tables(TABLES)
-    finally:
-        await db.dispose()
+    await migrate(db_url, MIGRATIONS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,8 @@ from shared.app import ALL_ROLES, Role
 from shared.app import serve as serve_app
 from shared.dead_letters import list_dead_letters, replay
 from shared.kafka import ensure_topics
+from shared.migrations import Migrations, current_revision, new_revision, service_migrations
+from shared.migrations import migrate as run_migrations
 from shared.observability import configure_logging
 from shared.settings import KafkaSettings
 
@@ -57,6 +59,53 @@ def _roles(values: list[str]) -> frozenset[Role]:
     if unknown:
         raise typer.BadParameter(f"unknown role(s) {sorted(unknown)}; use api, consumer, relay or all")
     return frozenset(values)  # type: ignore[arg-type]
+
+
+def _migrations(service: str) -> tuple[Migrations, str]:
+    """A service's migrations and its store's URL (from its settings, as the service reads them)."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    migrations = service_migrations(service)
+    settings = importlib.import_module(f"services.{service}.bootstrap").load_settings()
+    return migrations, settings.database_url
+
+
+@app.command()
+def migrate(
+    service: Annotated[
+        str | None, typer.Argument(help=f"one of: {', '.join(SERVICES)}; default every one")
+    ] = None,
+    to: Annotated[str, typer.Option(help="the revision to reach (an older one downgrades)")] = "head",
+    check: Annotated[
+        bool, typer.Option("--check", help="change nothing: report each store's revision, fail if behind")
+    ] = False,
+) -> None:
+    """Bring each service's store (its <SERVICE>_DATABASE_URL) to the code's revision: a deploy step,
+    run before the new version starts (services refuse a store behind or ahead of their code)."""
+    behind = False
+    for name in [service] if service else SERVICES:
+        migrations, url = _migrations(name)
+        if check:
+            revisions = asyncio.run(current_revision(url, migrations))
+            head = migrations.head()
+            behind |= revisions != (head,)
+            typer.echo(f"{name}: at {', '.join(revisions) or 'no revision'}, code needs {head}")
+            continue
+        revisions = asyncio.run(run_migrations(url, migrations, to))
+        typer.echo(f"{name}: at {', '.join(revisions) or 'base (no tables)'}")
+    if behind:
+        raise typer.Exit(1)
+
+
+@app.command()
+def revision(
+    service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")],
+    message: Annotated[str, typer.Argument(help='what the revision changes, e.g. "add webhooks"')],
+) -> None:
+    """Write the service's next revision from its models (scripts/revision.sh; see docs/migrations.md)."""
+    migrations, _ = _migrations(service)
+    path = asyncio.run(new_revision(migrations, message))
+    typer.echo(f"wrote {path}: review it (renames, data moves, defaults), then commit it")
 
 
 @app.command()

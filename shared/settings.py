@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 Environment = Literal["development", "test", "production"]
 
@@ -60,6 +61,11 @@ class ServiceSettings(BaseSettings):
     audience: str = Field(default="", description="the 'aud' this service accepts; default its name")
     consumer_group: str = Field(default="", description="default: trialroute-<service>")
     max_body_bytes: int = 65_536
+    migrate_on_start: bool | None = Field(
+        default=None,
+        description="bring the store to the code's revision at start-up; default: yes for a SQLite file "
+        "(the embedded default), no for PostgreSQL, where `trialroute migrate` is a deploy step",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
 
@@ -74,6 +80,14 @@ class ServiceSettings(BaseSettings):
                 if value.get_secret_value() == field.default.get_secret_value():
                     raise ValueError(f"{name} must be set outside development (it is at its default)")
         return self
+
+    @property
+    def migrates_on_start(self) -> bool:
+        """``migrate_on_start`` as set, else whether the store is the embedded SQLite file: one process
+        per store on one machine, with no deploy step to run the migrations."""
+        if self.migrate_on_start is not None:
+            return self.migrate_on_start
+        return make_url(self.database_url).get_backend_name() == "sqlite"
 
     @property
     def base_url(self) -> str:

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from services.auth import registry, store
 from services.auth.config import AuthSettings
 from services.auth.credentials import hash_secret, verify_secret
+from services.auth.migrations import MIGRATIONS
 from services.devstack.stack import demo_clients, site_codes
 from services.notifier.config import NotifierSettings
 from shared.db import Database
+from shared.migrations import migrate
 
 
 async def _set_secret(db: Database, client_id: str, secret: str) -> None:
@@ -40,7 +42,7 @@ async def seed() -> dict[str, str]:
     db = Database(auth.database_url)
     shown: dict[str, str] = {}
     try:
-        await db.create_tables(store.TABLES)
+        await migrate(auth.database_url, MIGRATIONS)  # the `migrate` service did it; harmless again
         for client in demo_clients(site_codes()):
             fixed = (
                 notifier.client_secret.get_secret_value() if client.client_id == notifier.client_id else None

@@ -17,12 +17,13 @@ from services.auth.assertions import ClientKeys
 from services.auth.config import AuthSettings
 from services.auth.deps import AuthState
 from services.auth.keys import KeyRing, ensure_signing_key
-from services.auth.store import TABLES
+from services.auth.migrations import MIGRATIONS
 from services.auth.throttle import LoginThrottle, SlidingWindowThrottle
 from services.auth.tokens import TokenServer
 from shared.app import ALL_ROLES, Role, ServiceSpec
 from shared.app import create_app as create_service_app
 from shared.db import Database
+from shared.migrations import prepare_store
 
 DESCRIPTION = (
     "OAuth2 authorization server (client credentials grant) issuing RFC 9068 JWT access tokens signed "
@@ -50,7 +51,7 @@ def build(
     server = TokenServer(db, settings, keyring, throttle, ClientKeys(settings, http))
 
     async def start() -> None:
-        await db.create_tables(TABLES)
+        await prepare_store(db, MIGRATIONS, settings)
         await ensure_signing_key(db, settings)
         await keyring.refresh()
 

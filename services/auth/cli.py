@@ -19,9 +19,10 @@ from services.auth import registry
 from services.auth.config import AuthSettings
 from services.auth.domain import RegistrationError
 from services.auth.keys import rotate_signing_key
-from services.auth.store import TABLES
+from services.auth.migrations import MIGRATIONS
 from shared.auth import Scope
 from shared.db import Database
+from shared.migrations import prepare_store
 
 app = typer.Typer(help="OAuth2 clients of the auth service, and its signing keys.", no_args_is_help=True)
 
@@ -34,7 +35,7 @@ def _run(work: Callable[[Database, AuthSettings], Awaitable[T]]) -> T:
     async def main() -> T:
         db = Database(settings.database_url)
         try:
-            await db.create_tables(TABLES)
+            await prepare_store(db, MIGRATIONS, settings)
             return await work(db, settings)
         finally:
             await db.dispose()

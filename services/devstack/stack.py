@@ -21,6 +21,7 @@ from services.devstack.processes import ServiceProcess, trialroute_argv
 from shared.auth import Scope
 from shared.db import Database
 from shared.kafka import ensure_topics
+from shared.migrations import migrate, service_migrations
 from shared.settings import KafkaSettings
 
 SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
@@ -106,6 +107,7 @@ class Stack:
     def start(self) -> None:
         """Topics, mailbox, auth, demo clients and sites, then the four pipeline services."""
         asyncio.run(ensure_topics(self.config.kafka))
+        asyncio.run(self._migrate())
         if self.config.with_mailbox:
             self._start(
                 "mailbox",
@@ -167,6 +169,11 @@ class Stack:
         if service == "site_router":
             env["SITE_ROUTER_RUNTIME_DIR"] = str((c.run_dir / "site_router").resolve())
         return env | c.service_env.get(service, {})
+
+    async def _migrate(self) -> None:
+        """Every store at its code's revision before anything starts: a deployment's migrate step."""
+        for service in SERVICES:
+            await migrate(self.config.database_url(service), service_migrations(service))
 
     async def seed_clients(self) -> dict[str, str]:
         """Register the demo clients (or give them new secrets) and keep the secrets in the run dir;

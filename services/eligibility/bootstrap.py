@@ -18,13 +18,14 @@ from services.eligibility import SERVICE, api
 from services.eligibility.config import EligibilitySettings
 from services.eligibility.consumers import EligibilityHandlers
 from services.eligibility.deps import EligibilityState
+from services.eligibility.migrations import MIGRATIONS
 from services.eligibility.queries import Queries
-from services.eligibility.store import TABLES
 from shared.app import ALL_ROLES, Check, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
+from shared.migrations import prepare_store
 
 
 def load_settings() -> EligibilitySettings:
@@ -52,7 +53,7 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
             db=db, settings=settings, token_validator=validator, queries=Queries(db, ruleset, study)
         ),
         checks=checks,
-        on_start=[partial(db.create_tables, TABLES)],
+        on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[db.dispose, http.aclose],
         max_body_bytes=settings.max_body_bytes,
         openapi_tags=[

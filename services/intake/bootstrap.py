@@ -15,14 +15,15 @@ from services.intake.consumers import HANDLERS
 from services.intake.deps import IntakeState
 from services.intake.fhir import api as fhir_api
 from services.intake.idempotency import Idempotency
+from services.intake.migrations import MIGRATIONS
 from services.intake.queries import Queries
-from services.intake.store import TABLES
 from shared import app as shared_app
 from shared.app import ALL_ROLES, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
+from shared.migrations import prepare_store
 
 DESCRIPTION = """\
 Partner clinics submit referrals to the UCART123 (AMELI-01) trial here and follow them through
@@ -74,7 +75,7 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
         routers=[api.router, fhir_api.router] if "api" in roles else [],
         loops=loops,
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
-        on_start=[partial(db.create_tables, TABLES)],
+        on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[db.dispose, http.aclose],
         max_body_bytes=settings.max_body_bytes,
         state=IntakeState(

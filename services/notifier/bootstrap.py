@@ -21,14 +21,15 @@ from services.notifier.contacts import ContactsClient
 from services.notifier.deps import NotifierState
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.mail import Mailer, Templates
+from services.notifier.migrations import MIGRATIONS
 from services.notifier.queries import Queries
-from services.notifier.store import TABLES
 from services.notifier.webhooks import WebhookDispatcher, WebhookSender
 from shared.app import ALL_ROLES, Hook, Loop, Role, ServiceSpec
 from shared.auth import ServiceTokenSource, TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import consumer_group, event_loops
+from shared.migrations import prepare_store
 
 
 def load_settings() -> NotifierSettings:
@@ -81,7 +82,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
         loops=loops,
         state=NotifierState(db=db, settings=settings, token_validator=validator, queries=Queries(db)),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
-        on_start=[partial(db.create_tables, TABLES)],
+        on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[*on_stop, db.dispose, http.aclose],
         max_body_bytes=settings.max_body_bytes,
     )

@@ -15,14 +15,15 @@ from services.site_router.config import SiteRouterSettings
 from services.site_router.deps import SiteRouterState
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
+from services.site_router.migrations import MIGRATIONS
 from services.site_router.queries import Queries
 from services.site_router.ratelimit import RateLimiter
-from services.site_router.store import TABLES
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
+from shared.migrations import prepare_store
 
 
 def load_settings() -> SiteRouterSettings:
@@ -66,7 +67,11 @@ def build(
             queries=Queries(db, settings, commands, directory),
         ),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
-        on_start=[partial(db.create_tables, TABLES), partial(directory.reload, db), warm_geocoder],
+        on_start=[
+            partial(prepare_store, db, MIGRATIONS, settings),
+            partial(directory.reload, db),
+            warm_geocoder,
+        ],
         on_stop=[db.dispose, http.aclose],
         max_body_bytes=settings.max_body_bytes,
         openapi_tags=[

@@ -17,8 +17,10 @@ import typer
 from services.site_router import store
 from services.site_router.config import SiteRouterSettings
 from services.site_router.geo import Geocoder
+from services.site_router.migrations import MIGRATIONS
 from services.site_router.sites import SEED_FILE, ImportReport, SiteImportError, import_sites
 from shared.db import Database
+from shared.migrations import prepare_store
 
 __all__ = ["app"]
 
@@ -28,7 +30,7 @@ app = typer.Typer(help="Study sites (site router).", no_args_is_help=True, add_c
 async def _import(settings: SiteRouterSettings, path: Path) -> ImportReport:
     db = Database(settings.database_url)
     try:
-        await db.create_tables(store.TABLES)
+        await prepare_store(db, MIGRATIONS, settings)
         return await import_sites(db, path, Geocoder(index_dir=settings.geonames_index_dir))
     finally:
         await db.dispose()
@@ -57,7 +59,7 @@ def import_command(
 async def _list(settings: SiteRouterSettings) -> list[store.Site]:
     db = Database(settings.database_url)
     try:
-        await db.create_tables(store.TABLES)
+        await prepare_store(db, MIGRATIONS, settings)
         async with db.session() as session:
             return list(await store.list_sites(session))
     finally:

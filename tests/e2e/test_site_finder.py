@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, expect
 
-from services.site_router import sites, store
+from services.site_router import sites
 from services.site_router.bootstrap import create_app
 from services.site_router.config import SiteRouterSettings
 from services.site_router.domain import KM_PER_MILE
@@ -27,6 +27,7 @@ from services.site_router.schemas import SiteCreate
 from shared.db import Database
 from tests.support.browser import PHONE, Pages
 from tests.support.servers import serve_app
+from tests.support.stores import migrated
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,7 @@ def serve_finder(database_url: str, geocoder: Geocoder) -> ServeFinder:
     async def start(extra_sites: Sequence[SiteCreate] = (), **overrides: Any) -> AsyncIterator[str]:
         db = Database(database_url)
         try:
-            await db.create_tables(store.TABLES)
+            await migrated(database_url, "site_router")
             await sites.import_sites(db, sites.SEED_FILE, geocoder)
             async with db.session() as session:
                 for site in extra_sites:

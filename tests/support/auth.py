@@ -26,6 +26,7 @@ from shared.db import Database
 from shared.settings import OAuthSettings
 from tests.conftest import Servers, fresh_database
 from tests.support.servers import loopback_socket, serve_app, url_of
+from tests.support.stores import migrated
 
 CLINIC_SCOPES: tuple[Scope, ...] = (
     Scope.REFERRALS_WRITE,
@@ -119,6 +120,7 @@ async def running_issuer(database_url: str, *, token_lifetime_s: int = 3600) -> 
         key_publish_delay_s=0,
         token_lifetime_s=token_lifetime_s,
     )
+    await migrated(database_url, "auth")
     async with (
         attached_issuer(settings.issuer, database_url) as issuer,
         serve_app(create_app(settings), sock=sock),

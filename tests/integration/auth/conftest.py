@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ from services.auth.bootstrap import create_app
 from shared.db import Database
 from tests.integration.auth.helpers import RunningAuth, ServeResource, StartAuth, auth_settings, resource_app
 from tests.support.servers import loopback_socket, serve_app, url_of
+from tests.support.stores import migrated
 
 
 @pytest.fixture
@@ -52,3 +53,9 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def serve_resource() -> ServeResource:
     return lambda validator: serve_app(resource_app(validator))
+
+
+@pytest.fixture
+async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
+    """A fresh PostgreSQL database at auth's head revision (``trialroute migrate auth``)."""
+    return await migrated(await make_database_url(), "auth")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from shared.outbox import OutboxRecord
 from shared.settings import KafkaSettings
 from tests.support.builders import CLINIC, clinical, submitted, wrap
 from tests.support.kafka import read_topic
+from tests.support.stores import migrated
 
 
 def referral(
@@ -103,3 +104,9 @@ async def service(settings: EligibilitySettings) -> AsyncIterator[ServiceSpec]:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
         for hook in spec.on_stop:
             await hook()
+
+
+@pytest.fixture
+async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
+    """A fresh PostgreSQL database at eligibility's head revision (``trialroute migrate eligibility``)."""
+    return await migrated(await make_database_url(), "eligibility")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ from tests.conftest import Servers, fresh_database
 from tests.support.auth import Issuer
 from tests.support.builders import referral_body
 from tests.support.servers import serve_app
+from tests.support.stores import migrated
 
 IDENTITY = ["Maria", "Lopez", "1968-03-14", "maria.lopez@example.com", "+1 212 555 0142", "212 555 0142"]
 """What must never leave intake: the example patient's names, birth date, email and phone."""
@@ -90,6 +91,7 @@ async def running_intake(
         consumer_group=f"intake-{uuid.uuid4().hex[:8]}",
         **overrides,
     )
+    await migrated(database_url, "intake")
     db = Database(database_url)
     try:
         async with serve_app(create_app(settings, roles)) as url:
@@ -194,3 +196,9 @@ async def tokens(session_issuer: Issuer) -> Tokens:
             ),
             notifier=await session_issuer.token(http, "notifier", [Scope.CONTACT_READ], audience="intake"),
         )
+
+
+@pytest.fixture
+async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
+    """A fresh PostgreSQL database at intake's head revision (``trialroute migrate intake``)."""
+    return await migrated(await make_database_url(), "intake")

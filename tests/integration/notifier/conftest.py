@@ -8,7 +8,7 @@ checks real tokens with ``shared.auth``, as intake does; its contact book is wha
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from tests.support.builders import wrap
 from tests.support.kafka import publish, topic_has, wait_consumed
 from tests.support.servers import checking_tokens, serve_app
 from tests.support.smtp import SmtpServer, smtp_server
+from tests.support.stores import migrated
 from tests.support.waiting import eventually
 
 __all__ = ["http", "issuer", "smtp_server"]  # fixtures
@@ -339,3 +340,9 @@ def assert_each_email_once(smtp: SmtpServer, expected: int) -> None:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
+    """A fresh PostgreSQL database at notifier's head revision (``trialroute migrate notifier``)."""
+    return await migrated(await make_database_url(), "notifier")

@@ -13,7 +13,7 @@ from services.notifier.bootstrap import contact_reader
 from services.notifier.commands import record_routings
 from services.notifier.dispatcher import Dispatcher
 from services.notifier.mail import Email, Mailer, Templates
-from services.notifier.store import TABLES, Notification
+from services.notifier.store import Notification
 from shared.db import Database
 from shared.events import ReferralRouted
 from shared.outbox import OutboxRecord
@@ -55,7 +55,6 @@ async def test_one_contact_read_serves_every_referral_of_a_dispatch_batch(stack:
     settings = stack.make_settings()
     referrals = [stack.referral() for _ in range(3)]
     db = Database(stack.database_url)
-    await db.create_tables(TABLES)
     contacts, tokens = contact_reader(settings)
     mailer = Mailer(settings)
     dispatcher = Dispatcher(db, settings, mailer=mailer, templates=Templates(), contacts=contacts)
@@ -132,7 +131,6 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
     referral_id = stack.referral()
     event = routed(referral_id)
     db = Database(stack.database_url)
-    await db.create_tables(TABLES)
     contacts, tokens = contact_reader(settings)
     mailer = LeaseTakingMailer(stack, db)
     dispatcher = Dispatcher(db, settings, mailer=mailer, templates=Templates(), contacts=contacts)
@@ -172,7 +170,6 @@ async def test_routings_of_one_referral_recorded_together_name_the_site_each_one
     referral_id = stack.referral()
     earlier = routed(referral_id, WCM)
     db = Database(stack.database_url)
-    await db.create_tables(TABLES)
     try:
         async with db.session() as session:  # recorded before: the batch must read it from the store
             await record_routings(

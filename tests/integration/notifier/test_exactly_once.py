@@ -11,7 +11,7 @@ import pytest
 
 from services.notifier.commands import record_routings
 from services.notifier.domain import message_id
-from services.notifier.store import TABLES, claim_due
+from services.notifier.store import claim_due
 from shared.db import Database
 from shared.events import ReferralRouted
 from tests.integration.notifier.conftest import (
@@ -85,7 +85,6 @@ async def test_a_dispatcher_that_died_mid_send_is_replaced_after_its_lease_with_
     referral_id = stack.referral()
     event = routed(referral_id)
     db = Database(stack.database_url)
-    await db.create_tables(TABLES)
     async with db.session() as session:
         data = event.payload()
         assert isinstance(data, ReferralRouted)

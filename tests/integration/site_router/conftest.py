@@ -35,6 +35,7 @@ from tests.conftest import Servers
 from tests.support.auth import Issuer
 from tests.support.builders import REFERRER, screened
 from tests.support.servers import serve_app
+from tests.support.stores import migrated
 
 NEAREST_FIRST = ["WCM", "DFCI", "MCC", "MDACC"]
 """The trial's sites from a patient at 10021, New York."""
@@ -61,14 +62,13 @@ async def any_database_url(
 ) -> str:
     """PostgreSQL, then the embedded SQLite file: the reservation and the waitlist hold on both."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'site_router.db'}"
-    return await make_database_url()
+        return await migrated(f"sqlite+aiosqlite:///{tmp_path / 'site_router.db'}", "site_router")
+    return await migrated(await make_database_url(), "site_router")
 
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
-    await database.create_tables(store.TABLES)
     yield database
     await database.dispose()
 
@@ -258,3 +258,9 @@ class Tokens:
 @pytest.fixture
 def tokens(issuer: Issuer, http: httpx.AsyncClient) -> Tokens:
     return Tokens(issuer, http)
+
+
+@pytest.fixture
+async def database_url(make_database_url: Callable[[], Awaitable[str]]) -> str:
+    """A fresh PostgreSQL database at site_router's head revision (``trialroute migrate site_router``)."""
+    return await migrated(await make_database_url(), "site_router")

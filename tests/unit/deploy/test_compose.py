@@ -140,6 +140,20 @@ def test_start_up_order_waits_for_health_and_completed_jobs() -> None:
     assert "mailpit" in APP[SERVED["notifier"]]["depends_on"]
 
 
+def test_every_store_is_migrated_before_anything_uses_it() -> None:
+    """Services refuse a store behind their code: one job migrates them all, and every service and
+    job that opens a store waits for it."""
+    jobs = {tuple(APP[name].get("command") or APP[name]["entrypoint"]): name for name in ONE_SHOT}
+    migrate = jobs[("migrate",)]
+    given = set(APP[migrate]["environment"])
+    assert {f"{service.upper()}_DATABASE_URL" for service in facts.SERVICES} <= given
+    for service in facts.SERVICES:
+        url = APP[migrate]["environment"][f"{service.upper()}_DATABASE_URL"]
+        assert url == APP[SERVED[service]]["environment"][f"{service.upper()}_DATABASE_URL"]
+        assert APP[SERVED[service]]["depends_on"][migrate]["condition"] == "service_completed_successfully"
+    assert migrate in APP[jobs[("sites", "import")]]["depends_on"]
+
+
 def test_long_running_services_have_health_checks() -> None:
     for name in LONG_RUNNING:
         check = SERVICES[name]["healthcheck"]

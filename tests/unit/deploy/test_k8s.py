@@ -111,6 +111,21 @@ def test_deployments_run_a_real_trialroute_command_from_the_one_image(service: s
 
 
 @pytest.mark.parametrize("service", facts.SERVICES)
+def test_each_pod_migrates_its_store_first_with_the_service_s_own_settings(service: str) -> None:
+    """The service refuses a store behind its code: the init container brings it to the image's head."""
+    deployment = BY_SERVICE[service]
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert init["args"] == ["migrate", service]
+    facts.check_trialroute_command(init["args"])
+    assert init["image"] == _container(deployment)["image"]
+    assert init["envFrom"] == _container(deployment)["envFrom"]
+    security = init["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize("service", facts.SERVICES)
 def test_deployments_are_hardened(service: str) -> None:
     deployment = BY_SERVICE[service]
     pod = deployment["spec"]["template"]["spec"]

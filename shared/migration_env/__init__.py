@@ -1,0 +1,1 @@
+"""The Alembic environment every service's store migrations run in (``shared.migrations``)."""

@@ -1,4 +1,4 @@
-"""The auth store: registered clients and signing keys (SQLModel tables and their queries)."""
+"""The auth store: registered clients, signing keys and failed logins (SQLModel tables, their queries)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from services.auth.domain import Client, KeySchedule
+from shared.ratelimit import RateHit
 from shared.store import tables, timestamp
 
 
@@ -60,7 +61,8 @@ class SigningKeyRow(SQLModel, table=True):
         )
 
 
-TABLES = tables(ClientRow, SigningKeyRow)
+TABLES = tables(ClientRow, SigningKeyRow, RateHit)
+"""``RateHit``: the login throttle's failed authentications (``services.auth.throttle``)."""
 
 
 async def get_client(session: AsyncSession, client_id: str) -> ClientRow | None:

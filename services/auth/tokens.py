@@ -127,7 +127,6 @@ class TokenServer(FastAPIAuthorizationServer):
         self.throttle = throttle
         self.register_grant(ClientCredentials)
         self.register_token_generator("default", AccessTokenGenerator(settings, keyring))
-        self.connect("after_token_error", self._count_failed_login)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Nothing to store: the JWTs are self-contained and short-lived (no revocation list)."""
@@ -140,7 +139,7 @@ class TokenServer(FastAPIAuthorizationServer):
         return RegisteredClient(client_id, row.to_client() if row else None)
 
     async def prepare(self, request: StarletteOAuth2Request) -> dict[str, ClientMixin | None]:
-        wait = self.throttle.retry_after(request.named_client_id, request.client_host)
+        wait = await self.throttle.retry_after(request.named_client_id, request.client_host)
         if wait is not None:
             raise TooManyRequests(
                 "too many failed client authentications; try again later", headers={"Retry-After": str(wait)}
@@ -148,6 +147,6 @@ class TokenServer(FastAPIAuthorizationServer):
         await self.keyring.refresh_if_stale()
         return await super().prepare(request)
 
-    def _count_failed_login(self, request: OAuth2Request, error: OAuth2Error) -> None:
-        if isinstance(error, InvalidClientError) and isinstance(request, StarletteOAuth2Request):
-            self.throttle.record_failure(request.named_client_id, request.client_host)
+    async def finish(self, request: StarletteOAuth2Request) -> None:
+        if isinstance(request.error, InvalidClientError):
+            await self.throttle.record_failure(request.named_client_id, request.client_host)

@@ -72,7 +72,7 @@ class ServiceSettings(BaseSettings):
     metrics_enabled: bool = Field(default=True, description="serve the Prometheus metrics at all")
     metrics_port: int | None = Field(
         default=None,
-        ge=0,
+        ge=1,
         le=65_535,
         description="serve /metrics on this port (same host) instead of the public one",
     )

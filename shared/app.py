@@ -20,14 +20,17 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared.deps import ServiceState
 from shared.docs import mount_docs
 from shared.observability import metrics
-from shared.problems import install_problem_handlers, problem_response
+from shared.problems import install_problem_handlers, problem_response, unexpected_problem
+from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +73,13 @@ class ServiceSpec:
 
 
 def create_app(spec: ServiceSpec) -> FastAPI:
+    settings = spec.state.settings
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for hook in spec.on_start:
             await hook()
+        metrics_server = _MetricsServer.start(settings)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(loop.run(stop), name=loop.name) for loop in spec.loops]
         for task in tasks:
@@ -87,9 +93,12 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.stop)
             for hook in spec.on_stop:
                 await hook()
 
+    docs = settings.serves_docs
     app = FastAPI(
         title=spec.title,
         description=spec.description,
@@ -98,11 +107,18 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         openapi_tags=spec.openapi_tags,
         docs_url=None,  # served by shared.docs, without a CDN
         redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        # A redirect to the path with(out) its trailing slash would be built from the Host header,
+        # which the client chooses: a 404 instead.
+        redirect_slashes=False,
     )
     app.state.service = spec.state
-    mount_docs(app, service=spec.name, settings=spec.state.settings)
+    if docs:
+        mount_docs(app, service=spec.name, settings=spec.state.settings)
     install_problem_handlers(app)
-    app.include_router(_ops_router(spec))
+    app.include_router(
+        _ops_router(spec, metrics_here=settings.metrics_enabled and settings.metrics_port is None)
+    )
     for router in spec.routers:
         app.include_router(router)
     app.add_middleware(
@@ -111,7 +127,15 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         max_body_bytes=spec.max_body_bytes,
         json_prefixes=spec.json_prefixes,
     )
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.trusted_proxies:  # outermost: every layer and route sees the client the proxy saw
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
+
+
+SERVER_OPTIONS: dict[str, Any] = {"proxy_headers": False, "server_header": False}
+"""How uvicorn must run these apps: proxy headers are the app's business (``trusted_proxies``), not
+uvicorn's, whose default believes ``X-Forwarded-For`` from loopback; no ``server`` header."""
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:
@@ -122,10 +146,31 @@ def serve(app: FastAPI, host: str, port: int) -> None:
     # the process; frozen, a full collection no longer walks it (~95 ms with the event loop stopped).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, **SERVER_OPTIONS)
 
 
-def _ops_router(spec: ServiceSpec) -> APIRouter:
+@dataclass
+class _MetricsServer:
+    """``/metrics`` on a port of its own (prometheus_client's small threaded HTTP server), so that the
+    public port need not carry it."""
+
+    server: Any
+    thread: Any
+
+    @classmethod
+    def start(cls, settings: ServiceSettings) -> _MetricsServer | None:
+        if not settings.metrics_enabled or settings.metrics_port is None:
+            return None
+        server, thread = start_http_server(settings.metrics_port, addr=settings.host)
+        return cls(server, thread)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _ops_router(spec: ServiceSpec, *, metrics_here: bool) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz", summary="Alive: the process answers")
@@ -144,9 +189,11 @@ def _ops_router(spec: ServiceSpec) -> APIRouter:
             return JSONResponse({"status": "ready", "checks": checks})
         return problem_response(503, "Service unavailable", "a dependency is not reachable", checks=checks)
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if metrics_here:
+
+        @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+        async def metrics_endpoint() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -166,7 +213,9 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 class GuardMiddleware:
     """Refuses oversized bodies (413), non-JSON bodies on JSON routes (415) and NUL characters in JSON
-    text (422: PostgreSQL cannot store them, so every route would fail with a 500); times every request.
+    text (422: PostgreSQL cannot store them, so every route would fail with a 500); times every request;
+    answers an exception no route meant with a problem (500, or 503 for a store that is down) that the
+    metrics count, where Starlette's outermost layer would re-raise it to the server.
 
     Pure ASGI, because it sits on every request's hot path.
     """
@@ -182,23 +231,30 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        status: int | None = None
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+                status = message["status"]
             await send(message)
 
-        refusal = self._refuse(scope)
-        if refusal is not None:
-            await refusal(scope, receive, send_wrapper)
-        else:
-            await self.app(scope, self._limited(receive, json_body=_is_json(scope)), send_wrapper)
-        route = scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(self.service, scope["method"], path, status_holder["status"]).observe(
-            time.perf_counter() - started
-        )
+        try:
+            refusal = self._refuse(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, self._limited(receive, json_body=_is_json(scope)), send_wrapper)
+        except Exception as exc:
+            if status is not None:  # too late for an answer: the server ends the connection
+                raise
+            await unexpected_problem(exc, scope["path"])(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.requests.labels(self.service, scope["method"], path, status or 500).observe(
+                time.perf_counter() - started
+            )
 
     def _refuse(self, scope: Scope) -> Response | None:
         if scope["method"] not in {"POST", "PUT", "PATCH"}:
@@ -255,3 +311,37 @@ def _is_json(scope: Scope) -> bool:
             ctype = value.decode("latin-1").split(";")[0].strip().lower()
             return ctype == "application/json" or ctype.endswith("+json")
     return True
+
+
+CONTENT_SECURITY_POLICY = "default-src 'self'; frame-ancestors 'none'"
+
+
+class SecurityHeadersMiddleware:
+    """Headers every answer carries unless its route chose its own: ``nosniff``, no referrer,
+    ``Cache-Control: no-store`` (answers carry patient contact, referral states, tokens: no cache or
+    browser may keep them; the JWKS and the finder page say otherwise), and for HTML a CSP that
+    loads nothing from elsewhere and lets no other site frame the page.
+
+    Pure ASGI, like ``GuardMiddleware``: it only edits the response start.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                headers.setdefault("Cache-Control", "no-store")
+                if headers.get("content-type", "").lower().startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                    headers.setdefault("X-Frame-Options", "DENY")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

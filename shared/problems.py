@@ -122,6 +122,21 @@ def field_errors(errors: Any) -> list[dict[str, str]]:
     return out
 
 
+def unexpected_problem(exc: BaseException, path: str) -> JSONResponse:
+    """The answer to an exception no route meant: 503 for a store that is down, else a logged 500."""
+    if is_transient(exc):  # a store restarting or unreachable: the client should retry
+        log.warning("store unavailable", extra={"path": path, "error": type(exc).__name__})
+        return problem_response(
+            503,
+            "Service unavailable",
+            "a store is unavailable; retry later",
+            instance=path,
+            headers={"Retry-After": "5"},
+        )
+    log.error("unhandled error", extra={"path": path}, exc_info=exc)
+    return problem_response(500, "Internal server error", "the error was logged", instance=path)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
@@ -157,19 +172,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_transient(exc):  # a store restarting or unreachable: the client should retry
-            log.warning("store unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
-            return problem_response(
-                503,
-                "Service unavailable",
-                "a store is unavailable; retry later",
-                instance=request.url.path,
-                headers={"Retry-After": "5"},
-            )
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return problem_response(
-            500, "Internal server error", "the error was logged", instance=request.url.path
-        )
+        return unexpected_problem(exc, request.url.path)
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

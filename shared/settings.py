@@ -6,9 +6,10 @@ issuer are the same for every service, so they have prefixes of their own (``KAF
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -66,8 +67,31 @@ class ServiceSettings(BaseSettings):
         description="bring the store to the code's revision at start-up; default: yes for a SQLite file "
         "(the embedded default), no for PostgreSQL, where `trialroute migrate` is a deploy step",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of the reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(JSON list); empty: none, the client is always the TCP peer",
+    )
+    docs_enabled: bool | None = Field(
+        default=None, description="serve /docs, /redoc and /openapi.json; default: outside production only"
+    )
+    metrics_enabled: bool = Field(default=True, description="serve the Prometheus metrics at all")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65_535,
+        description="serve /metrics on this port (same host) instead of the public one",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        """A typo would silently trust nobody (or the wrong network): refuse it at start-up."""
+        for value in values:
+            ipaddress.ip_network(value, strict=False)  # ValueError: not an address or a CIDR
+        return values
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> ServiceSettings:
@@ -88,6 +112,10 @@ class ServiceSettings(BaseSettings):
         if self.migrate_on_start is not None:
             return self.migrate_on_start
         return make_url(self.database_url).get_backend_name() == "sqlite"
+
+    @property
+    def serves_docs(self) -> bool:
+        return self.docs_enabled if self.docs_enabled is not None else self.environment != "production"
 
     @property
     def base_url(self) -> str:

@@ -4,8 +4,9 @@ PostgreSQL (production, tests) and SQLite (the embedded default)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import BigInteger, Column, DateTime, Dialect, Integer, Table, TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -37,6 +38,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC, 9999-12-31T23:59-14:00 in 10000
+        raise ValueError("out of range: in UTC the time falls outside the years 1 to 9999") from None
+
+
+UtcInstant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""A request's time as the store can hold it: with a zone (a naive time is ambiguous) and converted to
+UTC while parsing, so that a time with no UTC equivalent is a 422 for its field, not a store error."""
 
 
 def timestamp(*, nullable: bool = False, now_by_default: bool = True) -> Any:

@@ -18,12 +18,13 @@ from services.auth.config import AuthSettings
 from services.auth.deps import AuthState
 from services.auth.keys import KeyRing, ensure_signing_key
 from services.auth.migrations import MIGRATIONS
-from services.auth.throttle import LoginThrottle, SlidingWindowThrottle
+from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenServer
 from shared.app import ALL_ROLES, Role, ServiceSpec
 from shared.app import create_app as create_service_app
 from shared.db import Database
 from shared.migrations import prepare_store
+from shared.ratelimit import SlidingWindow, prune_loop
 
 DESCRIPTION = (
     "OAuth2 authorization server (client credentials grant) issuing RFC 9068 JWT access tokens signed "
@@ -39,12 +40,17 @@ def load_settings() -> AuthSettings:
 def build(
     settings: AuthSettings, roles: frozenset[Role] = ALL_ROLES, *, clock: Callable[[], float] = time.time
 ) -> ServiceSpec:
-    """``clock`` (epoch seconds) decides which keys sign and are published: tests move it forward."""
+    """``clock`` (epoch seconds) decides which keys sign and are published, and which failed logins are
+    still counted: tests move it forward."""
     db = Database(settings.database_url)
     keyring = KeyRing(db, settings, clock=clock)
+    window_s = settings.throttle_window_s
     throttle = LoginThrottle(
-        by_client=SlidingWindowThrottle(settings.throttle_client_failures, settings.throttle_window_s),
-        by_address=SlidingWindowThrottle(settings.throttle_address_failures, settings.throttle_window_s),
+        db,
+        by_client=SlidingWindow(db, "login-client", settings.throttle_client_failures, window_s, clock=clock),
+        by_address=SlidingWindow(
+            db, "login-address", settings.throttle_address_failures, window_s, clock=clock
+        ),
     )
     # Fetches clients' JWK Sets (private_key_jwt); never follows redirects (the URL is the one registered).
     http = httpx.AsyncClient(timeout=settings.client_jwks_timeout_s, follow_redirects=False)
@@ -64,6 +70,7 @@ def build(
         title="trialroute auth",
         description=DESCRIPTION,
         routers=[api.router] if "api" in roles else [],
+        loops=[prune_loop(throttle.windows)],
         checks={"database": db.ping, "signing_key": signing_key},
         on_start=[start],
         on_stop=[db.dispose, http.aclose],

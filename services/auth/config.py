@@ -50,8 +50,10 @@ class AuthSettings(ServiceSettings):
     )
     client_jwks_timeout_s: float = Field(default=5.0, gt=0, description="fetching a client's JWK Set")
     throttle_window_s: float = Field(default=60.0, gt=0, description="sliding window for failed logins")
-    throttle_client_failures: int = Field(default=5, ge=1, description="per client id, in the window")
-    throttle_address_failures: int = Field(default=20, ge=1, description="per remote address")
+    throttle_client_failures: int = Field(
+        default=5, ge=1, description="per client id from one address, in the window"
+    )
+    throttle_address_failures: int = Field(default=20, ge=1, description="per address, any client ids")
 
     @property
     def token_url(self) -> str:

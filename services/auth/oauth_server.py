@@ -11,7 +11,8 @@ answers through ``handle_response(status, body, headers)``. This adapter:
 - runs authlib's token endpoint in a worker thread, so argon2 verification and RSA signing never
   block the event loop;
 - turns authlib's answers into Starlette ``Response`` objects and its signals into callbacks
-  (``connect``); it adds one signal of its own, ``after_token_error``, for every error answer.
+  (``connect``); the error an answer carries is kept on the request, for ``finish``, which runs
+  asynchronously after authlib (the throttle counts failures in the database there).
 
 Grants, client authentication methods, scopes and error bodies stay authlib's.
 """
@@ -70,6 +71,8 @@ class StarletteOAuth2Request(OAuth2Request):  # type: ignore[misc]  # authlib ha
         self.payload = StarletteOAuth2Payload(pairs)
         self.query = dict(request.query_params)
         self.client_host = request.client.host if request.client else None
+        self.error: OAuth2Error | None = None
+        """The error authlib answered with, if it did."""
 
     @property
     def args(self) -> dict[str, str]:
@@ -119,7 +122,9 @@ class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # 
         except OAuth2Error as error:  # e.g. insecure_transport: not https, not loopback
             return self.handle_response(*error())
         loaded = await self.prepare(oauth_request)
-        return await run_in_threadpool(self._create_token_response, oauth_request, loaded)
+        response = await run_in_threadpool(self._create_token_response, oauth_request, loaded)
+        await self.finish(oauth_request)
+        return response
 
     async def prepare(self, request: StarletteOAuth2Request) -> dict[str, ClientMixin | None]:
         """Asynchronous work before authlib's synchronous flow: load the client the request names.
@@ -129,6 +134,9 @@ class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # 
         if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH or "\x00" in client_id:
             return {}
         return {client_id: await self._load_client(client_id)}
+
+    async def finish(self, request: StarletteOAuth2Request) -> None:
+        """Asynchronous work after authlib answered (``request.error`` says whether it failed)."""
 
     def _create_token_response(self, request: StarletteOAuth2Request, loaded: dict[str, Any]) -> Response:
         token = _loaded_clients.set(loaded)
@@ -152,7 +160,8 @@ class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # 
         return Response(content=content, status_code=status, headers=dict(headers))
 
     def handle_error_response(self, request: OAuth2Request, error: OAuth2Error) -> Response:
-        self.send_signal("after_token_error", request=request, error=error)
+        if isinstance(request, StarletteOAuth2Request):
+            request.error = error
         return super().handle_error_response(request, error)  # type: ignore[no-any-return]
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
@@ -160,8 +169,8 @@ class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # 
             receiver(*args, **kwargs)
 
     def connect(self, name: str, receiver: Receiver) -> None:
-        """Call ``receiver`` on signal ``name`` (authlib's ``after_authenticate_client``, or
-        ``after_token_error``). Receivers run in the worker thread: keep them quick and thread-safe."""
+        """Call ``receiver`` on authlib's signal ``name`` (e.g. ``after_authenticate_client``).
+        Receivers run in the worker thread: keep them quick and thread-safe."""
         self._receivers[name].append(receiver)
 
 

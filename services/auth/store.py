@@ -1,5 +1,5 @@
-"""The auth store: registered clients, the client assertions seen (replay protection) and signing keys
-(SQLModel tables and their queries)."""
+"""The auth store: registered clients, the client assertions seen (replay protection), signing keys
+and failed logins (SQLModel tables and their queries)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from services.auth.domain import Client, KeySchedule
+from shared.ratelimit import RateHit
 from shared.store import UTCDateTime, tables, timestamp
 
 
@@ -89,7 +90,8 @@ class SigningKeyRow(SQLModel, table=True):
         )
 
 
-TABLES = tables(ClientRow, SeenAssertionRow, SigningKeyRow)
+TABLES = tables(ClientRow, SeenAssertionRow, SigningKeyRow, RateHit)
+"""``RateHit``: the login throttle's failed authentications (``services.auth.throttle``)."""
 
 
 async def get_client(session: AsyncSession, client_id: str) -> ClientRow | None:

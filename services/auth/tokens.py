@@ -218,7 +218,6 @@ class TokenServer(FastAPIAuthorizationServer):
         self.register_grant(ClientCredentials)
         self.register_client_auth_method(KEY_METHOD, PrivateKeyJWT(settings, SeenAssertions(db)))
         self.register_token_generator("default", AccessTokenGenerator(settings, keyring))
-        self.connect("after_token_error", self._count_failed_login)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Nothing to store: the JWTs are self-contained and short-lived (no revocation list)."""
@@ -231,7 +230,7 @@ class TokenServer(FastAPIAuthorizationServer):
         return RegisteredClient(client_id, row.to_client() if row else None)
 
     async def prepare(self, request: StarletteOAuth2Request) -> dict[str, ClientMixin | None]:
-        wait = self.throttle.retry_after(request.named_client_id, request.client_host)
+        wait = await self.throttle.retry_after(request.named_client_id, request.client_host)
         if wait is not None:
             raise TooManyRequests(
                 "too many failed client authentications; try again later", headers={"Retry-After": str(wait)}
@@ -247,6 +246,6 @@ class TokenServer(FastAPIAuthorizationServer):
             )
         return loaded
 
-    def _count_failed_login(self, request: OAuth2Request, error: OAuth2Error) -> None:
-        if isinstance(error, InvalidClientError) and isinstance(request, StarletteOAuth2Request):
-            self.throttle.record_failure(request.named_client_id, request.client_host)
+    async def finish(self, request: StarletteOAuth2Request) -> None:
+        if isinstance(request.error, InvalidClientError):
+            await self.throttle.record_failure(request.named_client_id, request.client_host)

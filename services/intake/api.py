@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query
@@ -35,6 +34,7 @@ from services.intake.schemas import (
 )
 from shared.auth import Principal, Scope, require
 from shared.observability import referral_context
+from shared.store import UtcInstant
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ async def list_referrals(
     intake: IntakeStateDep,
     status: Annotated[list[Status] | None, Query(description="only these statuses (repeatable)")] = None,
     updated_since: Annotated[
-        datetime | None,
+        UtcInstant | None,
         Query(
             description="only referrals changed at or after this time (with a zone)",
             examples=["2026-11-10T00:00:00Z"],

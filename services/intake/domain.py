@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -205,12 +205,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """The position of ``encode_cursor``; ``ValueError`` for anything it did not produce."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, rid = json.loads(raw)
-        moment = datetime.fromisoformat(at)
+        position = json.loads(raw)
+        # Any JSON decodes: only the shape encode_cursor writes may reach datetime and UUID.
+        if not (
+            isinstance(position, list) and len(position) == 2 and all(isinstance(p, str) for p in position)
+        ):
+            raise ValueError("not a [time, id] pair")
+        moment = datetime.fromisoformat(position[0])
         if moment.tzinfo is None:
             raise ValueError("naive time")
-        return moment, uuid.UUID(rid)
-    except (binascii.Error, TypeError, ValueError, UnicodeDecodeError) as exc:
+        # In UTC, as the store compares it: a time whose UTC falls outside datetime's years overflows.
+        return moment.astimezone(UTC), uuid.UUID(position[1])
+    except (binascii.Error, TypeError, ValueError, OverflowError) as exc:
         raise ValueError("not a cursor of this list") from exc
 
 

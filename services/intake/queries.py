@@ -74,11 +74,6 @@ class Queries:
                 raise Unprocessable(
                     "1 invalid field(s)", errors=[{"field": "cursor", "reason": "not a cursor of this list"}]
                 ) from None
-        if updated_since is not None and updated_since.tzinfo is None:
-            raise Unprocessable(
-                "1 invalid field(s)",
-                errors=[{"field": "updated_since", "reason": "give a time zone, e.g. 2026-11-10T09:30:00Z"}],
-            )
         async with self.db.session() as session:
             rows = await store.list_referrals(
                 session,

@@ -19,13 +19,15 @@ from services.site_router.queries import queue_item
 from services.site_router.schemas import CloseRequest, DeclineRequest, NearbySites, QueueItem, SiteQueue
 from shared.auth import Principal, Scope, require
 from shared.problems import TooManyRequests
+from shared.ratelimit import address_key
 
 router = APIRouter()
 
 
 async def _rate_limited(request: Request, site_router: SiteRouterStateDep) -> None:
-    """429 with Retry-After once the client's address has used up its requests."""
-    wait_s = site_router.finder_limiter.check(request.client.host if request.client else "unknown")
+    """429 with Retry-After once the client's address has used up its requests (in any 60 s, counted by
+    every instance together). The address is the TCP peer's unless it is a trusted proxy."""
+    wait_s = await site_router.finder_limit.take(address_key(request.client.host if request.client else None))
     if wait_s:
         raise TooManyRequests(
             "too many site finder requests from this address", headers={"Retry-After": str(wait_s)}

@@ -17,13 +17,13 @@ from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
 from services.site_router.migrations import MIGRATIONS
 from services.site_router.queries import Queries
-from services.site_router.ratelimit import RateLimiter
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
+from shared.ratelimit import SlidingWindow, prune_loop
 
 
 def load_settings() -> SiteRouterSettings:
@@ -40,8 +40,10 @@ def build(
     geocoder = geocoder or Geocoder(index_dir=settings.geonames_index_dir)
     directory = SiteDirectory()
     commands = Commands(geocoder, directory)
+    finder_limit = SlidingWindow(db, "finder", settings.finder_rate_per_minute, 60.0)
     loops = [
         Loop("site-index", partial(directory.keep_fresh, db, settings.index_refresh_s)),
+        prune_loop([finder_limit]),
         *event_loops(SERVICE, db, settings, roles, consumers.handlers(commands)),
     ]
 
@@ -63,7 +65,7 @@ def build(
             token_validator=validator,
             commands=commands,
             directory=directory,
-            finder_limiter=RateLimiter(settings.finder_rate_per_minute),
+            finder_limit=finder_limit,
             queries=Queries(db, settings, commands, directory),
         ),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},

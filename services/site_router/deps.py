@@ -11,8 +11,8 @@ from services.site_router.commands import Commands
 from services.site_router.config import SiteRouterSettings
 from services.site_router.directory import SiteDirectory
 from services.site_router.queries import Queries
-from services.site_router.ratelimit import RateLimiter
 from shared.deps import ServiceState, state_dep
+from shared.ratelimit import SlidingWindow
 
 
 @dataclass(kw_only=True)
@@ -20,7 +20,8 @@ class SiteRouterState(ServiceState):
     settings: SiteRouterSettings
     commands: Commands
     directory: SiteDirectory
-    finder_limiter: RateLimiter
+    finder_limit: SlidingWindow
+    """The public site finder's requests per address, shared by every instance (``rate_hit``)."""
     queries: Queries
 
 

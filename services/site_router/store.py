@@ -26,6 +26,7 @@ from sqlmodel import Field, SQLModel, col
 from services.site_router.domain import ACTIVE_ASSIGNMENT_STATES, AssignmentState, ReferralState
 from shared.consumer import ProcessedEvent
 from shared.outbox import OutboxRecord
+from shared.ratelimit import RateHit
 from shared.store import bigint_pk, tables, timestamp, utcnow
 
 _WAITLIST_LOCK_KEY = 0x5172_0001
@@ -115,7 +116,8 @@ class WaitlistEntry(SQLModel, table=True):
     queued_at: datetime = timestamp()
 
 
-TABLES = tables(Site, ReferralRecord, Assignment, WaitlistEntry, OutboxRecord, ProcessedEvent)
+TABLES = tables(Site, ReferralRecord, Assignment, WaitlistEntry, OutboxRecord, ProcessedEvent, RateHit)
+"""``RateHit``: the public site finder's requests per address (``shared.ratelimit``)."""
 
 _NO_SYNC = {"synchronize_session": False}
 

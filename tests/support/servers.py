@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from shared.app import SERVER_OPTIONS
 from shared.auth import TokenValidator
 from shared.db import Database
 from shared.deps import ServiceState
@@ -60,8 +61,16 @@ async def serve_app(
 ) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on the current event loop; yield its base URL."""
     sock = sock or loopback_socket()
+    # As in production (shared.app.serve): proxy headers only from the app's trusted_proxies.
     config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", log_config=None, access_log=False, ws="none", http="h11"
+        app,
+        lifespan="on",
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        http="h11",
+        **SERVER_OPTIONS,
     )
     server = _InProcessServer(config)
 

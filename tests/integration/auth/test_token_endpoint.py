@@ -10,6 +10,7 @@ from joserfc.jwk import KeySet
 from services.auth.registry import set_enabled
 from shared.auth import Scope
 from tests.integration.auth.helpers import AUDIENCE, RunningAuth, StartAuth
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -151,19 +152,72 @@ async def test_discovery_documents_point_at_the_keys(auth: RunningAuth, http: ht
     assert "d" not in key and "p" not in key, "only public parts are published"
 
 
-async def test_repeated_failures_are_throttled_per_client(auth: RunningAuth, http: httpx.AsyncClient) -> None:
+def from_address(address: str) -> httpx.AsyncClient:
+    """A client whose requests leave from ``address`` (any of 127.0.0.0/8 is this machine)."""
+    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=address), timeout=10)
+
+
+async def test_repeated_failures_are_throttled_per_client_and_address(
+    auth: RunningAuth, http: httpx.AsyncClient
+) -> None:
     secret = await auth.register("clinic-1", CLINIC_SCOPES, clinic_id="C1")
     bystander = await auth.register("clinic-2", CLINIC_SCOPES, clinic_id="C2")
-    for _ in range(auth.settings.throttle_client_failures):
-        assert (await auth.token_response(http, "clinic-1", "guess")).status_code == 401
+    async with from_address("127.0.0.2") as guesser:
+        for _ in range(auth.settings.throttle_client_failures):
+            assert (await auth.token_response(guesser, "clinic-1", "guess")).status_code == 401
 
-    blocked = await auth.token_response(http, "clinic-1", secret)  # even the right secret waits
-    assert blocked.status_code == 429
-    assert blocked.headers["content-type"] == "application/problem+json"
-    assert 0 < int(blocked.headers["retry-after"]) <= auth.settings.throttle_window_s
-    assert blocked.json()["status"] == 429
+        blocked = await auth.token_response(guesser, "clinic-1", secret)  # even the right secret waits
+        assert blocked.status_code == 429
+        assert blocked.headers["content-type"] == "application/problem+json"
+        assert 0 < int(blocked.headers["retry-after"]) <= auth.settings.throttle_window_s
+        assert blocked.json()["status"] == 429
+        # Below its address's own limit, the guessing address still gets other clients' tokens.
+        assert (await auth.token_response(guesser, "clinic-2", bystander)).status_code == 200
 
-    assert (await auth.token_response(http, "clinic-2", bystander)).status_code == 200
+    # F1: the client itself, from its own address, is not locked out by someone else's failures.
+    assert (await auth.token_response(http, "clinic-1", secret)).status_code == 200
+
+
+async def test_the_throttle_forgets_after_its_window(start_auth: StartAuth, http: httpx.AsyncClient) -> None:
+    clock = Clock()
+    async with start_auth(clock=clock) as auth:
+        secret = await auth.register("clinic-1", CLINIC_SCOPES, clinic_id="C1")
+        for _ in range(auth.settings.throttle_client_failures):
+            assert (await auth.token_response(http, "clinic-1", "guess")).status_code == 401
+        assert (await auth.token_response(http, "clinic-1", secret)).status_code == 429
+        clock.advance(auth.settings.throttle_window_s + 1)
+        assert (await auth.token_response(http, "clinic-1", secret)).status_code == 200
+
+
+async def test_every_instance_shares_the_throttle(start_auth: StartAuth, http: httpx.AsyncClient) -> None:
+    """The failures are counted in the auth store: a second instance does not give a second budget."""
+    async with start_auth() as first, start_auth() as second:
+        secret = await first.register("clinic-1", CLINIC_SCOPES, clinic_id="C1")
+        for instance in [first, second] * first.settings.throttle_client_failures:
+            if (await instance.token_response(http, "clinic-1", "guess")).status_code == 429:
+                break
+        for instance in (first, second):
+            assert (await instance.token_response(http, "clinic-1", secret)).status_code == 429
+
+
+async def test_a_forged_forwarded_for_escapes_no_throttle(
+    start_auth: StartAuth, http: httpx.AsyncClient
+) -> None:
+    """F2: with no trusted proxy configured, X-Forwarded-For is not the address the throttle counts."""
+    async with start_auth(throttle_address_failures=3) as auth:
+        secret = await auth.register("clinic-1", CLINIC_SCOPES, clinic_id="C1")
+        for n in range(3):
+            response = await http.post(
+                f"{auth.url}/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(f"guess-{n}", "guess"),
+                headers={"X-Forwarded-For": f"203.0.113.{n}"},
+            )
+            assert response.status_code == 401
+        assert (await auth.token_response(http, "clinic-1", secret)).status_code == 429
+        # Nor can a forged header put someone else's address on the list.
+        async with from_address("127.0.0.3") as other:
+            assert (await auth.token_response(other, "clinic-1", secret)).status_code == 200
 
 
 async def test_repeated_failures_are_throttled_per_address(

@@ -31,6 +31,9 @@ async def test_the_notifier_reads_contact_details_and_each_read_is_logged(
     for _ in range(2):
         response = await http.get(contacts_url(intake, rid), headers=bearer(tokens.notifier))
         assert response.status_code == 200, response.text
+        # F4: patient contact is never kept by a cache or browser, nor sniffed as another type.
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-content-type-options"] == "nosniff"
     assert response.json() == {
         "items": [
             {

@@ -66,3 +66,21 @@ async def test_ops_read_a_referrals_delivery_log_and_nobody_else_does(
     (only,) = skipped.json()["notifications"]
     assert only["referral_id"] == str(other_id) and "consent" in only["skip_reason"]
     assert only["recipient"] is None
+
+
+async def test_every_malformed_list_parameter_is_a_named_422(
+    issuer: Issuer, http: httpx.AsyncClient, stack: Stack
+) -> None:
+    """F3 for the notifier's list: each bad query parameter is a 422 problem naming it."""
+    ops = await issuer.token(http, "ops-console", [Scope.OPS], audience="notifier")
+    cases = (
+        [("referral_id", value) for value in ("", "not-a-uuid", "\x00", "1")]
+        + [("state", value) for value in ("", "lost", "\x00", "SENT")]
+        + [("limit", value) for value in ("0", "1001", "-1", "abc", "1.5", "9" * 40, "")]
+    )
+    async with stack.run() as url:
+        for name, value in cases:
+            response = await http.get(f"{url}/v1/notifications", params={name: value}, headers=bearer(ops))
+            assert response.status_code == 422, (name, value, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["errors"][0]["field"].startswith(name), (name, value)

@@ -195,3 +195,97 @@ async def test_public_finder_is_rate_limited_per_client(
         refused = await http.get(f"{url}/v1/sites/nearby", params=params)
         assert_problem(refused, 429, "too many")
         assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def from_address(address: str) -> httpx.AsyncClient:
+    """A client whose requests leave from ``address`` (any of 127.0.0.0/8 is this machine)."""
+    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=address), timeout=10)
+
+
+async def test_the_finder_limit_is_shared_by_every_instance(
+    serve_router: ServeRouter, http: httpx.AsyncClient
+) -> None:
+    params = {"postal_code": "10021", "country": "US"}
+    async with (
+        serve_router(finder_rate_per_minute=4) as first,
+        serve_router(finder_rate_per_minute=4) as second,
+    ):
+        statuses = [
+            (await http.get(f"{url}/v1/sites/nearby", params=params)).status_code
+            for url in [first, second] * 3
+        ]
+        assert statuses == [200] * 4 + [429] * 2
+        async with from_address("127.0.0.2") as neighbour:  # another address has its own budget
+            assert (await neighbour.get(f"{second}/v1/sites/nearby", params=params)).status_code == 200
+
+
+async def test_a_forged_forwarded_for_escapes_no_limit(
+    serve_router: ServeRouter, http: httpx.AsyncClient
+) -> None:
+    """F2: X-Forwarded-For from a peer that is not a configured proxy changes nothing: rotating it
+    neither escapes the limit nor spends another address's budget."""
+    params = {"postal_code": "10021", "country": "US"}
+    async with serve_router(finder_rate_per_minute=3) as url:
+        statuses = [
+            (
+                await http.get(
+                    f"{url}/v1/sites/nearby", params=params, headers={"X-Forwarded-For": f"203.0.113.{n}"}
+                )
+            ).status_code
+            for n in range(5)
+        ]
+        assert statuses == [200, 200, 200, 429, 429]
+        async with from_address("127.0.0.4") as victim:
+            assert (await victim.get(f"{url}/v1/sites/nearby", params=params)).status_code == 200
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(
+    serve_router: ServeRouter, http: httpx.AsyncClient
+) -> None:
+    """With loopback configured as the proxy, each forwarded client has its own budget."""
+    params = {"postal_code": "10021", "country": "US"}
+    async with serve_router(finder_rate_per_minute=1, trusted_proxies=["127.0.0.1"]) as url:
+
+        async def status(client: str) -> int:
+            response = await http.get(
+                f"{url}/v1/sites/nearby", params=params, headers={"X-Forwarded-For": client}
+            )
+            return response.status_code
+
+        assert [await status("203.0.113.1"), await status("203.0.113.1"), await status("203.0.113.2")] == [
+            200,
+            429,
+            200,
+        ]
+
+
+async def test_every_malformed_list_parameter_is_a_named_422(
+    serve_router: ServeRouter, tokens: Tokens, http: httpx.AsyncClient
+) -> None:
+    """F3 for the site router's list routes: the queue's and the finder's parameters."""
+    async with serve_router() as url:
+        site = await tokens.site("WCM")
+        queue = (
+            [("status", value) for value in ("lost", "", "\x00", "ROUTED")]
+            + [("limit", value) for value in ("0", "-1", "abc", "1.5", "")]
+            + [("offset", value) for value in ("-1", str(2**63), "abc", "9" * 40, "")]
+        )
+        for name, value in queue:
+            response = await http.get(f"{url}/v1/site/referrals", params={name: value}, headers=site)
+            assert response.status_code == 422, (name, value, response.text)
+            assert_problem(response, 422)
+            assert response.json()["errors"][0]["field"].startswith(name), (name, value)
+        # A limit past the maximum is capped, not refused (nor passed to the store).
+        huge = await http.get(f"{url}/v1/site/referrals", params={"limit": "9" * 40}, headers=site)
+        assert huge.status_code == 200
+        finder = (
+            [("postal_code", value) for value in ("", "x" * 17)]
+            + [("country", value) for value in ("", "U", "USA", "1A", "\x00\x00")]
+            + [("limit", value) for value in ("0", "-1", "abc")]
+        )
+        for name, value in finder:
+            params = {"postal_code": "10021", "country": "US", name: value}
+            response = await http.get(f"{url}/v1/sites/nearby", params=params)
+            assert response.status_code == 422, (name, value, response.text)
+            assert_problem(response, 422)
+            assert response.json()["errors"][0]["field"].startswith(name), (name, value)

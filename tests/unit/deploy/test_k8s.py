@@ -158,12 +158,29 @@ def test_deployments_are_hardened(service: str) -> None:
 @pytest.mark.parametrize("service", facts.SERVICES)
 def test_probes_readiness_readyz_liveness_healthz(service: str) -> None:
     container = _container(BY_SERVICE[service])
-    port_names = {p["name"] for p in container["ports"]}
-    assert {p["containerPort"] for p in container["ports"]} == {int(facts.dockerfile_env()["AUTH_PORT"])}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == int(facts.dockerfile_env()["AUTH_PORT"])
     expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
     for probe, path in expected.items():
         assert container[probe]["httpGet"]["path"] == path, probe
-        assert container[probe]["httpGet"]["port"] in port_names, probe
+        assert container[probe]["httpGet"]["port"] == "http", probe
+
+
+@pytest.mark.parametrize("service", facts.SERVICES)
+def test_metrics_on_their_own_port_and_no_docs_in_production(service: str) -> None:
+    """Only the API port is in the Service; /metrics is on the pod's metrics port, for Prometheus."""
+    prefix = facts.settings_class(service).model_config["env_prefix"]
+    env = _env(BY_SERVICE[service])
+    container = _container(BY_SERVICE[service])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert set(ports) == {"http", "metrics"}
+    assert ports["metrics"] == int(env[f"{prefix}METRICS_PORT"])
+    assert env[f"{prefix}DOCS_ENABLED"] == "false"
+    assert env[f"{prefix}ENVIRONMENT"] == "production"
+    annotations = BY_SERVICE[service]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    service_ports = _of_kind("Service")[BY_SERVICE[service]["metadata"]["name"]]["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]
 
 
 @pytest.mark.parametrize("service", facts.SERVICES)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.intake.domain import (
     Fact,
@@ -181,3 +185,49 @@ def test_cursors_round_trip_and_refuse_anything_else() -> None:
     for bad in ("", "nonsense", "W10", encode_cursor(T0, rid)[:-3], "eyJhIjogMX0"):
         with pytest.raises(ValueError):
             decode_cursor(bad)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+TIMES = st.datetimes(timezones=st.timezones()).map(lambda t: t.isoformat())
+
+
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        JSON_VALUES.map(lambda v: _b64(v)),
+        st.tuples(TIMES, JSON_VALUES).map(lambda v: _b64(list(v))),
+    )
+)
+def test_a_crafted_cursor_is_a_value_error_or_a_utc_position(cursor: str) -> None:
+    """F3: whatever a client sends as a cursor, decoding it raises ValueError (a 422) or gives a UTC
+    time and an id: nothing else escapes (AttributeError, OverflowError were 500s)."""
+    try:
+        at, rid = decode_cursor(cursor)
+    except ValueError:
+        return
+    assert at.utcoffset() == timedelta(0) and isinstance(rid, uuid.UUID)
+
+
+@given(TIMES)
+def test_a_cursor_time_without_a_utc_equivalent_is_refused(at: str) -> None:
+    try:
+        moment, _ = decode_cursor(_b64([at, str(uuid.uuid4())]))
+    except ValueError:
+        return
+    assert moment.tzinfo is UTC
+
+
+def test_the_cursor_times_at_the_edges_of_utc() -> None:
+    for edge in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        with pytest.raises(ValueError):
+            decode_cursor(_b64([edge, str(uuid.uuid4())]))
+    with pytest.raises(ValueError):
+        decode_cursor(_b64(["2026-01-01T00:00:00+00:00", 5]))
+
+
+def _b64(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")

@@ -1,4 +1,4 @@
-"""Pure parts of routing: candidate order, what the site must confirm, postal areas, the finder's limit."""
+"""Pure parts of routing: candidate order, what the site must confirm, postal areas."""
 
 import pytest
 
@@ -12,7 +12,6 @@ from services.site_router.domain import (
     postal_area,
 )
 from services.site_router.geo import normalise_postal_code
-from services.site_router.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.unit
 
@@ -73,34 +72,3 @@ def test_unroutable_only_once_every_known_site_declined():
     assert declined_by_every_site({"A", "B"}, {"A", "B"})
     assert not declined_by_every_site({"A"}, {"A", "B"})
     assert not declined_by_every_site(set(), set())  # no sites yet: wait for one
-
-
-class Clock:
-    """A settable time source (the limiter takes a clock, as the validator does)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_rate_limit_allows_sixty_a_minute_per_address_then_says_when_to_retry():
-    clock = Clock()
-    limiter = RateLimiter(60, clock=clock)
-    for i in range(60):
-        clock.now += 0.5 if i else 0  # 60 requests over 29.5 seconds
-        assert limiter.check("10.0.0.1") == 0
-    assert limiter.check("10.0.0.1") == 31  # the first request leaves the window at 1060
-    assert limiter.check("10.0.0.2") == 0  # another address has its own window
-    clock.now = 1060.0
-    assert limiter.check("10.0.0.1") == 0
-    assert limiter.check("10.0.0.1") == 1  # the second (at 1000.5) leaves half a second later
-
-
-def test_rate_limit_memory_is_bounded():
-    limiter = RateLimiter(1, max_clients=3, clock=Clock())
-    for address in ["a", "b", "c", "d"]:
-        assert limiter.check(address) == 0
-    assert limiter.check("a") == 0  # forgotten, so fresh again
-    assert limiter.check("d") > 0

@@ -53,6 +53,7 @@ PUBLIC = frozenset(
         ("auth", "GET", "/.well-known/jwks.json"),
         ("auth", "GET", "/.well-known/oauth-authorization-server"),
         ("auth", "GET", "/.well-known/openid-configuration"),
+        ("auth", "GET", "/.well-known/smart-configuration"),
         ("eligibility", "GET", "/v1/rulesets/current"),
         ("site_router", "GET", "/v1/sites/nearby"),
         ("intake", "GET", "/fhir/r4/metadata"),

@@ -33,6 +33,7 @@ from services.site_router.config import SiteRouterSettings
 from shared.problems import PROBLEM_JSON
 from tests.support.browser import Pages
 from tests.support.servers import serve_app
+from tests.support.stores import migrated
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +66,8 @@ APPS: dict[str, Callable[[str], FastAPI]] = {
 def serve(make_database_url: Callable[[], Awaitable[str]]) -> Callable[[str], Any]:
     @asynccontextmanager
     async def start(service: str) -> AsyncIterator[str]:
-        async with serve_app(APPS[service](await make_database_url())) as url:
+        store = await migrated(await make_database_url(), service)
+        async with serve_app(APPS[service](store)) as url:
             yield url
 
     return start
@@ -156,6 +158,9 @@ async def test_the_document_says_how_to_sign_in_and_what_errors_look_like(
         for code, response in operation["responses"].items():
             if int(code) >= 400:
                 content = response.get("content", {})
+                if path.startswith("/fhir/"):  # FHIR clients read an OperationOutcome (docs/fhir.md)
+                    assert list(content) == ["application/fhir+json"], (path, method, code)
+                    continue
                 assert list(content) == [PROBLEM_JSON], (path, method, code)
                 body = content[PROBLEM_JSON]
                 example = body.get("example") or next(iter(body["examples"].values()))["value"]

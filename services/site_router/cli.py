@@ -1,6 +1,8 @@
 """``trialroute sites``: the site router's staff commands (mounted by ``services/cli.py``).
 
     trialroute sites import [FILE]     upsert sites by code (default: the shipped trial sites)
+    trialroute sites import --ctgov RECORD [--codes FILE]
+                                       upsert a ClinicalTrials.gov record's locations (ctgov.py)
     trialroute sites list              one line per site with its slots
 
 The import is also a plain function (``services.site_router.sites.import_sites(db, path)``).
@@ -16,9 +18,10 @@ import typer
 
 from services.site_router import store
 from services.site_router.config import SiteRouterSettings
+from services.site_router.ctgov import SHIPPED_CODES_FILE
 from services.site_router.geo import Geocoder
 from services.site_router.migrations import MIGRATIONS
-from services.site_router.sites import SEED_FILE, ImportReport, SiteImportError, import_sites
+from services.site_router.sites import SEED_FILE, ImportReport, SiteImportError, import_ctgov, import_sites
 from shared.db import Database
 from shared.migrations import prepare_store
 
@@ -27,11 +30,16 @@ __all__ = ["app"]
 app = typer.Typer(help="Study sites (site router).", no_args_is_help=True, add_completion=False)
 
 
-async def _import(settings: SiteRouterSettings, path: Path) -> ImportReport:
+async def _import(settings: SiteRouterSettings, path: Path, ctgov: Path | None, codes: Path) -> ImportReport:
     db = Database(settings.database_url)
+    geocoder = Geocoder(index_dir=settings.geonames_index_dir)
     try:
         await prepare_store(db, MIGRATIONS, settings)
-        return await import_sites(db, path, Geocoder(index_dir=settings.geonames_index_dir))
+        if ctgov is None:
+            return await import_sites(db, path, geocoder)
+        return await import_ctgov(
+            db, ctgov, geocoder, codes_file=codes, default_capacity=settings.ctgov_default_capacity
+        )
     finally:
         await db.dispose()
 
@@ -41,10 +49,22 @@ def import_command(
     file: Annotated[
         Path, typer.Argument(help="sites JSON ({'sites': [...]} or a list); default: the trial's sites")
     ] = SEED_FILE,
+    ctgov: Annotated[
+        Path | None,
+        typer.Option(
+            "--ctgov",
+            help="a ClinicalTrials.gov API v2 study record (JSON) instead of a sites file; capacities "
+            "already set are kept, new sites get SITE_ROUTER_CTGOV_DEFAULT_CAPACITY",
+        ),
+    ] = None,
+    codes: Annotated[
+        Path,
+        typer.Option(help="with --ctgov: {'codes': {facility: site code}} for sites that have a code"),
+    ] = SHIPPED_CODES_FILE,
 ) -> None:
     """Create or update sites by code; coordinates come from their postal codes."""
     try:
-        report = asyncio.run(_import(SiteRouterSettings(), file))
+        report = asyncio.run(_import(SiteRouterSettings(), file, ctgov, codes))
     except SiteImportError as exc:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)

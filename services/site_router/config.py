@@ -37,6 +37,12 @@ class SiteRouterSettings(ServiceSettings):
     )
     finder_max_limit: int = Field(default=20, ge=1, description="most sites one finder request returns")
     queue_limit_max: int = Field(default=500, ge=1, description="most referrals one queue page returns")
+    ctgov_default_capacity: int = Field(
+        default=3,
+        ge=0,
+        le=10_000,
+        description="capacity of a site first created from a ClinicalTrials.gov record (it has none)",
+    )
 
     @property
     def geonames_index_dir(self) -> Path:

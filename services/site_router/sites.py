@@ -1,4 +1,4 @@
-"""Use cases on sites: register, change, pause, close, reopen, import a file.
+"""Use cases on sites: register, change, pause, close, reopen, import a file or a ClinicalTrials.gov record.
 
 Whatever gives a site room (a new recruiting site, more capacity, reopening) hands the room to the
 waitlist in the same transaction. Pausing or closing a site stops new routings only: the referrals it
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.site_router import routing, store
+from services.site_router import ctgov, routing, store
 from services.site_router.domain import SiteStatus
 from services.site_router.geo import Geocoder, GeoError
 from services.site_router.schemas import SiteCreate, SiteUpdate
@@ -130,17 +130,53 @@ def read_sites_file(path: Path) -> list[SiteCreate]:
 
 
 async def import_sites(db: Database, path: Path, geocoder: Geocoder | None = None) -> ImportReport:
-    """Upsert the file's sites by code in one transaction (``open_count`` is kept), coordinates from
+    """Upsert a sites file's sites by code in one transaction (``open_count`` is kept), coordinates from
     the postal codes; any bad entry or unknown postal code refuses the whole file."""
-    sites = read_sites_file(path)
-    geocoder = geocoder or Geocoder()
+    return await upsert_sites(db, read_sites_file(path), geocoder or Geocoder())
+
+
+async def import_ctgov(
+    db: Database,
+    path: Path,
+    geocoder: Geocoder | None = None,
+    *,
+    codes_file: Path | None = ctgov.SHIPPED_CODES_FILE,
+    default_capacity: int = 3,
+) -> ImportReport:
+    """Upsert a ClinicalTrials.gov record's locations (``ctgov.py``): capacities already set are kept,
+    and a postal code the geocoder does not know takes the record's geoPoint."""
+    try:
+        found = ctgov.read_ctgov_file(path, codes_file=codes_file, default_capacity=default_capacity)
+    except ctgov.CtgovRecordError as exc:
+        raise SiteImportError([f"{path}: {p}" for p in exc.problems]) from exc
+    return await upsert_sites(
+        db, found.sites, geocoder or Geocoder(), fallbacks=found.fallbacks, keep=frozenset({"capacity"})
+    )
+
+
+async def upsert_sites(
+    db: Database,
+    sites: Sequence[SiteCreate],
+    geocoder: Geocoder,
+    *,
+    fallbacks: Mapping[str, tuple[float, float]] | None = None,
+    keep: frozenset[str] = frozenset(),
+) -> ImportReport:
+    """Create or update sites by code, all or nothing, and hand any room they add to the waitlist.
+
+    Coordinates come from the postal code, else from ``fallbacks`` (by code); ``keep`` names the fields
+    an existing site keeps (the source does not know them); ``open_count`` is always kept.
+    """
     located: dict[str, tuple[float, float]] = {}
     problems = []
     for site in sites:
         try:
             located[site.code] = await _geocode(geocoder, site.postal_code, site.country)
         except GeoError as exc:
-            problems.append(f"site {site.code}: {exc.reason}")
+            if fallbacks and site.code in fallbacks:
+                located[site.code] = fallbacks[site.code]
+            else:
+                problems.append(f"site {site.code}: {exc.reason}")
     if problems:
         raise SiteImportError(problems)
     report = ImportReport()
@@ -153,7 +189,7 @@ async def import_sites(db: Database, path: Path, geocoder: Geocoder | None = Non
                 session.add(store.Site(**data.model_dump(), latitude=lat, longitude=lon))
                 report.created.append(data.code)
             else:
-                for name, value in data.model_dump(exclude={"code"}).items():
+                for name, value in data.model_dump(exclude={"code", *keep}).items():
                     setattr(existing, name, value)
                 existing.latitude, existing.longitude, existing.updated_at = lat, lon, utcnow()
                 report.updated.append(data.code)

@@ -52,8 +52,9 @@ class Database:
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 3) -> T:
         """``work`` in one transaction, run again from the start if the database aborts it to break a
-        deadlock or a serialization conflict (what PostgreSQL advises for both). Use cases that take
-        several locks (a referral, then the waitlist, then sites) can meet in opposite orders."""
+        deadlock or a serialization conflict (what PostgreSQL advises for both). A safety net: use cases
+        that take several locks keep one order (the site router's: ``services/site_router/store.py``), so
+        deadlocks should not happen, but a serialization failure or a missed order still can."""
         async for attempt in conflicts(attempts):
             with attempt:
                 async with self.session() as session:

@@ -2,7 +2,10 @@
 declines, closes (those on sites themselves are in ``sites.py``).
 
 Each runs in the caller's transaction (the consumer loop's, or a route's ``db.session()``), locks the
-referral first and writes its events to the outbox.
+referral first and writes its events to the outbox. Locks follow the one order of ``store``: referral
+rows, then the waitlist lock, then site rows; a use case that frees a slot takes the waitlist lock before
+it, and a transaction handling several referrals (a consumer poll) takes all their locks first
+(``hold``). So PostgreSQL never has to abort one of them to break a deadlock.
 
 A re-screen (an amended referral) of a referral the site router already holds:
 
@@ -49,6 +52,15 @@ class Commands:
         return await asyncio.to_thread(self.geocoder.locate, postal_code, country)
 
     # --- events ---------------------------------------------------------------------------------------
+
+    async def hold(self, session: AsyncSession, referral_ids: Sequence[uuid.UUID]) -> None:
+        """Before the use cases of a transaction that handles several referrals (a consumer poll): lock
+        them all in id order, then take the waitlist lock, as together they may free and reserve slots at
+        several sites (see ``store``). Another poll doing the same then waits at its first lock, never
+        while holding a site row this one wants; a single referral needs neither step."""
+        await store.lock_referrals(session, referral_ids)
+        if len(set(referral_ids)) > 1:
+            await store.waitlist_lock(session)
 
     async def screened(
         self, session: AsyncSession, referral_id: uuid.UUID, data: ReferralScreened, trace: str | None

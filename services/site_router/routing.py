@@ -2,7 +2,9 @@
 
 Each step runs inside the caller's transaction and writes its events to the outbox there, so a routing
 and its ``referral.routed`` (or ``waitlisted``, ``unroutable``) commit or vanish together. Callers hold the
-referral's lock (``store.lock_referral``) and, before freeing a slot, the waitlist lock.
+referral's lock (``store.lock_referral``) and, before freeing a slot, the waitlist lock: the lock order of
+``store`` (referrals, waitlist lock, site rows). Without the waitlist lock, a routing reserves one site at
+most (a reservation that finds no room locks nothing); a drain takes other referrals with SKIP LOCKED.
 """
 
 from __future__ import annotations

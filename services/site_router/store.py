@@ -8,8 +8,19 @@ Concurrency rules (several router instances, several partitions, the site API, a
 - a referral is locked by writing its row first (``lock_referral``), which works on both databases;
 - whatever frees slots or puts a referral on the waitlist first takes ``waitlist_lock`` (a PostgreSQL
   transaction advisory lock), so a slot freed while another transaction waitlists cannot go unnoticed.
-  Lock order: own referral row, then the waitlist lock, then site rows; other referrals are only taken
-  with SKIP LOCKED. That order leaves no cycle, hence no deadlock.
+
+One lock order, which every transaction follows, so that no two can wait for each other in a cycle:
+
+1. its own referral rows, all of them before anything else, in id order (``lock_referrals`` for a
+   consumer poll of several referrals; ``lock_referral`` for one);
+2. the waitlist lock;
+3. site rows.
+
+A transaction that may take more than one site row (it frees a slot, drains the waitlist, changes a
+site, or handles several referrals) takes the waitlist lock before its first site row; one without the
+waitlist lock takes at most one site row (its reservation), and that is the last lock it waits for.
+Other referrals (a drain routing the waitlist) are taken only with SKIP LOCKED, never waited for. A
+conditional UPDATE that finds no room holds no lock, so trying candidates one by one takes just one.
 """
 
 from __future__ import annotations
@@ -130,9 +141,16 @@ def is_postgres(session: AsyncSession) -> bool:
 # --- locks ----------------------------------------------------------------------------------------------
 
 
+_LOCKED = "site_router.locked_referrals"
+"""``session.info`` key: the referrals this transaction has locked (and loaded) already."""
+
+
 async def lock_referral(session: AsyncSession, referral_id: uuid.UUID) -> ReferralRecord | None:
     """The referral, locked for this transaction by a write (a row lock on PostgreSQL, the write lock on
-    SQLite); None if unknown."""
+    SQLite); None if unknown. One this transaction locked before comes from the session, at no cost."""
+    locked: set[uuid.UUID] = session.info.setdefault(_LOCKED, set())
+    if referral_id in locked:
+        return await session.get(ReferralRecord, referral_id)
     bumped = await session.execute(
         update(ReferralRecord)
         .where(col(ReferralRecord.referral_id) == referral_id)
@@ -142,7 +160,34 @@ async def lock_referral(session: AsyncSession, referral_id: uuid.UUID) -> Referr
     if bumped.rowcount == 0:  # type: ignore[attr-defined]
         return None
     query = select(ReferralRecord).where(col(ReferralRecord.referral_id) == referral_id)
-    return (await session.execute(query.execution_options(populate_existing=True))).scalars().first()
+    found = (await session.execute(query.execution_options(populate_existing=True))).scalars().first()
+    locked.add(referral_id)
+    return found
+
+
+async def lock_referrals(session: AsyncSession, referral_ids: Collection[uuid.UUID]) -> None:
+    """Lock the known ones of several referrals in id order, in two statements, before any other lock:
+    two transactions that each handle several referrals then never hold one the other waits for. The
+    use cases' own ``lock_referral`` then finds them locked. (Unknown ones are inserted later, by the
+    use case; only a duplicate delivery could insert the same id concurrently.)"""
+    if not referral_ids:
+        return
+    ids = sorted(set(referral_ids))
+    in_order = (
+        select(col(ReferralRecord.referral_id))
+        .where(col(ReferralRecord.referral_id).in_(ids))
+        .order_by(col(ReferralRecord.referral_id))
+        .with_for_update()
+    )
+    await session.execute(
+        update(ReferralRecord)
+        .where(col(ReferralRecord.referral_id).in_(in_order.scalar_subquery()))
+        .values(lock_version=ReferralRecord.lock_version + 1, updated_at=utcnow())
+        .execution_options(**_NO_SYNC)
+    )
+    query = select(ReferralRecord).where(col(ReferralRecord.referral_id).in_(ids))
+    found = (await session.execute(query.execution_options(populate_existing=True))).scalars().all()
+    session.info.setdefault(_LOCKED, set()).update(r.referral_id for r in found)
 
 
 async def try_lock_waitlisted(session: AsyncSession, referral_id: uuid.UUID) -> ReferralRecord | None:
@@ -163,9 +208,10 @@ async def waitlist_lock(session: AsyncSession) -> None:
 
 
 async def insert_referral(session: AsyncSession, record: ReferralRecord) -> ReferralRecord:
-    """Insert and flush at once: the insert is this transaction's first write, so it takes the lock."""
+    """Insert and flush at once: the new row is locked by this transaction from then on."""
     session.add(record)
     await session.flush()
+    session.info.setdefault(_LOCKED, set()).add(record.referral_id)
     return record
 
 

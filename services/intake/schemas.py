@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.intake.domain import Status
+from shared.events import InformationRequestData
 from shared.referral import ClinicalData, ReferralPayload
 
 EXAMPLE_ID = "0b7f6c0e-5d0a-4f4e-9a51-3f1b2b8a9c11"
@@ -67,6 +68,9 @@ class TimelineItem(_View):
     revision: int | None = Field(description="the revision it is about, when the event says", examples=[1])
     source: str = Field(description="the service that caused it", examples=["eligibility"])
     reason: str | None = Field(examples=["eligible (rule set ucart123-v1)"])
+    information_request: InformationRequestData | None = Field(
+        default=None, description="for `referral.info_request_opened`/`_closed`: the request"
+    )
 
 
 class CriterionPublic(_View):
@@ -124,6 +128,11 @@ class ReferralPublic(ReferralSummary):
     site: SitePublic | None = Field(description="the site the referral is routed to, if any")
     timeline: list[TimelineItem] = Field(description="every state change, oldest first")
     notifications: list[NotificationPublic] = Field(description="emails sent about the referral")
+    information_requests: list[InformationRequestData] = Field(
+        default_factory=list,
+        description="what the clinic was asked to send (criteria and the JSON and FHIR fields that settle "
+        "each), oldest first; an open one is answered by an amendment (docs/design.md)",
+    )
 
 
 class ReferralPage(_View):
@@ -158,6 +167,9 @@ class ChangeItem(_View):
     reason: str | None = Field(examples=["Memorial Hospital, New York: 6.4 km (choice 1)"])
     occurred_at: datetime = Field(description="when it occurred", examples=[EXAMPLE_TIME])
     recorded_at: datetime = Field(description="when intake recorded it", examples=[EXAMPLE_TIME])
+    information_request: InformationRequestData | None = Field(
+        default=None, description="for `referral.info_request_opened`/`_closed`: the request"
+    )
 
 
 class ChangePage(_View):

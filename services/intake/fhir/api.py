@@ -156,6 +156,7 @@ async def read_task(
         reason=reason,
         authored=view.created_at,
         modified=view.updated_at,
+        requests=view.information_requests,
     )
     return _fhir(body)
 

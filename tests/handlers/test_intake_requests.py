@@ -166,7 +166,9 @@ async def test_a_screening_of_an_older_revision_neither_opens_nor_closes(harness
 
 async def test_a_site_question_becomes_a_request_that_acceptance_cancels(harness: HandlerHarness) -> None:
     rid = await received(harness)
-    await harness.deliver(envelope(rid, events.screened(), minutes(1)), envelope(rid, events.routed(), minutes(2)))
+    await harness.deliver(
+        envelope(rid, events.screened(), minutes(1)), envelope(rid, events.routed(), minutes(2))
+    )
     question = envelope(rid, builders.info_requested(clinic_id=CLINIC), minutes(3))
     await harness.deliver(question, question)
 

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -283,6 +283,7 @@ def _follow_requests(
     made: Made = []
     status = Status(referral.status)
     trace = envelope.trace
+    at = _aware(envelope.occurred_at)  # the request follows its cause on the timeline
     if isinstance(data, ReferralInfoRequested):
         if status in REQUESTS_END:
             log.info("site question on a referral that can no longer be amended: not opened")
@@ -297,13 +298,13 @@ def _follow_requests(
             items=[i.model_dump(mode="json") for i in asked_facts(data.criteria)],
             text=data.text,
         )
-        made.append(_opened(session, referral, requests, request, trace))
+        made.append(_opened(session, referral, requests, request, trace, at))
     elif isinstance(data, ReferralScreened) and data.revision == referral.revision:
         for request in requests:
             if request.state == "open" and request.origin == "screening" and request.revision < data.revision:
                 lacking = still_lacking([i["criterion"] for i in request.items], data.criteria)
                 outcome = "superseded" if lacking else "answered"
-                made.append(_closed(session, referral, request, outcome, trace))
+                made.append(_closed(session, referral, request, outcome, trace, at))
         missing = missing_facts(data.criteria, referral.clinical)
         if data.decision == "needs_review" and missing and status not in REQUESTS_END:
             request = InformationRequest(
@@ -314,9 +315,11 @@ def _follow_requests(
                 source_event_id=envelope.id,
                 items=[i.model_dump(mode="json") for i in missing],
             )
-            made.append(_opened(session, referral, requests, request, trace))
+            made.append(_opened(session, referral, requests, request, trace, at))
     if status in REQUESTS_END:
-        made.extend(_closed(session, referral, r, "cancelled", trace) for r in requests if r.state == "open")
+        made.extend(
+            _closed(session, referral, r, "cancelled", trace, at) for r in requests if r.state == "open"
+        )
     return made
 
 
@@ -327,7 +330,7 @@ async def _close_requests(
     entries this adds in the change feed."""
     found = (await store.information_requests(session, [referral.id]))[referral.id]
     made = [
-        _closed(session, referral, r, outcome, trace)
+        _closed(session, referral, r, outcome, trace, utcnow())
         for r in found
         if r.state == "open" and (origin is None or r.origin == origin)
     ]
@@ -341,6 +344,7 @@ def _opened(
     requests: list[InformationRequest],
     request: InformationRequest,
     trace: str | None,
+    at: datetime,
 ) -> tuple[TimelineEntry, str | None]:
     session.add(request)
     requests.append(request)
@@ -349,11 +353,16 @@ def _opened(
     who = f"site {request.site_code}" if request.site_code else "screening"
     reason = f"information requested ({who}): {criteria}"
     event = ReferralInfoRequestOpened(clinic_id=referral.clinic_id, request=view)
-    return _request_entry(session, referral, event, view, reason, trace), trace
+    return _request_entry(session, referral, event, view, reason, trace, at), trace
 
 
 def _closed(
-    session: AsyncSession, referral: Referral, request: InformationRequest, outcome: str, trace: str | None
+    session: AsyncSession,
+    referral: Referral,
+    request: InformationRequest,
+    outcome: str,
+    trace: str | None,
+    at: datetime,
 ) -> tuple[TimelineEntry, str | None]:
     request.state, request.outcome, request.closed_at = "closed", outcome, utcnow()
     if outcome != "cancelled":
@@ -361,7 +370,7 @@ def _closed(
     view = request.view()
     event = ReferralInfoRequestClosed(clinic_id=referral.clinic_id, request=view)
     reason = f"information request {outcome}"
-    return _request_entry(session, referral, event, view, reason, trace), trace
+    return _request_entry(session, referral, event, view, reason, trace, at), trace
 
 
 def _request_entry(
@@ -371,9 +380,12 @@ def _request_entry(
     view: InformationRequestData,
     reason: str,
     trace: str | None,
+    at: datetime,
 ) -> TimelineEntry:
-    """Queue the request's event and put it on the timeline (a notice: no status of its own)."""
+    """Queue the request's event and put it on the timeline (a notice: no status of its own), occurring
+    ``at`` its cause, so that it follows the cause (recorded after it) in timeline order."""
     envelope = Envelope.wrap(event, producer=SERVICE, referral_id=referral.id, trace=trace)
+    envelope = envelope.model_copy(update={"occurred_at": at})
     add_event(session, envelope)
     entry = TimelineEntry(
         referral_id=referral.id,
@@ -390,11 +402,14 @@ def _request_entry(
     return entry
 
 
+def _aware(moment: datetime) -> datetime:
+    """A producer that forgot the zone: event times are UTC (docs/events.md)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     described = describe(data)
-    occurred_at = envelope.occurred_at
-    if occurred_at.tzinfo is None:  # a producer that forgot the zone: event times are UTC (docs/events.md)
-        occurred_at = occurred_at.replace(tzinfo=UTC)
+    occurred_at = _aware(envelope.occurred_at)
     return TimelineEntry(
         referral_id=envelope.referral_id,
         event_id=envelope.id,

@@ -23,6 +23,7 @@ from services.intake.schemas import (
     ContactList,
     ContactPublic,
     DecisionPublic,
+    InformationRequestPublic,
     NotificationPublic,
     PatientContact,
     ReferralPage,
@@ -210,5 +211,7 @@ def _public(
             for e in entries
         ],
         notifications=notifications,
-        information_requests=[r.view() for r in requests],
+        information_requests=[
+            InformationRequestPublic.model_validate(r.view(), from_attributes=True) for r in requests
+        ],
     )

@@ -15,7 +15,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from services.intake.domain import Status
 from services.intake.fhir import codes
-from shared.events import InformationRequestData
+from services.intake.schemas import InformationRequestPublic
 
 FHIR_JSON = "application/fhir+json"
 
@@ -51,7 +51,7 @@ def task(
     reason: str | None = None,
     authored: datetime | None = None,
     modified: datetime | None = None,
-    requests: Sequence[InformationRequestData] = (),
+    requests: Sequence[InformationRequestPublic] = (),
 ) -> dict[str, Any]:
     """The Task of a referral (``id`` is intake's referral id, as in ``/v1/referrals/{id}``). With an
     open information request, ``businessStatus`` is ``information-requested`` (the state stays in
@@ -95,7 +95,7 @@ INFORMATION_REQUESTED = "information-requested"
 """``businessStatus`` while the clinic is asked for facts (code system ``referral-status``)."""
 
 
-def _inputs(request: InformationRequestData) -> list[dict[str, Any]]:
+def _inputs(request: InformationRequestPublic) -> list[dict[str, Any]]:
     """One ``input`` per field asked for: ``type`` the criterion (project CodeSystem ``criterion``,
     text the referral's JSON path), ``valueString`` the FHIR element that carries it; a site's question
     in words is one more, of type ``question``."""

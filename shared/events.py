@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Decision = Literal["eligible", "ineligible", "needs_review"]
 SiteDecision = Literal["accepted", "declined", "closed"]
 RecipientRole = Literal["site", "patient", "referrer"]
+RequestOrigin = Literal["screening", "site"]
+RequestOutcome = Literal["answered", "superseded", "cancelled"]
 
 
 class EventData(BaseModel):
@@ -148,6 +150,67 @@ class ReferralNotified(EventData):
     source_event_id: uuid.UUID
 
 
+class ReferralInfoRequested(EventData):
+    """A site's question about a referral in its queue, for the referring clinic (intake makes it an
+    information request). The text is a coordinator's words about clinical facts, never identity."""
+
+    event_type = "referral.info_requested"
+
+    clinic_id: str
+    site_code: str
+    revision: int = Field(ge=0, description="the revision the site has seen")
+    criteria: list[str] = Field(description="ids of the criteria the site asks about (may be empty)")
+    text: str | None = Field(default=None, description="the question in words")
+
+
+class RequestedField(EventData):
+    """A referral field that would settle a criterion: JSON path (docs/referral.md), FHIR element."""
+
+    json_path: str
+    fhir: str
+
+
+class RequestedItem(EventData):
+    """One criterion asked about, why, and the fields that would settle it."""
+
+    criterion: str
+    reason: str | None = None
+    fields: list[RequestedField]
+
+
+class InformationRequestData(EventData):
+    """An information request to the referring clinic, as intake holds it."""
+
+    id: uuid.UUID
+    origin: RequestOrigin = Field(description="screening: facts missing; site: a site's question")
+    state: Literal["open", "closed"]
+    revision: int = Field(ge=1, description="the revision it asks about")
+    site_code: str | None = None
+    items: list[RequestedItem]
+    text: str | None = Field(default=None, description="a site's question in words")
+    outcome: RequestOutcome | None = Field(default=None, description="set when closed")
+    closed_by_revision: int | None = None
+
+
+class ReferralInfoRequestOpened(EventData):
+    """Intake asks the referring clinic for facts (the notifier emails the referrer)."""
+
+    event_type = "referral.info_request_opened"
+
+    clinic_id: str
+    request: InformationRequestData
+
+
+class ReferralInfoRequestClosed(EventData):
+    """An information request ended: answered by an amendment, superseded by a newer one, or cancelled
+    (the referral can no longer be amended)."""
+
+    event_type = "referral.info_request_closed"
+
+    clinic_id: str
+    request: InformationRequestData
+
+
 class ReferralStatusChanged(EventData):
     """One entry of a referral's timeline as its clinic sees it (intake's change feed, and what the
     notifier delivers by webhook). Ids, statuses, reasons and times only: never patient identity."""
@@ -165,6 +228,9 @@ class ReferralStatusChanged(EventData):
     recorded_at: datetime = Field(description="when intake put it on the timeline")
     source_event_id: uuid.UUID
     source_event_type: str = Field(description="e.g. referral.routed")
+    information_request: InformationRequestData | None = Field(
+        default=None, description="for an information request opened or closed: the request"
+    )
 
 
 EVENTS: tuple[type[EventData], ...] = (
@@ -178,6 +244,9 @@ EVENTS: tuple[type[EventData], ...] = (
     ReferralSiteDecided,
     ReferralNotified,
     ReferralStatusChanged,
+    ReferralInfoRequested,
+    ReferralInfoRequestOpened,
+    ReferralInfoRequestClosed,
 )
 """Every event model; a new version of an event is a new model with the same ``event_type``."""
 EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {(m.event_type, m.event_version): m for m in EVENTS}

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -29,15 +29,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import SERVICE, store
 from services.intake.config import IntakeSettings
-from services.intake.domain import Status, age_in_years, change_refusal, describe
+from services.intake.domain import (
+    REQUESTS_END,
+    Status,
+    age_in_years,
+    asked_facts,
+    change_refusal,
+    describe,
+    missing_facts,
+    still_lacking,
+)
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
-from services.intake.store import Referral, TimelineEntry
+from services.intake.store import InformationRequest, Referral, TimelineEntry
 from shared.auth import Principal
 from shared.db import Database
 from shared.events import (
     Envelope,
     EventData,
+    InformationRequestData,
     ReferralAmended,
+    ReferralInfoRequestClosed,
+    ReferralInfoRequested,
+    ReferralInfoRequestOpened,
+    ReferralScreened,
     ReferralStatusChanged,
     ReferralSubmitted,
     ReferralWithdrawn,
@@ -125,6 +139,9 @@ class Commands:
             reason = f"amended to revision {referral.revision}" + (f": {body.reason}" if body.reason else "")
             snapshot = ReferralAmended(**_snapshot(referral))
             await self._emit(session, referral, snapshot, Status.RECEIVED, reason, trace)
+            # A site's question is answered by the clinic's next amendment; a screening's request waits
+            # for the screening of this revision (``record_status_events``).
+            await _close_requests(session, referral, "answered", trace, origin="site")
             return _receipt(referral)
 
         return await transaction(change)
@@ -144,6 +161,7 @@ class Commands:
             referral = await _changeable(session, referral_id, clinic_id, "withdrawn")
             event = ReferralWithdrawn(clinic_id=clinic_id, reason=body.reason)
             await self._emit(session, referral, event, Status.WITHDRAWN, body.reason or "withdrawn", trace)
+            await _close_requests(session, referral, "cancelled", trace)
             return _receipt(referral)
 
         return await transaction(change)
@@ -195,6 +213,7 @@ async def _publish_changes(
             recorded_at=entry.recorded_at,
             source_event_id=entry.event_id,
             source_event_type=entry.event_type,
+            information_request=entry.details.get("information_request"),
         )
         add_event(session, Envelope.wrap(data, producer=SERVICE, referral_id=referral.id, trace=trace))
 
@@ -205,9 +224,12 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
     ids = sorted({envelope.referral_id for envelope, _ in items})
     referrals = await store.get_referrals(session, ids, lock=True)
     entries = await store.timelines(session, list(referrals))
+    requests = await store.information_requests(session, list(referrals))
     known = {entry.event_id for timeline in entries.values() for entry in timeline}
+    known |= {r.source_event_id for found in requests.values() for r in found}
     touched: set[uuid.UUID] = set()
     added: list[tuple[Referral, TimelineEntry, str | None]] = []
+    follow: list[tuple[Referral, Envelope, EventData]] = []
     for envelope, data in items:
         referral = referrals.get(envelope.referral_id)
         if referral is None:
@@ -219,6 +241,10 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
         if envelope.id in known:
             continue  # already on the timeline (e.g. replayed under another consumer group)
         known.add(envelope.id)
+        if isinstance(data, ReferralInfoRequested):
+            follow.append((referral, envelope, data))  # on the timeline as the request it opens
+            continue
+        follow.append((referral, envelope, data))
         entry = _entry(envelope, data)
         session.add(entry)
         entries[referral.id].append(entry)
@@ -228,15 +254,162 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
             log.info("status event recorded", extra={"event_type": envelope.type})
     for referral_id in touched:
         store.fold(referrals[referral_id], entries[referral_id])
+    for referral, envelope, data in follow:
+        made = _follow_requests(session, referral, requests[referral.id], envelope, data)
+        entries[referral.id].extend(entry for entry, _ in made)
+        added.extend((referral, entry, trace) for entry, trace in made)
     if added:
         await _publish_changes(session, added)
 
 
+Made = list[tuple[TimelineEntry, str | None]]
+"""Timeline entries a command added (to number in the change feed), each with its trace."""
+
+
+def _follow_requests(
+    session: AsyncSession,
+    referral: Referral,
+    requests: list[InformationRequest],
+    envelope: Envelope,
+    data: EventData,
+) -> Made:
+    """Open and close the referral's information requests as a new event says (docs/design.md):
+
+    - a site's question opens a request (unless the referral can no longer be amended);
+    - a screening of the current revision closes the open screening requests of older revisions:
+      ``answered`` when it leaves none of their criteria ``unknown``, else ``superseded``; and with
+      decision ``needs_review`` and criteria ``unknown`` it opens one for what is missing;
+    - a state in which the clinic can no longer amend (accepted, closed) cancels every open one."""
+    made: Made = []
+    status = Status(referral.status)
+    trace = envelope.trace
+    at = _aware(envelope.occurred_at)  # the request follows its cause on the timeline
+    if isinstance(data, ReferralInfoRequested):
+        if status in REQUESTS_END:
+            log.info("site question on a referral that can no longer be amended: not opened")
+            return made
+        request = InformationRequest(
+            referral_id=referral.id,
+            clinic_id=referral.clinic_id,
+            origin="site",
+            revision=referral.revision,
+            site_code=data.site_code,
+            source_event_id=envelope.id,
+            items=[i.model_dump(mode="json") for i in asked_facts(data.criteria)],
+            text=data.text,
+        )
+        made.append(_opened(session, referral, requests, request, trace, at))
+    elif isinstance(data, ReferralScreened) and data.revision == referral.revision:
+        for request in requests:
+            if request.state == "open" and request.origin == "screening" and request.revision < data.revision:
+                lacking = still_lacking([i["criterion"] for i in request.items], data.criteria)
+                outcome = "superseded" if lacking else "answered"
+                made.append(_closed(session, referral, request, outcome, trace, at))
+        missing = missing_facts(data.criteria, referral.clinical)
+        if data.decision == "needs_review" and missing and status not in REQUESTS_END:
+            request = InformationRequest(
+                referral_id=referral.id,
+                clinic_id=referral.clinic_id,
+                origin="screening",
+                revision=data.revision,
+                source_event_id=envelope.id,
+                items=[i.model_dump(mode="json") for i in missing],
+            )
+            made.append(_opened(session, referral, requests, request, trace, at))
+    if status in REQUESTS_END:
+        made.extend(
+            _closed(session, referral, r, "cancelled", trace, at) for r in requests if r.state == "open"
+        )
+    return made
+
+
+async def _close_requests(
+    session: AsyncSession, referral: Referral, outcome: str, trace: str | None, *, origin: str | None = None
+) -> None:
+    """Close the referral's open requests (of ``origin``, or all) in a clinic's command, and number the
+    entries this adds in the change feed."""
+    found = (await store.information_requests(session, [referral.id]))[referral.id]
+    made = [
+        _closed(session, referral, r, outcome, trace, utcnow())
+        for r in found
+        if r.state == "open" and (origin is None or r.origin == origin)
+    ]
+    if made:
+        await _publish_changes(session, [(referral, entry, trace) for entry, trace in made])
+
+
+def _opened(
+    session: AsyncSession,
+    referral: Referral,
+    requests: list[InformationRequest],
+    request: InformationRequest,
+    trace: str | None,
+    at: datetime,
+) -> tuple[TimelineEntry, str | None]:
+    session.add(request)
+    requests.append(request)
+    view = request.view()
+    criteria = ", ".join(i.criterion for i in view.items) or "a question"
+    who = f"site {request.site_code}" if request.site_code else "screening"
+    reason = f"information requested ({who}): {criteria}"
+    event = ReferralInfoRequestOpened(clinic_id=referral.clinic_id, request=view)
+    return _request_entry(session, referral, event, view, reason, trace, at), trace
+
+
+def _closed(
+    session: AsyncSession,
+    referral: Referral,
+    request: InformationRequest,
+    outcome: str,
+    trace: str | None,
+    at: datetime,
+) -> tuple[TimelineEntry, str | None]:
+    request.state, request.outcome, request.closed_at = "closed", outcome, utcnow()
+    if outcome != "cancelled":
+        request.closed_by_revision = referral.revision
+    view = request.view()
+    event = ReferralInfoRequestClosed(clinic_id=referral.clinic_id, request=view)
+    reason = f"information request {outcome}"
+    return _request_entry(session, referral, event, view, reason, trace, at), trace
+
+
+def _request_entry(
+    session: AsyncSession,
+    referral: Referral,
+    event: EventData,
+    view: InformationRequestData,
+    reason: str,
+    trace: str | None,
+    at: datetime,
+) -> TimelineEntry:
+    """Queue the request's event and put it on the timeline (a notice: no status of its own), occurring
+    ``at`` its cause, so that it follows the cause (recorded after it) in timeline order."""
+    envelope = Envelope.wrap(event, producer=SERVICE, referral_id=referral.id, trace=trace)
+    envelope = envelope.model_copy(update={"occurred_at": at})
+    add_event(session, envelope)
+    entry = TimelineEntry(
+        referral_id=referral.id,
+        event_id=envelope.id,
+        event_type=envelope.type,
+        status=None,
+        revision=view.revision,
+        occurred_at=envelope.occurred_at,
+        source=SERVICE,
+        reason=reason,
+        details={"information_request": view.model_dump(mode="json")},
+    )
+    session.add(entry)
+    return entry
+
+
+def _aware(moment: datetime) -> datetime:
+    """A producer that forgot the zone: event times are UTC (docs/events.md)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     described = describe(data)
-    occurred_at = envelope.occurred_at
-    if occurred_at.tzinfo is None:  # a producer that forgot the zone: event times are UTC (docs/events.md)
-        occurred_at = occurred_at.replace(tzinfo=UTC)
+    occurred_at = _aware(envelope.occurred_at)
     return TimelineEntry(
         referral_id=envelope.referral_id,
         event_id=envelope.id,

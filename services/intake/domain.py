@@ -17,7 +17,9 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
+from shared.criteria_fields import CRITERION_FIELDS, settling_fields
 from shared.events import (
+    CriterionVerdict,
     EventData,
     ReferralNotified,
     ReferralRouted,
@@ -25,6 +27,8 @@ from shared.events import (
     ReferralSiteDecided,
     ReferralUnroutable,
     ReferralWaitlisted,
+    RequestedField,
+    RequestedItem,
 )
 
 
@@ -240,3 +244,42 @@ def decode_change_cursor(cursor: str) -> int:
     if int(number) >= 2**63:  # beyond the column's bigint: no position of ours
         raise ValueError("not a cursor of the change feed")
     return int(number)
+
+
+REQUESTS_END = frozenset({Status.ACCEPTED, Status.WITHDRAWN, Status.CLOSED})
+"""States in which the clinic can no longer amend: its open information requests are cancelled."""
+
+
+def missing_facts(criteria: Iterable[CriterionVerdict], clinical: dict[str, Any]) -> list[RequestedItem]:
+    """What a screening lacks: each ``unknown`` criterion with the fields that would settle it (those
+    absent from the clinical block, or all of the criterion's when the values given do not settle it)."""
+    return [
+        RequestedItem(
+            criterion=c.id,
+            reason=c.reason,
+            fields=[_field(f) for f in settling_fields(c.id, {"clinical": clinical})],
+        )
+        for c in criteria
+        if c.verdict == "unknown"
+    ]
+
+
+def asked_facts(criteria: Iterable[str]) -> list[RequestedItem]:
+    """What a site asks about: each criterion with every field that decides it (the site asks to
+    confirm, so the values already given count too)."""
+    return [
+        RequestedItem(
+            criterion=c, reason="asked by the site", fields=[_field(f) for f in CRITERION_FIELDS[c]]
+        )
+        for c in dict.fromkeys(criteria)
+    ]
+
+
+def still_lacking(asked: Iterable[str], criteria: Iterable[CriterionVerdict]) -> list[str]:
+    """Which of the criteria ``asked`` a newer screening still leaves ``unknown``."""
+    unknown = {c.id for c in criteria if c.verdict == "unknown"}
+    return [c for c in asked if c in unknown]
+
+
+def _field(field: Any) -> RequestedField:
+    return RequestedField(json_path=field.json_path, fhir=field.fhir)

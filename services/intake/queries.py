@@ -23,6 +23,7 @@ from services.intake.schemas import (
     ContactList,
     ContactPublic,
     DecisionPublic,
+    InformationRequestPublic,
     NotificationPublic,
     PatientContact,
     ReferralPage,
@@ -32,7 +33,7 @@ from services.intake.schemas import (
     SitePublic,
     TimelineItem,
 )
-from services.intake.store import ContactAccess, Referral, TimelineEntry
+from services.intake.store import ContactAccess, InformationRequest, Referral, TimelineEntry
 from shared.auth import Principal
 from shared.db import Database
 from shared.observability import referral_context
@@ -51,9 +52,12 @@ class Queries:
         clinic_id = principal.require_clinic()
         async with self.db.session() as session:
             found = await store.referral_with_timeline(session, referral_id, clinic_id)
-        if found is None:
-            raise NotFound("no such referral for this clinic")
-        return _public(*found)
+            if found is None:
+                raise NotFound("no such referral for this clinic")
+            # The same transaction: on PostgreSQL's default isolation a second statement may see a
+            # newer commit, so a request can be a step ahead of the timeline, never behind it.
+            requests = (await store.information_requests(session, [referral_id]))[referral_id]
+        return _public(*found, requests)
 
     async def page(
         self,
@@ -158,6 +162,7 @@ def _change(entry: TimelineEntry) -> ChangeItem:
         reason=entry.reason,
         occurred_at=entry.occurred_at,
         recorded_at=entry.recorded_at,
+        information_request=entry.details.get("information_request"),
     )
 
 
@@ -173,7 +178,9 @@ def _summary(referral: Referral) -> ReferralSummary:
     )
 
 
-def _public(referral: Referral, entries: Sequence[TimelineEntry]) -> ReferralPublic:
+def _public(
+    referral: Referral, entries: Sequence[TimelineEntry], requests: Sequence[InformationRequest]
+) -> ReferralPublic:
     notifications = [
         NotificationPublic(at=e.occurred_at, **e.details["notification"])
         for e in entries
@@ -194,8 +201,12 @@ def _public(referral: Referral, entries: Sequence[TimelineEntry]) -> ReferralPub
                 revision=e.revision,
                 source=e.source,
                 reason=e.reason,
+                information_request=e.details.get("information_request"),
             )
             for e in entries
         ],
         notifications=notifications,
+        information_requests=[
+            InformationRequestPublic.model_validate(r.view(), from_attributes=True) for r in requests
+        ],
     )

@@ -56,6 +56,38 @@ class ReferralReceipt(_View):
     )
 
 
+class RequestedFieldPublic(_View):
+    json_path: str = Field(description="the referral's field (docs/referral.md)", examples=["clinical.ecog"])
+    fhir: str = Field(
+        description="the FHIR element it is read from (docs/fhir.md)",
+        examples=["Observation[LOINC 89247-1].valueInteger"],
+    )
+
+
+class RequestedItemPublic(_View):
+    criterion: str = Field(description="a criterion id (docs/trial/criteria.md)", examples=["ecog"])
+    reason: str | None = Field(description="why it is asked", examples=["ecog not given"])
+    fields: list[RequestedFieldPublic] = Field(description="what would settle it")
+
+
+class InformationRequestPublic(_View):
+    """What the clinic is asked to send; answered by an amendment (docs/design.md)."""
+
+    id: uuid.UUID = Field(examples=[EXAMPLE_ID])
+    origin: Literal["screening", "site"] = Field(
+        description="screening: facts missing; site: a site's question", examples=["screening"]
+    )
+    state: Literal["open", "closed"] = Field(examples=["open"])
+    revision: int = Field(description="the revision it asks about", examples=[1])
+    site_code: str | None = Field(description="the site that asks, if one does", examples=["US-NY-01"])
+    items: list[RequestedItemPublic] = Field(description="the criteria asked about")
+    text: str | None = Field(description="a site's question in words", examples=["is the ECOG recent?"])
+    outcome: Literal["answered", "superseded", "cancelled"] | None = Field(
+        description="set when closed", examples=["answered"]
+    )
+    closed_by_revision: int | None = Field(description="the revision that answered it", examples=[2])
+
+
 class TimelineItem(_View):
     at: datetime = Field(description="when it occurred (timeline order)", examples=[EXAMPLE_TIME])
     event: str = Field(description="the event that reported it", examples=["referral.screened"])
@@ -67,6 +99,9 @@ class TimelineItem(_View):
     revision: int | None = Field(description="the revision it is about, when the event says", examples=[1])
     source: str = Field(description="the service that caused it", examples=["eligibility"])
     reason: str | None = Field(examples=["eligible (rule set ucart123-v1)"])
+    information_request: InformationRequestPublic | None = Field(
+        default=None, description="for `referral.info_request_opened`/`_closed`: the request"
+    )
 
 
 class CriterionPublic(_View):
@@ -124,6 +159,11 @@ class ReferralPublic(ReferralSummary):
     site: SitePublic | None = Field(description="the site the referral is routed to, if any")
     timeline: list[TimelineItem] = Field(description="every state change, oldest first")
     notifications: list[NotificationPublic] = Field(description="emails sent about the referral")
+    information_requests: list[InformationRequestPublic] = Field(
+        default_factory=list,
+        description="what the clinic was asked to send (criteria and the JSON and FHIR fields that settle "
+        "each), oldest first; an open one is answered by an amendment (docs/design.md)",
+    )
 
 
 class ReferralPage(_View):
@@ -158,6 +198,9 @@ class ChangeItem(_View):
     reason: str | None = Field(examples=["Memorial Hospital, New York: 6.4 km (choice 1)"])
     occurred_at: datetime = Field(description="when it occurred", examples=[EXAMPLE_TIME])
     recorded_at: datetime = Field(description="when intake recorded it", examples=[EXAMPLE_TIME])
+    information_request: InformationRequestPublic | None = Field(
+        default=None, description="for `referral.info_request_opened`/`_closed`: the request"
+    )
 
 
 class ChangePage(_View):

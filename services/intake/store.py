@@ -29,6 +29,7 @@ from sqlmodel import Field, SQLModel, col
 
 from services.intake.domain import OPEN_EXCLUDED, Fact, Status, project
 from shared.consumer import ProcessedEvent
+from shared.events import InformationRequestData
 from shared.outbox import OutboxRecord
 from shared.store import BIGINT, bigint_pk, table_of, tables, timestamp, utcnow
 
@@ -154,8 +155,55 @@ class ContactAccess(SQLModel, table=True):
     accessed_at: datetime = timestamp()
 
 
+class InformationRequest(SQLModel, table=True):
+    """What the referring clinic is asked to send: derived from a ``needs_review`` screening that lacks
+    facts, or a site's question. Open until an amendment answers it (docs/design.md), or superseded by a
+    newer screening's request, or cancelled when the referral can no longer be amended."""
+
+    __tablename__ = "information_request"
+    __table_args__ = (Index("ix_information_request_referral", "referral_id", "opened_at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    referral_id: uuid.UUID = Field(sa_column=Column(ForeignKey("referrals.id"), nullable=False))
+    clinic_id: str
+    origin: str = Field(description="screening or site")
+    state: str = "open"
+    revision: int = Field(description="the revision it asks about")
+    site_code: str | None = None
+    source_event_id: uuid.UUID = Field(unique=True, description="the screening or the site's question")
+    items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    outcome: str | None = None
+    closed_by_revision: int | None = None
+    opened_at: datetime = timestamp()
+    closed_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+
+    def view(self) -> InformationRequestData:
+        """The request as events, the timeline and the clinic's views carry it."""
+        return InformationRequestData.model_validate(
+            {
+                "id": self.id,
+                "origin": self.origin,
+                "state": self.state,
+                "revision": self.revision,
+                "site_code": self.site_code,
+                "items": self.items,
+                "text": self.text,
+                "outcome": self.outcome,
+                "closed_by_revision": self.closed_by_revision,
+            }
+        )
+
+
 TABLES = tables(
-    Referral, TimelineEntry, ClinicFeed, IdempotencyKey, ContactAccess, OutboxRecord, ProcessedEvent
+    Referral,
+    TimelineEntry,
+    ClinicFeed,
+    InformationRequest,
+    IdempotencyKey,
+    ContactAccess,
+    OutboxRecord,
+    ProcessedEvent,
 )
 
 
@@ -333,3 +381,18 @@ async def changes(
         .limit(limit)
     )
     return (await session.execute(query)).scalars().all()
+
+
+async def information_requests(
+    session: AsyncSession, referral_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[InformationRequest]]:
+    """Each referral's information requests, oldest first."""
+    query = (
+        select(InformationRequest)
+        .where(col(InformationRequest.referral_id).in_(referral_ids))
+        .order_by(col(InformationRequest.opened_at), col(InformationRequest.id))
+    )
+    found: dict[uuid.UUID, list[InformationRequest]] = {referral_id: [] for referral_id in referral_ids}
+    for request in (await session.execute(query)).scalars():
+        found[request.referral_id].append(request)
+    return found

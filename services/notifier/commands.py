@@ -28,7 +28,14 @@ from services.notifier.domain import (
 )
 from services.notifier.schemas import EndpointCreate
 from services.notifier.store import Notification, WebhookDelivery, WebhookEndpoint
-from shared.events import Envelope, EventData, ReferralRouted, ReferralSiteDecided, ReferralStatusChanged
+from shared.events import (
+    Envelope,
+    EventData,
+    ReferralInfoRequestOpened,
+    ReferralRouted,
+    ReferralSiteDecided,
+    ReferralStatusChanged,
+)
 from shared.problems import Conflict, NotFound, Unprocessable
 
 
@@ -52,6 +59,13 @@ async def record_site_decision(
 ) -> None:
     """The referrer hears of every site decision. The site's name is looked up at send time: this
     topic is not ordered with ``referral.routed``, so the routing may not be recorded yet."""
+    _record(session, envelope, data, None, message_id_domain)
+
+
+async def record_info_request(
+    session: AsyncSession, envelope: Envelope, data: ReferralInfoRequestOpened, *, message_id_domain: str
+) -> None:
+    """The referrer is asked for the facts, once per request (the request's event id is the key)."""
     _record(session, envelope, data, None, message_id_domain)
 
 

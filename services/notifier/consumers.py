@@ -9,19 +9,30 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import commands
-from shared.events import Envelope, ReferralRouted, ReferralSiteDecided, ReferralStatusChanged
+from shared.events import (
+    Envelope,
+    ReferralInfoRequestOpened,
+    ReferralRouted,
+    ReferralSiteDecided,
+    ReferralStatusChanged,
+)
 from shared.handlers import Handlers
 
 
 def handlers(message_id_domain: str) -> Handlers:
-    """Routings together (one read of the routings before them), site decisions one by one; each
-    status change as the webhook deliveries it causes."""
+    """Routings together (one read of the routings before them), site decisions and information
+    requests one by one; each status change as the webhook deliveries it causes."""
 
     async def on_routed(session: AsyncSession, items: list[tuple[Envelope, ReferralRouted]]) -> None:
         await commands.record_routings(session, items, message_id_domain=message_id_domain)
 
     async def on_site_decided(session: AsyncSession, envelope: Envelope, data: ReferralSiteDecided) -> None:
         await commands.record_site_decision(session, envelope, data, message_id_domain=message_id_domain)
+
+    async def on_info_request(
+        session: AsyncSession, envelope: Envelope, data: ReferralInfoRequestOpened
+    ) -> None:
+        await commands.record_info_request(session, envelope, data, message_id_domain=message_id_domain)
 
     async def on_status_changed(
         session: AsyncSession, envelope: Envelope, data: ReferralStatusChanged
@@ -32,5 +43,6 @@ def handlers(message_id_domain: str) -> Handlers:
         Handlers()
         .together([ReferralRouted], on_routed)
         .on(ReferralSiteDecided, on_site_decided)
+        .on(ReferralInfoRequestOpened, on_info_request)
         .on(ReferralStatusChanged, on_status_changed)
     )

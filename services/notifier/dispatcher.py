@@ -48,6 +48,7 @@ from shared.events import (
     Envelope,
     EventData,
     RecipientRole,
+    ReferralInfoRequestOpened,
     ReferralNotified,
     ReferralRouted,
     ReferralSiteDecided,
@@ -419,6 +420,16 @@ def render_context(
             enrolled=data.enrolled,
             site_code=data.site_code,
             site_label=f"Site {data.site_code}",
+            referrer=None,
+        )
+    elif isinstance(data, ReferralInfoRequestOpened):
+        request = data.request
+        context.update(
+            origin=request.origin,
+            site_code=request.site_code,
+            revision=request.revision,
+            items=[item.model_dump() for item in request.items],
+            has_question=request.text is not None,
             referrer=None,
         )
     if contact is not None and row.recipient_role == "referrer":

@@ -19,7 +19,13 @@ from enum import StrEnum
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-from shared.events import EventData, RecipientRole, ReferralRouted, ReferralSiteDecided
+from shared.events import (
+    EventData,
+    RecipientRole,
+    ReferralInfoRequestOpened,
+    ReferralRouted,
+    ReferralSiteDecided,
+)
 
 DEFAULT_LANGUAGE = "en"
 
@@ -39,6 +45,7 @@ class Template(StrEnum):
     PATIENT_ROUTED = "patient_routed"
     REFERRER_ROUTED = "referrer_routed"
     REFERRER_SITE_DECIDED = "referrer_site_decided"
+    REFERRER_INFO_REQUESTED = "referrer_info_requested"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,8 @@ def plan(data: EventData) -> list[Planned]:
       they may be emailed is known only at send time) and the referrer (status);
     - ``referral.site_decided`` (accepted, declined or closed): the referrer only. The site made the
       decision itself; the patient hears from the site on acceptance, and of the next site through the
-      ``referral.routed`` that follows a decline.
+      ``referral.routed`` that follows a decline;
+    - ``referral.info_request_opened``: the referrer, who is asked for the facts.
     """
     if isinstance(data, ReferralRouted):
         return [
@@ -66,6 +74,8 @@ def plan(data: EventData) -> list[Planned]:
         ]
     if isinstance(data, ReferralSiteDecided):
         return [Planned("referrer", Template.REFERRER_SITE_DECIDED)]
+    if isinstance(data, ReferralInfoRequestOpened):
+        return [Planned("referrer", Template.REFERRER_INFO_REQUESTED)]
     return []
 
 

@@ -16,7 +16,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from services.site_router.deps import SiteRouterStateDep
 from services.site_router.domain import ACTIVE_ASSIGNMENT_STATES, AssignmentState
 from services.site_router.queries import queue_item
-from services.site_router.schemas import CloseRequest, DeclineRequest, NearbySites, QueueItem, SiteQueue
+from services.site_router.schemas import (
+    CloseRequest,
+    DeclineRequest,
+    NearbySites,
+    QuestionReceipt,
+    QuestionRequest,
+    QueueItem,
+    SiteQueue,
+)
 from shared.auth import Principal, Scope, require
 from shared.problems import TooManyRequests
 from shared.ratelimit import address_key
@@ -120,3 +128,34 @@ async def close_referral(
         )
     )
     return queue_item(assignment, referral)
+
+
+@router.post(
+    "/v1/site/referrals/{referral_id}/questions",
+    tags=["site"],
+    status_code=202,
+    summary="Ask the referring clinic for facts",
+    responses={404: {"description": "not a referral of this site"}, 409: {"description": "not routed here"}},
+)
+async def ask_clinic(
+    referral_id: uuid.UUID,
+    body: QuestionRequest,
+    principal: SiteCoordinator,
+    site_router: SiteRouterStateDep,
+) -> QuestionReceipt:
+    """The criteria to settle (ids of docs/trial/criteria.md) and/or a question in words (clinical
+    facts only, never patient identity), for a referral routed to the caller's site and not yet
+    accepted. Publishes referral.info_requested; intake opens an information request to the clinic
+    (its timeline, change feed, webhooks, FHIR Task and an email to the referrer), answered by the
+    clinic's next amendment."""
+    site_code = principal.require_site()
+    question_id = await site_router.db.run(
+        lambda session: site_router.commands.ask(session, site_code, referral_id, body.criteria, body.text)
+    )
+    return QuestionReceipt(
+        question_id=question_id,
+        referral_id=referral_id,
+        site_code=site_code,
+        criteria=list(dict.fromkeys(body.criteria)),
+        text=body.text,
+    )

@@ -27,11 +27,19 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.site_router import routing, store
+from services.site_router import SERVICE, routing, store
 from services.site_router.directory import SiteDirectory
 from services.site_router.domain import FINAL_REFERRAL_STATES, AssignmentState, ReferralState
 from services.site_router.geo import Geocoder, GeoError, Location
-from shared.events import ReferralScreened, ReferralSiteDecided, ReferralWithdrawn, SiteDecision
+from shared.events import (
+    Envelope,
+    ReferralInfoRequested,
+    ReferralScreened,
+    ReferralSiteDecided,
+    ReferralWithdrawn,
+    SiteDecision,
+)
+from shared.outbox import add_event
 from shared.problems import Conflict, NotFound
 from shared.store import utcnow
 
@@ -194,6 +202,30 @@ class Commands:
         self._decided(session, referral, site_code, "closed", reason=reason, enrolled=enrolled)
         await routing.drain_waitlist(session, [site_code], None)
         return referral, assignment
+
+    async def ask(
+        self,
+        session: AsyncSession,
+        site_code: str,
+        referral_id: uuid.UUID,
+        criteria: list[str],
+        text: str | None,
+    ) -> uuid.UUID:
+        """Queue the site's question for the referring clinic (``referral.info_requested``; intake
+        makes it an information request). Only while the referral is routed to this site and not yet
+        accepted: after that the clinic can no longer amend it. Returns the event's id."""
+        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+        self._expect(assignment, AssignmentState.ROUTED)
+        event = ReferralInfoRequested(
+            clinic_id=referral.clinic_id,
+            site_code=site_code,
+            revision=referral.revision,
+            criteria=list(dict.fromkeys(criteria)),
+            text=text,
+        )
+        envelope = Envelope.wrap(event, producer=SERVICE, referral_id=referral_id)
+        add_event(session, envelope)
+        return envelope.id
 
     async def _site_assignment(
         self, session: AsyncSession, site_code: str, referral_id: uuid.UUID

@@ -6,9 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from services.site_router.domain import SiteStatus
+from shared.criteria_fields import CRITERION_FIELDS
 
 SiteCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -166,3 +175,46 @@ class CloseRequest(BaseModel):
 
     enrolled: bool
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+
+
+def _known_criterion(value: str) -> str:
+    if value not in CRITERION_FIELDS:
+        raise ValueError(f"not a criterion id; one of {', '.join(CRITERION_FIELDS)}")
+    return value
+
+
+CriterionId = Annotated[str, AfterValidator(_known_criterion)]
+QuestionText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+class QuestionRequest(BaseModel):
+    """A site's question to the referring clinic: criteria (ids of docs/trial/criteria.md) and/or words.
+    Clinical facts only: the clinic knows whom the referral is about, so never write patient identity."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"criteria": ["organ_function"], "text": "please send the renal panel of this week"}]
+        },
+    )
+
+    criteria: list[CriterionId] = Field(default_factory=list, max_length=20)
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _something_asked(self) -> QuestionRequest:
+        if not self.criteria and self.text is None:
+            raise ValueError("ask about at least one criterion, or write the question in text")
+        return self
+
+
+class QuestionReceipt(BaseModel):
+    """The question as sent: intake opens an information request to the clinic from it."""
+
+    question_id: uuid.UUID = Field(description="the id of the referral.info_requested event")
+    referral_id: uuid.UUID
+    site_code: str
+    criteria: list[str]
+    text: str | None

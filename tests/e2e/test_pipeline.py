@@ -202,6 +202,13 @@ async def test_an_amended_needs_review_referral_is_screened_again_and_routed(
 
     first = await eventually(screened, within=60, what="the first screening")
     assert first["decision"]["decision"] == "needs_review"
+
+    async def asked() -> list[dict[str, Any]] | None:
+        requests = (await view(web, system, clinic, rid))["information_requests"]
+        return requests or None
+
+    [request] = await eventually(asked, within=60, what="the information request")
+    assert [i["criterion"] for i in request["items"]] == ["cd123_positive"] and request["state"] == "open"
     clinical = {**body["clinical"], "cd123": {"positive": True, "method": "flow_cytometry"}}
     response = await web.post(
         f"{system.config.url('intake')}/v1/referrals/{rid}/amendments",
@@ -218,6 +225,8 @@ async def test_an_amended_needs_review_referral_is_screened_again_and_routed(
 
     current = await eventually(rescreened, within=60, what="the amendment to be screened and routed")
     assert current["decision"]["decision"] == "eligible"
+    [request] = current["information_requests"]
+    assert (request["state"], request["outcome"]) == ("closed", "answered")
 
 
 def _to(message: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -22,7 +22,11 @@ from shared.events import (
     CriterionVerdict,
     Envelope,
     EventData,
+    InformationRequestData,
     ReferralAmended,
+    ReferralInfoRequestClosed,
+    ReferralInfoRequested,
+    ReferralInfoRequestOpened,
     ReferralNotified,
     ReferralRouted,
     ReferralScreened,
@@ -53,6 +57,9 @@ PRODUCERS: dict[type[EventData], str] = {
     ReferralSiteDecided: "site_router",
     ReferralNotified: "notifier",
     ReferralStatusChanged: "intake",
+    ReferralInfoRequested: "site_router",
+    ReferralInfoRequestOpened: "intake",
+    ReferralInfoRequestClosed: "intake",
 }
 """Which service publishes each event type."""
 
@@ -153,6 +160,56 @@ def screened(*, routable: bool = True, **changes: Any) -> ReferralScreened:
         "referrer": REFERRER,
     }
     return ReferralScreened(**(values | changes))
+
+
+def needs_review(*unknown: str, revision: int = 1, routable: bool = True, **changes: Any) -> ReferralScreened:
+    """A ``needs_review`` screening that leaves the criteria ``unknown`` undecided (``ecog`` unless
+    named), the others met."""
+    unknown = unknown or ("ecog",)
+    criteria = [CriterionVerdict(id="rr_aml", verdict="met", reason="relapsed AML")] + [
+        CriterionVerdict(id=c, verdict="unknown", reason=f"{c} not given") for c in unknown
+    ]
+    values: dict[str, Any] = {
+        "revision": revision,
+        "decision": "needs_review",
+        "score": 0.5,
+        "criteria": criteria,
+    }
+    return screened(routable=routable, **(values | changes))
+
+
+def info_requested(**changes: Any) -> ReferralInfoRequested:
+    """A site's question to the referring clinic, as the site router publishes it."""
+    values: dict[str, Any] = {
+        "clinic_id": CLINIC,
+        "site_code": "US-NY-01",
+        "revision": 1,
+        "criteria": ["organ_function"],
+        "text": "please send this week's renal panel",
+    }
+    return ReferralInfoRequested(**(values | changes))
+
+
+def info_request_opened(**changes: Any) -> ReferralInfoRequestOpened:
+    """An information request as intake publishes it (for the notifier's email to the referrer)."""
+    request = InformationRequestData.model_validate(
+        {
+            "id": uuid.uuid4(),
+            "origin": "screening",
+            "state": "open",
+            "revision": 1,
+            "items": [
+                {
+                    "criterion": "ecog",
+                    "reason": "ecog not given",
+                    "fields": [
+                        {"json_path": "clinical.ecog", "fhir": "Observation[LOINC 89247-1].valueInteger"}
+                    ],
+                }
+            ],
+        }
+    )
+    return ReferralInfoRequestOpened(**({"clinic_id": CLINIC, "request": request} | changes))
 
 
 def routed(**changes: Any) -> ReferralRouted:

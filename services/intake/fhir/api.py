@@ -131,7 +131,9 @@ async def submit_bundle(
     summary="Read a referral's Task",
     description="Scope `referrals:read`; the clinic's own referrals only (another clinic's is a 404). "
     "`status` and `businessStatus` (intake's state, code system "
-    "`https://trialroute.example.org/fhir/CodeSystem/referral-status`) follow the referral.",
+    "`https://trialroute.example.org/fhir/CodeSystem/referral-status`) follow the referral; while an "
+    "information request is open, `businessStatus` is `information-requested` and `input` lists each "
+    "field asked for (criterion, JSON path, FHIR element; docs/fhir.md).",
     responses={
         200: {"description": "the Task", "content": {FHIR_JSON: {"schema": {"type": "object"}}}},
         **_errors(401, 403, 404, 422),
@@ -156,6 +158,7 @@ async def read_task(
         reason=reason,
         authored=view.created_at,
         modified=view.updated_at,
+        requests=view.information_requests,
     )
     return _fhir(body)
 

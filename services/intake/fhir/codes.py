@@ -21,6 +21,8 @@ REFERRAL: Final = f"{BASE}/CodeSystem/referral"
 """The project's CodeSystem: facts and values that LOINC and SNOMED CT do not code."""
 REFERRAL_STATUS: Final = f"{BASE}/CodeSystem/referral-status"
 """A Task's ``businessStatus``: intake's states (services.intake.domain.Status), verbatim."""
+CRITERION: Final = f"{BASE}/CodeSystem/criterion"
+"""A Task ``input``'s type: a criterion id of docs/trial/criteria.md (or ``question``, a site's words)."""
 STUDY_PREFIX: Final = f"{BASE}/ResearchStudy/"
 """``ServiceRequest.instantiatesUri``: this prefix, then the study id (e.g. ``UCART123-AMELI-01``)."""
 

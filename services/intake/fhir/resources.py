@@ -7,6 +7,7 @@ referral is about, and the Task adds nothing the clinic did not send).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from services.intake.domain import Status
 from services.intake.fhir import codes
+from services.intake.schemas import InformationRequestPublic
 
 FHIR_JSON = "application/fhir+json"
 
@@ -49,8 +51,11 @@ def task(
     reason: str | None = None,
     authored: datetime | None = None,
     modified: datetime | None = None,
+    requests: Sequence[InformationRequestPublic] = (),
 ) -> dict[str, Any]:
-    """The Task of a referral (``id`` is intake's referral id, as in ``/v1/referrals/{id}``)."""
+    """The Task of a referral (``id`` is intake's referral id, as in ``/v1/referrals/{id}``). With an
+    open information request, ``businessStatus`` is ``information-requested`` (the state stays in
+    ``status`` and the businessStatus text) and ``input`` lists what is asked (docs/fhir.md)."""
     resource: dict[str, Any] = {
         "resourceType": "Task",
         "id": referral_id,
@@ -69,6 +74,13 @@ def task(
             },
         },
     }
+    asked = [request for request in requests if request.state == "open"]
+    if asked:
+        resource["businessStatus"] = {
+            "coding": [{"system": codes.REFERRAL_STATUS, "code": INFORMATION_REQUESTED}],
+            "text": f"{INFORMATION_REQUESTED} ({status.value})",
+        }
+        resource["input"] = [item for request in asked for item in _inputs(request)]
     if reason:
         resource["statusReason"] = {"text": reason}
     if authored is not None:
@@ -77,6 +89,35 @@ def task(
         resource["lastModified"] = _instant(modified)
         resource["meta"] = {"lastUpdated": _instant(modified)}
     return resource
+
+
+INFORMATION_REQUESTED = "information-requested"
+"""``businessStatus`` while the clinic is asked for facts (code system ``referral-status``)."""
+
+
+def _inputs(request: InformationRequestPublic) -> list[dict[str, Any]]:
+    """One ``input`` per field asked for: ``type`` the criterion (project CodeSystem ``criterion``,
+    text the referral's JSON path), ``valueString`` the FHIR element that carries it; a site's question
+    in words is one more, of type ``question``."""
+    inputs = [
+        {
+            "type": {
+                "coding": [{"system": codes.CRITERION, "code": item.criterion}],
+                "text": field.json_path,
+            },
+            "valueString": field.fhir,
+        }
+        for item in request.items
+        for field in item.fields
+    ]
+    if request.text:
+        inputs.append(
+            {
+                "type": {"coding": [{"system": codes.CRITERION, "code": "question"}], "text": "question"},
+                "valueString": request.text,
+            }
+        )
+    return inputs
 
 
 def _instant(moment: datetime) -> str:

@@ -9,6 +9,8 @@ import pytest
 from services.notifier.domain import message_id
 from shared.events import Envelope, ReferralNotified
 from tests.integration.notifier.conftest import (
+    CLINIC,
+    CONSUMER_GROUP,
     DFCI,
     PATIENT,
     REFERRER,
@@ -17,7 +19,9 @@ from tests.integration.notifier.conftest import (
     routed,
     site_decided,
 )
-from tests.support.kafka import read_topic
+from tests.support import builders
+from tests.support.builders import wrap
+from tests.support.kafka import read_topic, wait_consumed
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -189,3 +193,34 @@ async def test_site_decisions_email_the_referrer_only(
     (email,) = stack.smtp.messages
     assert email.rcpt_tos == (REFERRER.email,)
     assert phrase in email.body("plain") and "Site WCM" in email.subject
+
+
+async def test_an_information_request_emails_the_referrer_once_with_the_fields_and_no_patient(
+    stack: Stack,
+) -> None:
+    referral_id = stack.referral()
+    event = wrap(builders.info_request_opened(clinic_id=CLINIC), referral_id)
+    async with stack.run():
+        await stack.publish(event, times=2)  # redelivered: one email
+        [row] = await stack.settled(1)
+        await wait_consumed(stack.kafka, CONSUMER_GROUP, "referral.info_request_opened")
+        await stack.quiet()
+
+    assert (row.recipient_role, row.template, row.state) == ("referrer", "referrer_info_requested", "sent")
+    assert len(stack.smtp.messages) == 1
+    (email,) = stack.smtp.to(REFERRER.email)
+    assert email.message_id == message_id(event.id, "referrer")
+    assert email.subject == f"Referral {referral_id}: information requested"
+    for text in (email.body("plain"), email.body("html")):
+        assert "ecog" in text and "clinical.ecog" in text
+        assert "Observation[LOINC 89247-1].valueInteger" in text
+        assert f"/v1/referrals/{referral_id}/amendments" in text
+    everything = email.raw_text()
+    for identity in PATIENT.values():
+        assert identity not in everything, f"the referrer's request carries patient identity: {identity}"
+    notified = [
+        Envelope.from_bytes(r.value or b"") for r in await read_topic(stack.kafka, "referral.notified")
+    ]
+    assert [(n.data["recipient_role"], n.data["template"]) for n in notified] == [
+        ("referrer", "referrer_info_requested")
+    ]

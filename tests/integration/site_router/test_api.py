@@ -289,3 +289,40 @@ async def test_every_malformed_list_parameter_is_a_named_422(
             assert response.status_code == 422, (name, value, response.text)
             assert_problem(response, 422)
             assert response.json()["errors"][0]["field"].startswith(name), (name, value)
+
+
+async def test_a_site_asks_the_referring_clinic_about_its_own_routed_referral(
+    serve_router: ServeRouter, kit: CommandKit, tokens: Tokens, http: httpx.AsyncClient
+) -> None:
+    async with serve_router() as url:
+        await add_sites(http, url, tokens, {"WCM": 1, "DFCI": 1})
+        await kit.commands.directory.reload(kit.db)
+        referral = await kit.screen()
+        wcm, dfci = await tokens.site("WCM"), await tokens.site("DFCI")
+        questions = f"{url}/v1/site/referrals/{referral}/questions"
+        body = {"criteria": ["ecog", "organ_function", "ecog"], "text": "  is the ECOG from this month?  "}
+
+        asked = await http.post(questions, json=body, headers=wcm)
+        assert asked.status_code == 202, asked.text
+        receipt = asked.json()
+        assert receipt["criteria"] == ["ecog", "organ_function"] and receipt["site_code"] == "WCM"
+        [data] = [d for k, d in await kit.events_of(referral) if k == "referral.info_requested"]
+        assert data == {
+            "clinic_id": "C1",
+            "site_code": "WCM",
+            "revision": 1,
+            "criteria": ["ecog", "organ_function"],
+            "text": "is the ECOG from this month?",
+        }
+
+        assert_problem(await http.post(questions, json=body, headers=dfci), 404, "at site DFCI")
+        assert_problem(await http.post(questions, json=body), 401)
+        assert_problem(await http.post(questions, json=body, headers=await tokens.clinic()), 403)
+        unknown = await http.post(questions, json={"criteria": ["height"]}, headers=wcm)
+        assert_problem(unknown, 422)
+        assert unknown.json()["errors"][0]["field"] == "criteria.0"
+        assert_problem(await http.post(questions, json={}, headers=wcm), 422)
+
+        await http.post(f"{url}/v1/site/referrals/{referral}/accept", headers=wcm)
+        assert_problem(await http.post(questions, json=body, headers=wcm), 409, "accepted")
+        assert len([k for k, _ in await kit.events_of(referral) if k == "referral.info_requested"]) == 1

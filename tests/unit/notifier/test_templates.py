@@ -47,6 +47,16 @@ def context(**overrides: Any) -> dict[str, Any]:
         "enrolled": None,
         "site_code": "WCM",
         "site_label": "Weill Cornell",
+        "origin": "screening",
+        "revision": 1,
+        "items": [
+            {
+                "criterion": "ecog",
+                "reason": "ecog not given",
+                "fields": [{"json_path": "clinical.ecog", "fhir": "Observation[LOINC 89247-1].valueInteger"}],
+            }
+        ],
+        "has_question": False,
     }
     return {**base, **overrides}
 
@@ -138,3 +148,13 @@ def test_a_message_reads_back_as_written_whatever_its_language_and_line_lengths(
 
 def parse(data: bytes) -> EmailMessage:
     return BytesParser(policy=policy.default).parsebytes(data)  # type: ignore[return-value]
+
+
+def test_the_information_request_names_each_field_in_json_and_fhir_and_no_patient() -> None:
+    without_patient = context(origin="site", has_question=True)
+    del without_patient["patient_given_name"]
+    rendered = TEMPLATES.render(Template.REFERRER_INFO_REQUESTED, "en", without_patient)
+    assert "information requested" in rendered.subject
+    assert "clinical.ecog" in rendered.text and "Observation[LOINC 89247-1].valueInteger" in rendered.text
+    assert "Study site WCM asks" in rendered.text and "wrote a question" in rendered.text
+    assert "/v1/referrals/6a1f2d9e-0000-4000-8000-000000000001/amendments" in rendered.html

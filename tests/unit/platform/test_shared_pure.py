@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -36,7 +37,7 @@ def test_consumers_ignore_unknown_fields_but_refuse_unknown_versions() -> None:
 
 def test_every_event_type_has_a_topic_of_its_name() -> None:
     assert set(TOPICS) == {t for t, _ in EVENT_TYPES}
-    assert len(TOPICS) == 10
+    assert len(TOPICS) == 13
 
 
 class _Settings(ServiceSettings):
@@ -67,3 +68,12 @@ def test_field_errors_name_the_json_path() -> None:
 def test_redaction_removes_emails_and_phone_numbers() -> None:
     text = redact("contact maria.lopez@example.com or +1 212 555 0142 about ref 42")
     assert "maria" not in text and "555" not in text and "ref 42" in text
+
+
+def test_the_local_broker_creates_every_topic_of_the_contract() -> None:
+    """deploy/local/kafka.sh creates the topics listed in deploy/kafka/topics.txt: none may be missing."""
+    listed = Path(__file__).parents[3] / "deploy" / "kafka" / "topics.txt"
+    names = [
+        line.strip() for line in listed.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+    assert sorted(names) == sorted(TOPICS)

@@ -1,19 +1,26 @@
 """deploy/k8s: validated offline against the Kubernetes schemas that kubernetes-validate ships, and
-checked against the code (settings, commands, topics). Strimzi's custom resources have no schema
-there, so their structure is checked by hand."""
+checked against the code (settings, commands, topics, consumer groups). Strimzi's and KEDA's custom
+resources have no schema there: Strimzi's structure is checked by hand, KEDA's ScaledObjects against a
+JSON schema of the fields used here (``SCALED_OBJECT_SCHEMA``, after KEDA 2.x's CRD)."""
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import re
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from shared.app import ALL_ROLES
 from shared.kafka import all_topics
+from shared.messaging import consumer_group
 from shared.settings import KafkaSettings
 from tests.unit.deploy import facts
 
@@ -21,6 +28,7 @@ pytestmark = pytest.mark.unit
 
 KUBERNETES_VERSION = "1.37.0"  # the newest schemas kubernetes-validate 1.37.0 ships
 STRIMZI = "kafka.strimzi.io/v1"
+KEDA = "keda.sh/v1alpha1"
 
 DOCS = facts.load_k8s()
 KUSTOMIZATION = yaml.safe_load((facts.K8S_DIR / "kustomization.yaml").read_text())
@@ -47,7 +55,33 @@ def _serves(deployment: dict[str, Any]) -> str:
     return service
 
 
-BY_SERVICE = {_serves(d): d for d in DEPLOYMENTS.values()}
+def _roles(deployment: dict[str, Any]) -> set[str]:
+    """The roles ``serve`` is given (``--role X`` or ``--role=X``; none: every role)."""
+    args = _container(deployment)["args"]
+    roles = {b for a, b in itertools.pairwise(args) if a == "--role"}
+    roles |= {a.split("=", 1)[1] for a in args if a.startswith("--role=")}
+    return set(ALL_ROLES) if not roles or "all" in roles else roles
+
+
+@cache
+def _consumed_topics(service: str) -> tuple[str, frozenset[str]] | None:
+    """The consumer group and topics the service's consumer role reads, from its own bootstrap."""
+    bootstrap = importlib.import_module(f"services.{service}.bootstrap")
+    settings = bootstrap.load_settings()
+    for loop in bootstrap.build(settings, frozenset({"consumer"})).loops:
+        if loop.name == "consumer":
+            consumer = loop.run.__self__
+            return consumer_group(settings, service), frozenset(
+                map(KafkaSettings().topic, consumer.handlers.topics)
+            )
+    return None
+
+
+CONSUMING = [service for service in facts.SERVICES if _consumed_topics(service) is not None]
+API = {_serves(d): d for d in DEPLOYMENTS.values() if "api" in _roles(d)}
+"""The one Deployment per service that serves its API (and owns its Service)."""
+CONSUMERS = {_serves(d): d for d in DEPLOYMENTS.values() if _roles(d) == {"consumer"}}
+"""Consumer-only Deployments, scaled on lag."""
 
 
 def _env(deployment: dict[str, Any]) -> dict[str, str]:
@@ -72,7 +106,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [d for d in DOCS if not d["apiVersion"].startswith("kafka.strimzi.io/")],
+    [d for d in DOCS if not d["apiVersion"].startswith(("kafka.strimzi.io/", "keda.sh/"))],
     ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
 )
 def test_core_manifests_validate_against_the_kubernetes_schemas(doc: dict[str, Any]) -> None:
@@ -82,40 +116,227 @@ def test_core_manifests_validate_against_the_kubernetes_schemas(doc: dict[str, A
         pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
 
 
-def test_every_service_has_a_deployment_service_autoscaler_and_budget() -> None:
-    assert sorted(BY_SERVICE) == sorted(facts.SERVICES)
+def test_every_service_has_an_api_deployment_service_autoscaler_and_budget() -> None:
+    assert sorted(API) == sorted(facts.SERVICES)
+    assert len(API) + len(CONSUMERS) == len(DEPLOYMENTS), "each Deployment is an API or consumers"
     hpas, pdbs = _of_kind("HorizontalPodAutoscaler"), _of_kind("PodDisruptionBudget")
     for name, deployment in DEPLOYMENTS.items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert "replicas" not in deployment["spec"], f"{name}: the autoscaler owns the replica count"
+    for deployment in API.values():
+        name = deployment["metadata"]["name"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
         port_names = {p["name"] for p in _container(deployment)["ports"]}
         service = K8S_SERVICES[name]
         assert service["spec"]["selector"].items() <= labels.items()
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+        # The Service must not also pick the consumer pods, which serve no API.
+        for consumer in CONSUMERS.values():
+            pod_labels = consumer["spec"]["template"]["metadata"]["labels"]
+            assert not service["spec"]["selector"].items() <= pod_labels.items(), name
         hpa = hpas[name]
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
-        # A consumer beyond the topics' partitions would idle; two replicas let a drain keep one.
-        assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= KafkaSettings().partitions
+        assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu"}
+        # Two replicas let a drain keep one.
+        assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         pdb = pdbs[name]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    hpa_targets = {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()}
+    for deployment in CONSUMERS.values():
+        name = deployment["metadata"]["name"]
+        assert name not in hpa_targets, f"{name}: KEDA makes its HorizontalPodAutoscaler; two would fight"
+        assert name not in K8S_SERVICES
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        pdb = pdbs[name]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        # KEDA's minimum is one consumer: minAvailable 1 would block every drain.
+        assert pdb["spec"] == pdb["spec"] | {"maxUnavailable": 1} and "minAvailable" not in pdb["spec"]
 
 
-@pytest.mark.parametrize("service", facts.SERVICES)
-def test_deployments_run_a_real_trialroute_command_from_the_one_image(service: str) -> None:
-    container = _container(BY_SERVICE[service])
+def test_consumers_run_apart_from_the_api_and_relays_run_somewhere() -> None:
+    assert sorted(CONSUMERS) == sorted(CONSUMING)
+    for service in CONSUMING:
+        assert "consumer" not in _roles(API[service]), f"{service}: consumers scale apart from the API"
+        assert "relay" in _roles(API[service]), f"{service}: its outbox needs a relay"
+
+
+@pytest.mark.parametrize("service", CONSUMING)
+def test_consumer_pods_are_the_api_pods_with_another_role(service: str) -> None:
+    """Same image, settings, init container, hardening, probes, resources and metrics port and
+    annotations: only the name, the labels and ``--role`` differ, so an edit to one cannot miss the other."""
+    api, consumer = API[service], CONSUMERS[service]
+    api_name, consumer_name = api["metadata"]["name"], consumer["metadata"]["name"]
+    assert consumer_name == f"{api_name}-consumer"
+
+    def pod(deployment: dict[str, Any], name: str, component: str) -> dict[str, Any]:
+        template = deployment["spec"]["template"]
+        spec = template["spec"]
+        (container,) = spec["containers"]
+        (spread,) = spec["topologySpreadConstraints"]
+        assert container["name"] == name
+        assert template["metadata"]["labels"]["app.kubernetes.io/name"] == name
+        assert template["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        assert spread["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        args = [a for a in container["args"] if a != "--role" and a not in ALL_ROLES]
+        return {
+            "annotations": template["metadata"]["annotations"],
+            "spec": spec
+            | {
+                "containers": [container | {"name": None, "args": args}],
+                "topologySpreadConstraints": [spread | {"labelSelector": None}],
+            },
+        }
+
+    assert pod(consumer, consumer_name, "consumer") == pod(api, api_name, "api")
+    assert consumer["spec"]["strategy"] == api["spec"]["strategy"]
+
+
+# --- KEDA -------------------------------------------------------------------------------------------
+
+_STRING = {"type": "string", "minLength": 1}
+_INT_STRING = {"type": "string", "pattern": "^[1-9][0-9]*$"}
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": KEDA},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": _STRING, "labels": {"type": "object"}, "annotations": {"type": "object"}},
+            "additionalProperties": False,
+        },
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "apiVersion": _STRING,
+                        "kind": _STRING,
+                        "name": _STRING,
+                        "envSourceContainerName": _STRING,
+                    },
+                },
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+                "idleReplicaCount": {"type": "integer", "minimum": 0},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "fallback": {"type": "object"},
+                "advanced": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"name": _STRING, "behavior": {"type": "object"}},
+                        },
+                        "scalingModifiers": {"type": "object"},
+                    },
+                },
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"const": "kafka"},
+                            "name": _STRING,
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "authenticationRef": {"type": "object"},
+                            # KEDA reads trigger metadata as strings: a YAML number here is refused.
+                            "metadata": {
+                                "type": "object",
+                                "required": ["bootstrapServers", "consumerGroup", "topic", "lagThreshold"],
+                                "additionalProperties": {"type": "string"},
+                                "properties": {
+                                    "lagThreshold": _INT_STRING,
+                                    "activationLagThreshold": {"type": "string", "pattern": "^[0-9]+$"},
+                                    "offsetResetPolicy": {"enum": ["earliest", "latest"]},
+                                    "allowIdleConsumers": {"enum": ["true", "false"]},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+SCALED_OBJECTS = _of_kind("ScaledObject")
+
+
+@pytest.mark.parametrize("name", sorted(SCALED_OBJECTS))
+def test_scaled_objects_match_the_schema(name: str) -> None:
+    jsonschema.validate(SCALED_OBJECTS[name], SCALED_OBJECT_SCHEMA)
+
+
+def test_the_schema_refuses_what_keda_would() -> None:
+    (good, *_) = SCALED_OBJECTS.values()
+    for bad in (
+        good | {"apiVersion": "keda.sh/v1"},
+        good | {"spec": good["spec"] | {"maxReplicas": 6}},  # an HPA field, not KEDA's
+        good | {"spec": good["spec"] | {"triggers": [{"type": "kafka", "metadata": {"lagThreshold": 20}}]}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCALED_OBJECT_SCHEMA)
+
+
+@pytest.mark.parametrize("service", CONSUMING)
+def test_each_consumer_group_scales_on_the_lag_of_its_topics(service: str) -> None:
+    deployment = CONSUMERS[service]
+    name = deployment["metadata"]["name"]
+    by_target = {so["spec"]["scaleTargetRef"]["name"]: so for so in SCALED_OBJECTS.values()}
+    scaled = by_target[name]
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == (
+        "apps/v1",
+        "Deployment",
+    )
+    # Beyond a topic's partitions a consumer idles on it: the partition count caps the group.
+    assert scaled["spec"]["minReplicaCount"] == 1
+    assert scaled["spec"]["maxReplicaCount"] == KafkaSettings().partitions == 6
+    consumed = _consumed_topics(service)
+    assert consumed is not None
+    group, topics = consumed
+    env = _env(deployment)
+    triggers = [t["metadata"] for t in scaled["spec"]["triggers"]]
+    assert {t["topic"] for t in triggers} == topics and len(triggers) == len(topics)
+    for trigger in triggers:
+        assert trigger["consumerGroup"] == group
+        assert trigger["bootstrapServers"] == env["KAFKA_BOOTSTRAP_SERVERS"]
+        assert trigger.get("offsetResetPolicy", "latest") == "earliest"  # as shared/kafka.py's consumers
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_deployments_run_a_real_trialroute_command_from_the_one_image(name: str) -> None:
+    container = _container(DEPLOYMENTS[name])
     assert "command" not in container, "the image's entrypoint is trialroute"
     facts.check_trialroute_command(container["args"])
     assert container["image"] in {image["name"] for image in KUSTOMIZATION["images"]}
 
 
-@pytest.mark.parametrize("service", facts.SERVICES)
-def test_each_pod_migrates_its_store_first_with_the_service_s_own_settings(service: str) -> None:
-    """The service refuses a store behind its code: the init container brings it to the image's head."""
-    deployment = BY_SERVICE[service]
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_each_pod_migrates_its_store_first_with_the_service_s_own_settings(name: str) -> None:
+    """The service refuses a store behind its code: the init container brings it to the image's head,
+    in consumer pods too (they may start first)."""
+    deployment = DEPLOYMENTS[name]
     (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
-    assert init["args"] == ["migrate", service]
+    assert init["args"] == ["migrate", _serves(deployment)]
     facts.check_trialroute_command(init["args"])
     assert init["image"] == _container(deployment)["image"]
     assert init["envFrom"] == _container(deployment)["envFrom"]
@@ -125,9 +346,10 @@ def test_each_pod_migrates_its_store_first_with_the_service_s_own_settings(servi
     assert security["capabilities"]["drop"] == ["ALL"]
 
 
-@pytest.mark.parametrize("service", facts.SERVICES)
-def test_deployments_are_hardened(service: str) -> None:
-    deployment = BY_SERVICE[service]
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_deployments_are_hardened(name: str) -> None:
+    deployment = DEPLOYMENTS[name]
+    service = _serves(deployment)
     pod = deployment["spec"]["template"]["spec"]
     container = _container(deployment)
     assert pod["automountServiceAccountToken"] is False
@@ -155,9 +377,9 @@ def test_deployments_are_hardened(service: str) -> None:
         assert any(runtime_dir.startswith(path + "/") for path in mounts)
 
 
-@pytest.mark.parametrize("service", facts.SERVICES)
-def test_probes_readiness_readyz_liveness_healthz(service: str) -> None:
-    container = _container(BY_SERVICE[service])
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_probes_readiness_readyz_liveness_healthz(name: str) -> None:
+    container = _container(DEPLOYMENTS[name])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == int(facts.dockerfile_env()["AUTH_PORT"])
     expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
@@ -166,26 +388,33 @@ def test_probes_readiness_readyz_liveness_healthz(service: str) -> None:
         assert container[probe]["httpGet"]["port"] == "http", probe
 
 
-@pytest.mark.parametrize("service", facts.SERVICES)
-def test_metrics_on_their_own_port_and_no_docs_in_production(service: str) -> None:
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_metrics_on_their_own_port_and_no_docs_in_production(name: str) -> None:
     """Only the API port is in the Service; /metrics is on the pod's metrics port, for Prometheus."""
+    deployment = DEPLOYMENTS[name]
+    service = _serves(deployment)
     prefix = facts.settings_class(service).model_config["env_prefix"]
-    env = _env(BY_SERVICE[service])
-    container = _container(BY_SERVICE[service])
+    env = _env(deployment)
+    container = _container(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert set(ports) == {"http", "metrics"}
     assert ports["metrics"] == int(env[f"{prefix}METRICS_PORT"])
     assert env[f"{prefix}DOCS_ENABLED"] == "false"
     assert env[f"{prefix}ENVIRONMENT"] == "production"
-    annotations = BY_SERVICE[service]["spec"]["template"]["metadata"]["annotations"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
-    service_ports = _of_kind("Service")[BY_SERVICE[service]["metadata"]["name"]]["spec"]["ports"]
-    assert [p["targetPort"] for p in service_ports] == ["http"]
+    if deployment is API.get(service):
+        service_ports = K8S_SERVICES[name]["spec"]["ports"]
+        assert [p["targetPort"] for p in service_ports] == ["http"]
+    else:
+        assert name not in K8S_SERVICES, "consumer pods serve no API"
 
 
-@pytest.mark.parametrize("service", facts.SERVICES)
-def test_environment_is_read_by_the_service(service: str) -> None:
-    env = _env(BY_SERVICE[service])
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_environment_is_read_by_the_service(name: str) -> None:
+    service = _serves(DEPLOYMENTS[name])
+    env = _env(DEPLOYMENTS[name])
     unknown = set(env) - facts.env_read_by(service)
     assert not unknown, f"{service} is given variables its settings do not read: {sorted(unknown)}"
     assert facts.devstack_env(service) <= set(env) | set(facts.dockerfile_env())
@@ -211,7 +440,7 @@ def test_secrets_in_the_repository_are_placeholders() -> None:
 
 
 def test_services_reach_auth_kafka_intake_and_postgres_by_their_service_names() -> None:
-    env = {service: _env(d) for service, d in BY_SERVICE.items()}
+    env = {service: _env(d) for service, d in API.items()}
     issuer = env["auth"]["AUTH_ISSUER"]
     assert all(e["OAUTH_ISSUER"] == issuer for e in env.values())
     assert _resolves(issuer)

@@ -183,7 +183,10 @@ def _known_criterion(value: str) -> str:
     return value
 
 
-CriterionId = Annotated[str, AfterValidator(_known_criterion)]
+CriterionId = Annotated[
+    str, AfterValidator(_known_criterion), Field(json_schema_extra={"enum": list(CRITERION_FIELDS)})
+]
+"""A criterion id of docs/trial/criteria.md; the schema lists them, so clients see which ones exist."""
 QuestionText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 
 
@@ -194,7 +197,15 @@ class QuestionRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"criteria": ["organ_function"], "text": "please send the renal panel of this week"}]
+            "examples": [
+                {"criteria": ["organ_function"], "text": "please send the renal panel of this week"}
+            ],
+            # What the validator below enforces, said in the schema so that clients (and generated
+            # requests) know an empty question is refused.
+            "anyOf": [
+                {"required": ["criteria"], "properties": {"criteria": {"minItems": 1}}},
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+            ],
         },
     )
 

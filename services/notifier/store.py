@@ -24,7 +24,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col
 
 from services.notifier.domain import DeliveryState, Planned, State
@@ -175,48 +174,66 @@ async def routings(
     return found
 
 
-def _due(now: datetime) -> ColumnElement[bool]:
-    return or_(
-        and_(col(Notification.state) == State.PENDING, col(Notification.next_attempt_at) <= now),
-        # A lease that ran out: its holder crashed or hung mid-delivery, so the email may or may not
-        # have gone; it is tried again with the same Message-ID.
-        and_(col(Notification.state) == State.SENDING, col(Notification.claimed_until) < now),
+async def _claim(
+    session: AsyncSession,
+    model: type[Notification] | type[WebhookDelivery],
+    *,
+    is_sqlite: bool,
+    now: datetime,
+    lease_s: float,
+    limit: int,
+) -> str | None:
+    """Put up to ``limit`` due rows of ``model`` (an email or a webhook delivery) under a lease for this
+    pass: ``sending``, one more attempt counted. Returns the lease's token, None when nothing was due.
+
+    Due: ``pending`` and its time has come, or ``sending`` with a lease that ran out (its holder crashed
+    or hung mid-delivery, so the message may or may not have gone: it goes again with the same id).
+    Concurrent passes never claim the same row.
+    """
+    token = uuid.uuid4().hex
+    state, claimed_until = col(model.state), col(model.claimed_until)
+    due = (
+        select(col(model.id))
+        .where(
+            or_(
+                and_(state == "pending", col(model.next_attempt_at) <= now),
+                and_(state == "sending", claimed_until < now),
+            )
+        )
+        .order_by(col(model.next_attempt_at), col(model.id))
+        .limit(limit)
     )
+    ids: Any
+    if is_sqlite:
+        # SQLite has no row locks: the UPDATE takes the database's write lock, so a second pass waits
+        # and then finds these rows no longer due.
+        ids = due.scalar_subquery()
+    else:
+        ids = (await session.execute(due.with_for_update(skip_locked=True))).scalars().all()
+        if not ids:
+            return None
+    await session.execute(
+        update(model)
+        .where(col(model.id).in_(ids))
+        .values(
+            state="sending",
+            claim=token,
+            claimed_until=now + timedelta(seconds=lease_s),
+            attempts=col(model.attempts) + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return token
 
 
 async def claim_due(
     session: AsyncSession, *, is_sqlite: bool, now: datetime, lease_s: float, limit: int
 ) -> Sequence[Notification]:
-    """Take up to ``limit`` due notifications for this dispatcher: ``sending`` under a lease, one more
-    attempt counted. Concurrent dispatchers never claim the same row."""
-    token = uuid.uuid4().hex
-    due = (
-        select(col(Notification.id))
-        .where(_due(now))
-        .order_by(col(Notification.next_attempt_at), col(Notification.id))
-        .limit(limit)
-    )
-    ids: Any
-    if is_sqlite:
-        # SQLite has no row locks: the UPDATE takes the database's write lock, so a second dispatcher
-        # waits and then finds these rows no longer due.
-        ids = due.scalar_subquery()
-    else:
-        ids = (await session.execute(due.with_for_update(skip_locked=True))).scalars().all()
-        if not ids:
-            return []
-    await session.execute(
-        update(Notification)
-        .where(col(Notification.id).in_(ids))
-        .values(
-            state=State.SENDING,
-            claim=token,
-            claimed_until=now + timedelta(seconds=lease_s),
-            attempts=col(Notification.attempts) + 1,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    """Take up to ``limit`` due notifications for this dispatcher (``_claim``)."""
+    token = await _claim(session, Notification, is_sqlite=is_sqlite, now=now, lease_s=lease_s, limit=limit)
+    if token is None:
+        return []
     result = await session.execute(
         select(Notification).where(col(Notification.claim) == token).order_by(col(Notification.id))
     )
@@ -356,47 +373,13 @@ async def get_delivery(
     return (await session.execute(query)).scalars().first()
 
 
-def _delivery_due(now: datetime) -> ColumnElement[bool]:
-    return or_(
-        and_(
-            col(WebhookDelivery.state) == DeliveryState.PENDING, col(WebhookDelivery.next_attempt_at) <= now
-        ),
-        # A lease that ran out: its holder crashed mid-delivery; the receiver may have it (same webhook-id).
-        and_(col(WebhookDelivery.state) == DeliveryState.SENDING, col(WebhookDelivery.claimed_until) < now),
-    )
-
-
 async def claim_deliveries(
     session: AsyncSession, *, is_sqlite: bool, now: datetime, lease_s: float, limit: int
 ) -> Sequence[tuple[WebhookDelivery, WebhookEndpoint]]:
-    """Take up to ``limit`` due deliveries, with their endpoints: ``sending`` under a lease, one more
-    attempt counted. Concurrent dispatchers never claim the same row (as ``claim_due``)."""
-    token = uuid.uuid4().hex
-    due = (
-        select(col(WebhookDelivery.id))
-        .where(_delivery_due(now))
-        .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
-        .limit(limit)
-    )
-    ids: Any
-    if is_sqlite:
-        ids = due.scalar_subquery()
-    else:
-        ids = (await session.execute(due.with_for_update(skip_locked=True))).scalars().all()
-        if not ids:
-            return []
-    await session.execute(
-        update(WebhookDelivery)
-        .where(col(WebhookDelivery.id).in_(ids))
-        .values(
-            state=DeliveryState.SENDING,
-            claim=token,
-            claimed_until=now + timedelta(seconds=lease_s),
-            attempts=col(WebhookDelivery.attempts) + 1,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    """Take up to ``limit`` due deliveries, with their endpoints (``_claim``)."""
+    token = await _claim(session, WebhookDelivery, is_sqlite=is_sqlite, now=now, lease_s=lease_s, limit=limit)
+    if token is None:
+        return []
     result = await session.execute(
         select(WebhookDelivery, WebhookEndpoint)
         .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))

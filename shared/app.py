@@ -200,7 +200,8 @@ def _ops_router(spec: ServiceSpec, *, metrics_here: bool) -> APIRouter:
 
 async def _run_check(check: Check) -> str:
     try:
-        await asyncio.wait_for(check(), timeout=3)
+        async with asyncio.timeout(3):
+            await check()
         return "ok"
     except Exception as exc:
         return f"failed: {type(exc).__name__}"

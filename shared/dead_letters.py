@@ -147,12 +147,10 @@ class DeadLetters:
         async for attempt in until_stopped(stop, retry=always, first_s=0.2, before_sleep=self._failed):
             with attempt:
                 producer = await self.producer.get()
-                await asyncio.wait_for(
-                    producer.send_and_wait(
+                async with asyncio.timeout(self.kafka.send_timeout_s):
+                    await producer.send_and_wait(
                         self.kafka.topic(dead_letter_topic(topic)), value=letter.to_bytes(), key=record.key
-                    ),
-                    timeout=self.kafka.send_timeout_s,
-                )
+                    )
         metrics.dead_letters.labels(self.service, topic).inc()
         log.error(
             "record dead-lettered",

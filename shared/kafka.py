@@ -26,12 +26,14 @@ async def new_producer(kafka: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
         request_timeout_ms=int(kafka.send_timeout_s * 1000),
     )
     try:
-        await asyncio.wait_for(producer.start(), timeout=kafka.send_timeout_s * 3)
+        async with asyncio.timeout(kafka.send_timeout_s * 3):
+            await producer.start()
     except BaseException:
         # Unstopped, a producer that failed to start (the broker down) leaks its client and tasks:
         # a relay retrying through an outage left one per attempt ("Unclosed AIOKafkaProducer").
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), timeout=kafka.send_timeout_s)
+            async with asyncio.timeout(kafka.send_timeout_s):
+                await producer.stop()
         raise
     return producer
 
@@ -133,7 +135,9 @@ async def ping(kafka: KafkaSettings, timeout_s: float = 3.0) -> None:
     """Raise unless the broker answers a metadata request in time (used by readiness checks)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=3000)
     try:
-        await asyncio.wait_for(admin.start(), timeout=timeout_s)
-        await asyncio.wait_for(admin.list_topics(), timeout=timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+        async with asyncio.timeout(timeout_s):
+            await admin.list_topics()
     finally:
         await admin.close()

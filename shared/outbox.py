@@ -107,7 +107,8 @@ class OutboxRelay:
             ]
             # A timeout here is ambiguous (the broker may have the records): the caller rebuilds the
             # producer and the rows stay unsent, so they are published again and deduplicated downstream.
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.kafka.send_timeout_s)
+            async with asyncio.timeout(self.kafka.send_timeout_s):
+                await asyncio.gather(*futures)
             now = datetime.now(UTC)
             ids = [row.id for row in rows]
             await session.execute(

@@ -15,7 +15,6 @@ process) has one writer at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -30,6 +29,7 @@ from sqlmodel import Field, SQLModel, col
 
 from shared.app import Loop
 from shared.db import Database
+from shared.retry import pause
 from shared.store import bigint_pk, timestamp
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def prune_loop(windows: Sequence[SlidingWindow], *, name: str = "rate-prune") ->
 
     async def run(stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+            await pause(stop, interval)
             if stop.is_set():
                 return
             for window in windows:

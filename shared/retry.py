@@ -19,6 +19,7 @@ The policies are tenacity's, named for what they are used for:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -95,10 +96,9 @@ def is_transient(error: BaseException) -> bool:
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 def _errors(accept: Callable[[BaseException], bool]) -> retry_if_exception:
@@ -194,6 +194,7 @@ def briefly(within_s: float, *, retry: Callable[[BaseException], bool] = is_tran
 async def quietly(awaitable: Awaitable[Any], timeout_s: float = 10) -> None:
     """Await a clean-up whose failure nobody can act on (stopping a client that is being dropped)."""
     try:
-        await asyncio.wait_for(awaitable, timeout=timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await awaitable
     except Exception:  # noqa: S110 - shutting down: nothing useful to do with the error
         pass

@@ -189,9 +189,9 @@ class Dispatcher:
                 if row.attempts > self.settings.max_attempts:
                     # Only leases that ran out get here (a crash or hang on every attempt).
                     raise DeliveryError("no outcome recorded within the lease on any attempt", permanent=True)
-                outcome: Delivered | Skipped | DeliveryError = await asyncio.wait_for(
-                    self._deliver(row, envelope, contacts), timeout=self.settings.delivery_timeout_s
-                )
+                outcome: Delivered | Skipped | DeliveryError
+                async with asyncio.timeout(self.settings.delivery_timeout_s):
+                    outcome = await self._deliver(row, envelope, contacts)
             except DeliveryError as exc:
                 outcome = exc
             except TimeoutError:

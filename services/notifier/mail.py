@@ -233,7 +233,8 @@ class Mailer:
         idle, self._idle = self._idle, []
         for client, _ in idle:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.quit(), timeout=1)
+                async with asyncio.timeout(1):
+                    await client.quit()
             client.close()
 
 

@@ -192,9 +192,8 @@ class WebhookDispatcher:
             outcome: int | DeliveryFailed
             try:
                 signed = sign(endpoint.secret, delivery.id, delivery.payload, self.clock())
-                outcome = await asyncio.wait_for(
-                    self.sender.send(endpoint.url, signed), timeout=self.settings.webhook_lease_s / 2
-                )
+                async with asyncio.timeout(self.settings.webhook_lease_s / 2):
+                    outcome = await self.sender.send(endpoint.url, signed)
             except DeliveryFailed as exc:
                 outcome = exc
             except TimeoutError:

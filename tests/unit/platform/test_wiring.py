@@ -69,6 +69,18 @@ def test_no_module_but_shared_deps_reads_app_state() -> None:
     assert readers <= STATE_READERS, f"read the state through shared.deps: {sorted(readers - STATE_READERS)}"
 
 
+def test_no_module_uses_asyncio_wait_for() -> None:
+    """Python 3.11's ``wait_for`` swallows a cancellation that arrives as the awaited work finishes: a
+    relay cancelled mid-batch went on publishing forever. ``asyncio.timeout`` passes it on."""
+    users = {
+        name
+        for name, tree in _sources("services", "shared", "bench")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "wait_for"
+    }
+    assert not users, f"use asyncio.timeout instead: {sorted(users)}"
+
+
 @pytest.mark.parametrize("service", sorted(ROUTERS))
 def test_every_route_dependency_is_async(service: str) -> None:
     """A plain ``def`` dependency is run in FastAPI's thread pool: a hop on every request."""

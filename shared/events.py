@@ -18,6 +18,11 @@ SiteDecision = Literal["accepted", "declined", "closed"]
 RecipientRole = Literal["site", "patient", "referrer"]
 RequestOrigin = Literal["screening", "site"]
 RequestOutcome = Literal["answered", "superseded", "cancelled"]
+EnrolmentStep = Literal[
+    "contacted", "screening_scheduled", "consented", "enrolled", "screen_failed", "not_enrolled"
+]
+OUTCOME_STEPS: frozenset[str] = frozenset({"enrolled", "screen_failed", "not_enrolled"})
+"""The steps that end a referral at its site and free the slot it held."""
 
 
 class EventData(BaseModel):
@@ -141,6 +146,22 @@ class ReferralSiteDecided(EventData):
     enrolled: bool | None = None
 
 
+class ReferralProgressed(EventData):
+    """A step the accepting site records on the way to enrolment. Ids, dates and reasons only: the
+    subject id is the study's pseudonym, never patient identity."""
+
+    event_type = "referral.progressed"
+
+    clinic_id: str
+    site_code: str
+    step: EnrolmentStep
+    screening_date: date | None = Field(default=None, description="set on screening_scheduled")
+    subject_id: str | None = Field(
+        default=None, description="set on enrolled: the study's subject or randomisation id"
+    )
+    reason: str | None = Field(default=None, description="set on screen_failed and not_enrolled")
+
+
 class ReferralNotified(EventData):
     event_type = "referral.notified"
 
@@ -242,6 +263,7 @@ EVENTS: tuple[type[EventData], ...] = (
     ReferralWaitlisted,
     ReferralUnroutable,
     ReferralSiteDecided,
+    ReferralProgressed,
     ReferralNotified,
     ReferralStatusChanged,
     ReferralInfoRequested,

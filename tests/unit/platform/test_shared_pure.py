@@ -37,7 +37,7 @@ def test_consumers_ignore_unknown_fields_but_refuse_unknown_versions() -> None:
 
 def test_every_event_type_has_a_topic_of_its_name() -> None:
     assert set(TOPICS) == {t for t, _ in EVENT_TYPES}
-    assert len(TOPICS) == 13
+    assert len(TOPICS) == 14
 
 
 class _Settings(ServiceSettings):

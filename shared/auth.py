@@ -102,6 +102,10 @@ class Principal:
     scopes: frozenset[str]
     clinic_id: str | None = None
     site_code: str | None = None
+    site_codes: frozenset[str] = frozenset()
+    """Every site the token acts for: a site client's one, or each site a coordinator works for."""
+    user: str | None = None
+    """A person's account (a coordinator or ops) when the token was issued to one through the portal."""
 
     def has(self, *scopes: str) -> bool:
         return set(scopes) <= self.scopes
@@ -117,6 +121,12 @@ class Principal:
         if self.site_code is None:
             raise Forbidden("this token does not act for a site")
         return self.site_code
+
+    def require_sites(self) -> frozenset[str]:
+        """The sites this token acts for (one or more); 403 for a token that acts for none."""
+        if not self.site_codes:
+            raise Forbidden("this token does not act for a site")
+        return self.site_codes
 
 
 class IssuerUnavailable(ProblemError):
@@ -282,13 +292,22 @@ def _principal(claims: dict[str, Any]) -> Principal:
     if isinstance(scp, list):
         scopes += [s for s in scp if isinstance(s, str)]
     subject = claims.get("sub")
-    clinic_id, site_code = claims.get("clinic_id"), claims.get("site_code")
+    clinic_id, site_code, user = claims.get("clinic_id"), claims.get("site_code"), claims.get("user")
+    site_code = site_code if isinstance(site_code, str) and site_code else None
+    listed = claims.get("site_codes")
+    site_codes = {c for c in listed if isinstance(c, str) and c} if isinstance(listed, list) else set()
+    if site_code is not None:
+        site_codes.add(site_code)
+    elif len(site_codes) == 1:
+        site_code = next(iter(site_codes))
     return Principal(
         client_id=client_id,
         subject=subject if isinstance(subject, str) and subject else client_id,
         scopes=frozenset(scopes),
         clinic_id=clinic_id if isinstance(clinic_id, str) and clinic_id else None,
-        site_code=site_code if isinstance(site_code, str) and site_code else None,
+        site_code=site_code,
+        site_codes=frozenset(site_codes),
+        user=user if isinstance(user, str) and user else None,
     )
 
 

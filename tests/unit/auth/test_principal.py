@@ -34,3 +34,16 @@ def test_every_scope_is_described() -> None:
     assert set(SCOPE_DESCRIPTIONS) == set(Scope)
     assert Scope("referrals:write") is Scope.REFERRALS_WRITE
     assert Scope.OPS.description
+
+
+def test_a_coordinators_token_acts_for_each_of_their_sites() -> None:
+    from shared.auth import _principal
+
+    two = _principal({"client_id": "site-portal", "sub": "u1", "user": "u1", "site_codes": ["S1", "S2", 3]})
+    assert two.require_sites() == {"S1", "S2"}
+    assert two.site_code is None, "with two sites, a route must say which one"
+    assert two.user == "u1"
+    one = _principal({"client_id": "site-1", "site_code": "S1"})
+    assert one.require_sites() == {"S1"} and one.require_site() == "S1"
+    with pytest.raises(Forbidden):
+        CLINIC.require_sites()

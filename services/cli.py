@@ -20,6 +20,7 @@ from shared.migrations import Migrations, current_revision, new_revision, servic
 from shared.migrations import migrate as run_migrations
 from shared.observability import configure_logging
 from shared.settings import KafkaSettings
+from shared.tls import server_options
 
 SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
 
@@ -49,7 +50,12 @@ def serve(
     bootstrap = importlib.import_module(f"services.{service}.bootstrap")
     settings = bootstrap.load_settings()
     configure_logging(service)
-    serve_app(bootstrap.create_app(settings, roles), host or settings.host, port or settings.port)
+    serve_app(
+        bootstrap.create_app(settings, roles),
+        host or settings.host,
+        port or settings.port,
+        server_options(settings),
+    )
 
 
 def _roles(values: list[str]) -> frozenset[Role]:

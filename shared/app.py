@@ -138,15 +138,16 @@ SERVER_OPTIONS: dict[str, Any] = {"proxy_headers": False, "server_header": False
 uvicorn's, whose default believes ``X-Forwarded-For`` from loopback; no ``server`` header."""
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Run one service process until SIGINT/SIGTERM (uvicorn stops the loops through the lifespan)."""
+def serve(app: FastAPI, host: str, port: int, tls: dict[str, Any] | None = None) -> None:
+    """Run one service process until SIGINT/SIGTERM (uvicorn stops the loops through the lifespan).
+    ``tls``: uvicorn's certificate options (``shared.tls.server_options``), none for plain HTTP."""
     import uvicorn
 
     # What start-up built (FastAPI, SQLAlchemy, pandas through pgeocode: ~170,000 objects) lives as long as
     # the process; frozen, a full collection no longer walks it (~95 ms with the event loop stopped).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, **SERVER_OPTIONS)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, **SERVER_OPTIONS, **(tls or {}))
 
 
 @dataclass

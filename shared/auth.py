@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
@@ -373,6 +374,7 @@ class ServiceTokenSource(httpx.Auth):
         refresh_margin_s: int = 30,
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.audience = audience
         self.refresh_margin_s = refresh_margin_s
@@ -384,6 +386,7 @@ class ServiceTokenSource(httpx.Auth):
             scope=" ".join(str(s) for s in scopes) or None,
             token_endpoint=oauth.resolved_token_url,
             timeout=timeout_s,
+            verify=verify,  # the issuer's certificate: shared.tls.client_context
         )
         self._client.register_compliance_hook("access_token_response", _raise_unless_oauth_answer)
         self._lock = asyncio.Lock()

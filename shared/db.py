@@ -1,11 +1,14 @@
 """Async database access shared by every service: one engine per service store.
 
 PostgreSQL in production and tests, a SQLite file as the embedded default. SQLite gets WAL and a busy
-timeout so that an API process, a consumer and a relay can share one file.
+timeout so that an API process, a consumer and a relay can share one file. A PostgreSQL URL takes
+libpq's TLS parameters (``?sslmode=verify-full&sslrootcert=/path/ca.crt``), which ``connect_options``
+turns into the SSL context asyncpg wants.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -14,7 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Table, event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
@@ -35,10 +38,10 @@ class Database:
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        engine_url, kwargs["connect_args"] = connect_options(self.url)
+        self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs)
         _ping_when_idle(self.engine)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -72,6 +75,46 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+"""libpq's ``sslmode`` values; production uses ``verify-full`` (encrypted, the server's certificate
+chains to ``sslrootcert`` and names the host connected to)."""
+_LIBPQ_TLS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+
+
+def connect_options(url: str | URL) -> tuple[URL, dict[str, Any]]:
+    """The URL to give SQLAlchemy and the driver's connect arguments.
+
+    asyncpg does not read libpq's ``sslrootcert``/``sslcert``/``sslkey`` from a URL's query, and its
+    ``sslmode`` falls back to files under ``~/.postgresql``: the parameters are taken off the URL and
+    become one ``ssl.SSLContext`` (``verify-full``: hostname checked; ``verify-ca``: chain only;
+    ``require``: encrypted, unverified, as in libpq without a root certificate). SQLite gets its busy
+    timeout."""
+    url = make_url(url)
+    if url.get_backend_name() == "sqlite":
+        return url, {"timeout": 30}
+    query = dict(url.query)
+    params = {name: query.pop(name) for name in _LIBPQ_TLS if name in query}
+    if not params:
+        return url, {}
+    clean = url.set(query=query)
+    mode = str(params.get("sslmode", "prefer"))
+    if mode not in SSL_MODES:
+        raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, not {mode!r}")
+    if mode in ("disable", "allow", "prefer"):
+        return clean, {"ssl": mode}
+    root = params.get("sslrootcert")
+    context = ssl.create_default_context(cafile=str(root) if root else None)
+    if mode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif mode == "verify-ca":
+        context.check_hostname = False
+    if "sslcert" in params:  # a client certificate, for servers that authenticate by certificate
+        key = params.get("sslkey")
+        context.load_cert_chain(str(params["sslcert"]), str(key) if key else None)
+    return clean, {"ssl": context}
 
 
 PING_IDLE_S = 0.5

@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.events import dead_letter_topic
-from shared.kafka import Producer
+from shared.kafka import Producer, connection, new_admin
 from shared.observability import metrics
 from shared.retry import always, until_stopped
 from shared.settings import KafkaSettings
@@ -178,7 +178,7 @@ async def list_dead_letters(kafka: KafkaSettings, topic: str) -> list[DeadLetter
     partitions = await _partitions(kafka, name)
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(name, p) for p in partitions]
@@ -208,9 +208,7 @@ async def _partitions(kafka: KafkaSettings, name: str) -> list[int]:
     group-less coordinator cancels a task that never ran): listing always failed. Not a metadata
     request naming the topic either: with auto-creation on, that would create a missing topic.
     """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = new_admin(kafka)
     await admin.start()
     try:
         topics = await admin.describe_topics()

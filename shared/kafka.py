@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
 
 from shared.events import TOPICS, dead_letter_topic
@@ -15,10 +17,35 @@ from shared.retry import quietly
 from shared.settings import KafkaSettings
 
 
+def connection(kafka: KafkaSettings) -> dict[str, Any]:
+    """How every client (producer, consumer, admin; ours and the tools') reaches the broker: its
+    address, and for ``SASL_SSL`` the TLS context that checks the broker's certificate and name against
+    ``KAFKA_CA_FILE`` and the SCRAM credentials. Built here only, so no client connects in the clear by
+    forgetting an option."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.uses_tls:
+        options["ssl_context"] = create_ssl_context(cafile=kafka.ca_file)
+    if kafka.uses_sasl:
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.username,
+            sasl_plain_password=kafka.password.get_secret_value(),
+        )
+    return options
+
+
+def new_admin(kafka: KafkaSettings, **options: Any) -> AIOKafkaAdminClient:
+    """An admin client (topics, metadata), connected as ``connection`` says."""
+    return AIOKafkaAdminClient(**connection(kafka), **options)
+
+
 async def new_producer(kafka: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
     """An idempotent producer (``acks=all``): a retried send never duplicates within a session."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers,
+        **connection(kafka),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
@@ -68,7 +95,7 @@ def new_consumer(kafka: KafkaSettings, *, group_id: str, topics: Iterable[str]) 
     """A group member that never commits on its own: offsets move only after the handling commit."""
     return AIOKafkaConsumer(
         *(kafka.topic(t) for t in topics),
-        bootstrap_servers=kafka.bootstrap_servers,
+        **connection(kafka),
         group_id=group_id,
         client_id=group_id,
         enable_auto_commit=False,
@@ -85,7 +112,7 @@ def all_topics() -> list[str]:
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] | None = None) -> None:
     """Create missing topics (by default every event topic and its dead-letter topic) as configured."""
     wanted = {kafka.topic(n) for n in (names if names is not None else all_topics())}
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = new_admin(kafka)
     await admin.start()
     try:
         missing = wanted - set(await admin.list_topics())
@@ -102,7 +129,7 @@ async def delete_topics(kafka: KafkaSettings) -> None:
     """Delete every topic under the settings' prefix (test isolation; refuses an empty prefix)."""
     if not kafka.topic_prefix:
         raise ValueError("refusing to delete topics without a prefix")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = new_admin(kafka)
     await admin.start()
     try:
         doomed = [t for t in await admin.list_topics() if t.startswith(kafka.topic_prefix)]
@@ -133,7 +160,7 @@ async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: fl
 
 async def ping(kafka: KafkaSettings, timeout_s: float = 3.0) -> None:
     """Raise unless the broker answers a metadata request in time (used by readiness checks)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=3000)
+    admin = new_admin(kafka, request_timeout_ms=3000)
     try:
         async with asyncio.timeout(timeout_s):
             await admin.start()

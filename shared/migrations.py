@@ -41,7 +41,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.sql.sqltypes import AutoString
 
-from shared.db import Database
+from shared.db import Database, connect_options
 from shared.settings import ServiceSettings
 from shared.store import UTCDateTime
 
@@ -179,11 +179,8 @@ def _engine(url: str | URL) -> AsyncEngine:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     # No pool: the connection is used once. No foreign keys on SQLite (PRAGMA foreign_keys is a no-op
     # inside a transaction, and batch migrations drop and recreate tables that others refer to).
-    return create_async_engine(url, poolclass=pool.NullPool, connect_args=_connect_args(url))
-
-
-def _connect_args(url: URL) -> dict[str, Any]:
-    return {"timeout": 30} if url.get_backend_name() == "sqlite" else {}
+    engine_url, connect_args = connect_options(url)
+    return create_async_engine(engine_url, poolclass=pool.NullPool, connect_args=connect_args)
 
 
 async def _with_connection(url: str | URL, work: Callable[[Connection], Any]) -> Any:

@@ -1,34 +1,138 @@
 """Configuration from environment variables, read once at start-up and passed down.
 
-Each service subclasses ``ServiceSettings`` with its own prefix (``INTAKE_``, ...). Kafka and the token
-issuer are the same for every service, so they have prefixes of their own (``KAFKA_``, ``OAUTH_``).
+Each service subclasses ``ServiceSettings`` with its own prefix (``INTAKE_``, ...). Kafka, the token
+issuer and the CA the services trust are the same for every service, so they have prefixes of their own
+(``KAFKA_``, ``OAUTH_``, ``TLS_``).
+
+Any setting can also be read from a file: ``<NAME>_FILE`` (say ``NOTIFIER_CLIENT_SECRET_FILE``) names a
+file whose content is the value, as Kubernetes mounts a Secret. ``Settings`` is the base of every class
+here, so every secret (database URLs, client secrets, the Kafka and SMTP passwords, the key-encryption
+secret) can come from a file without a line of its own.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import make_url
 
 Environment = Literal["development", "test", "production"]
 
+FILE_SUFFIX = "_FILE"
 
-class KafkaSettings(BaseSettings):
+
+class FileValues(PydanticBaseSettingsSource):
+    """``<PREFIX><FIELD>_FILE=/path``: the field's value is that file's content (one trailing newline,
+    as ``echo`` or ``kubectl create secret --from-file`` leave, is dropped).
+
+    pydantic-settings' own ``secrets_dir`` reads a directory of files named after the fields; Kubernetes
+    and compose mount each secret where the manifest says, and ``_FILE`` says where that is (the
+    convention of the postgres and other official images). A variable set directly wins over its file;
+    a named file that cannot be read stops the start-up, as a missing secret should."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is done in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.config.get("env_prefix") or "")
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            path = environ.get(f"{prefix}{name}{FILE_SUFFIX}".upper())
+            if path:
+                text = Path(path).read_text(encoding="utf-8")
+                values[name] = text[:-1] if text.endswith("\n") else text
+        return values
+
+
+class Settings(BaseSettings):
+    """The base of every settings class: environment variables, then ``<NAME>_FILE`` files."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            FileValues(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+
+class KafkaSettings(Settings):
+    """The broker and how to reach it. Production: ``SASL_SSL`` with SCRAM-SHA-512 (an encrypted link,
+    the broker's certificate checked against ``ca_file``, a password per service)."""
+
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
 
     bootstrap_servers: str = "127.0.0.1:29092"
     topic_prefix: str = Field(default="", description="prepended to every topic; isolates test runs")
     partitions: int = 6
     send_timeout_s: float = 10.0
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="SASL_SSL outside a local stack; PLAINTEXT only on loopback"
+    )
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    username: str = Field(default="", description="the SASL user (SASL_* protocols)")
+    password: SecretStr = Field(default=SecretStr(""), description="the SASL user's password")
+    ca_file: str | None = Field(
+        default=None, description="PEM CA bundle the broker's certificate must chain to; default: system's"
+    )
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
 
-class OAuthSettings(BaseSettings):
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @model_validator(mode="after")
+    def _sasl_needs_a_user(self) -> KafkaSettings:
+        if self.uses_sasl and not (self.username and self.password.get_secret_value()):
+            raise ValueError(f"security_protocol {self.security_protocol} needs a username and a password")
+        return self
+
+
+class TlsSettings(Settings):
+    """What the services' HTTPS clients (token fetching, JWKS, the notifier's contact reads) trust."""
+
+    model_config = SettingsConfigDict(env_prefix="TLS_", extra="ignore")
+
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM CA bundle trusted in addition to the system's (the internal CA that signed the "
+        "services' certificates)",
+    )
+
+
+class OAuthSettings(Settings):
     """Where tokens come from. Any OIDC issuer works: set the issuer and, if not derivable, the JWKS URL."""
 
     model_config = SettingsConfigDict(env_prefix="OAUTH_", extra="ignore")
@@ -49,7 +153,7 @@ class OAuthSettings(BaseSettings):
         return self.token_url or f"{self.issuer.rstrip('/')}/oauth/token"
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(Settings):
     """Settings every service has; subclasses set ``env_prefix`` and add their own fields."""
 
     model_config = SettingsConfigDict(extra="ignore")
@@ -82,8 +186,17 @@ class ServiceSettings(BaseSettings):
         le=65_535,
         description="serve /metrics on this port (same host) instead of the public one",
     )
+    ssl_certfile: str | None = Field(
+        default=None, description="PEM certificate (chain) to serve HTTPS with; unset: plain HTTP"
+    )
+    ssl_keyfile: str | None = Field(default=None, description="the certificate's PEM private key")
+    ssl_client_ca_file: str | None = Field(
+        default=None,
+        description="mutual TLS: refuse clients without a certificate signed by this PEM CA bundle",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -92,6 +205,14 @@ class ServiceSettings(BaseSettings):
         for value in values:
             ipaddress.ip_network(value, strict=False)  # ValueError: not an address or a CIDR
         return values
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> ServiceSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.ssl_client_ca_file and not self.ssl_certfile:
+            raise ValueError("ssl_client_ca_file needs ssl_certfile and ssl_keyfile (HTTPS)")
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> ServiceSettings:
@@ -119,4 +240,9 @@ class ServiceSettings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.serves_tls else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.ssl_certfile is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import httpx
 from fastapi import FastAPI
 
 from services.auth import SERVICE, api
@@ -25,6 +24,7 @@ from shared.app import create_app as create_service_app
 from shared.db import Database
 from shared.migrations import prepare_store
 from shared.ratelimit import SlidingWindow, prune_loop
+from shared.tls import http_client
 
 DESCRIPTION = (
     "OAuth2 authorization server (client credentials grant) issuing RFC 9068 JWT access tokens signed "
@@ -53,7 +53,7 @@ def build(
         ),
     )
     # Fetches clients' JWK Sets (private_key_jwt); never follows redirects (the URL is the one registered).
-    http = httpx.AsyncClient(timeout=settings.client_jwks_timeout_s, follow_redirects=False)
+    http = http_client(settings.tls, timeout=settings.client_jwks_timeout_s, follow_redirects=False)
     server = TokenServer(db, settings, keyring, throttle, ClientKeys(settings, http))
 
     async def start() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import httpx
 from fastapi import FastAPI
 
 import shared.app
@@ -26,6 +25,7 @@ from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
+from shared.tls import http_client
 
 
 def load_settings() -> EligibilitySettings:
@@ -36,7 +36,7 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
     ruleset = settings.load_ruleset()
     study = settings.study(ruleset)
     db = Database(settings.database_url)
-    http = httpx.AsyncClient(timeout=5)
+    http = http_client(settings.tls, timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     loops = event_loops(SERVICE, db, settings, roles, EligibilityHandlers(ruleset, study).registry())
     checks: dict[str, Check] = {"database": db.ping, "kafka": partial(kafka_ping, settings.kafka)}

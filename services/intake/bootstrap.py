@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import partial
 
-import httpx
 from fastapi import FastAPI
 
 from services.intake import SERVICE, api, openapi
@@ -24,6 +23,7 @@ from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
+from shared.tls import http_client
 
 DESCRIPTION = """\
 Partner clinics submit referrals to the UCART123 (AMELI-01) trial here and follow them through
@@ -62,7 +62,7 @@ def load_settings() -> IntakeSettings:
 
 def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
     db = Database(settings.database_url)
-    http = httpx.AsyncClient(timeout=5)
+    http = http_client(settings.tls, timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     idempotency = Idempotency(
         db, ttl=timedelta(hours=settings.idempotency_ttl_hours), lock_s=settings.idempotency_lock_s

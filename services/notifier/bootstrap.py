@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import httpx
 from fastapi import FastAPI
 
 import shared.app
@@ -30,6 +29,7 @@ from shared.db import Database
 from shared.kafka import ping as kafka_ping
 from shared.messaging import consumer_group, event_loops
 from shared.migrations import prepare_store
+from shared.tls import client_context, http_client
 
 
 def load_settings() -> NotifierSettings:
@@ -45,13 +45,17 @@ def contact_reader(settings: NotifierSettings) -> tuple[ContactsClient, ServiceT
         settings.intake_audience,
         settings.contact_scopes,
         timeout_s=settings.contact_timeout_s,
+        verify=client_context(settings.tls),
     )
-    return ContactsClient(settings.intake_url, tokens, timeout_s=settings.contact_timeout_s), tokens
+    contacts = ContactsClient(
+        settings.intake_url, tokens, timeout_s=settings.contact_timeout_s, verify=client_context(settings.tls)
+    )
+    return contacts, tokens
 
 
 def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> ServiceSpec:
     db = Database(settings.database_url)
-    http = httpx.AsyncClient(timeout=5)
+    http = http_client(settings.tls, timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     loops = event_loops(SERVICE, db, settings, roles, handlers(settings.message_id_domain))
     on_stop: list[Hook] = []

@@ -7,6 +7,7 @@ the client's scopes): the notification is tried again later, never lost.
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Collection
 
@@ -56,9 +57,18 @@ MAX_PER_READ = 100
 
 
 class ContactsClient:
-    def __init__(self, base_url: str, tokens: ServiceTokenSource, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        tokens: ServiceTokenSource,
+        *,
+        timeout_s: float,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.tokens = tokens
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), auth=tokens, timeout=timeout_s)
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), auth=tokens, timeout=timeout_s, verify=verify
+        )
         self._refused: str | None = None
 
     async def fetch(self, referral_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Contact]:

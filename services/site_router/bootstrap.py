@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-import httpx
 from fastapi import FastAPI
 
 import shared.app
@@ -24,6 +23,7 @@ from shared.kafka import ping as kafka_ping
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
 from shared.ratelimit import SlidingWindow, prune_loop
+from shared.tls import http_client
 
 
 def load_settings() -> SiteRouterSettings:
@@ -35,7 +35,7 @@ def build(
 ) -> ServiceSpec:
     """Wire the service; pass ``geocoder`` to share one already-warm instance (tests, several apps)."""
     db = Database(settings.database_url)
-    http = httpx.AsyncClient(timeout=5)
+    http = http_client(settings.tls, timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     geocoder = geocoder or Geocoder(index_dir=settings.geonames_index_dir)
     directory = SiteDirectory()

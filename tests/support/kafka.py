@@ -16,13 +16,14 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from shared.events import Envelope
+from shared.kafka import connection
 from shared.settings import KafkaSettings
 from tests.support.waiting import eventually
 
 
 async def read_topic(kafka: KafkaSettings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record now on ``topic`` (prefixed by the settings), read without a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         name = kafka.topic(topic)
@@ -46,7 +47,7 @@ async def read_topic(kafka: KafkaSettings, topic: str) -> list[ConsumerRecord[by
 
 async def produce(kafka: KafkaSettings, topic: str, value: bytes, key: bytes | None = None) -> None:
     """One raw record (say, a malformed one) onto ``topic`` (prefixed by the settings)."""
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    producer = AIOKafkaProducer(**connection(kafka))
     await producer.start()
     try:
         await producer.send_and_wait(kafka.topic(topic), value=value, key=key)
@@ -73,9 +74,7 @@ async def topic_has(kafka: KafkaSettings, topic: str, count: int) -> bool:
 
 async def consumed(kafka: KafkaSettings, group: str, *topics: str) -> bool:
     """Whether ``group`` has committed every record now on ``topics``: proof it handled them all."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**connection(kafka), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()

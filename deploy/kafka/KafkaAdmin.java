@@ -2,6 +2,9 @@
 // One JVM waits for the broker and creates every topic: the CLI tools would start a JVM per topic.
 //   java -cp 'LIBS/*' KafkaAdmin.java ensure BOOTSTRAP TIMEOUT_S PARTITIONS TOPIC...
 //   java -cp 'LIBS/*' KafkaAdmin.java list BOOTSTRAP
+// -Dtrialroute.admin.config=FILE adds client properties (security.protocol, SASL, truststore).
+import java.io.FileReader;
+import java.nio.file.*;
 import java.util.*;
 import java.util.concurrent.ExecutionException;
 import org.apache.kafka.clients.admin.*;
@@ -10,6 +13,9 @@ import org.apache.kafka.common.errors.TopicExistsException;
 public class KafkaAdmin {
     public static void main(String[] a) throws Exception {
         Properties p = new Properties();
+        String config = System.getProperty("trialroute.admin.config", "");
+        if (!config.isEmpty() && Files.isReadable(Path.of(config)))
+            try (FileReader r = new FileReader(config)) { p.load(r); }
         p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, a[1]);
         p.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "5000");
         p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "10000");

@@ -3,7 +3,15 @@
 # run straight from Maven-fetched jars: no Docker, no Kafka distribution to download.
 # Usage: deploy/local/kafka.sh start|stop|status|topics|bootstrap  (bootstrap prints host:port)
 # Env: TRIALROUTE_KAFKA_PORT (29092; the controller listens on the next port),
-#      TRIALROUTE_KAFKA_VERSION (4.4.0), TRIALROUTE_CACHE_DIR (~/.cache/trialroute).
+#      TRIALROUTE_KAFKA_VERSION (4.4.0), TRIALROUTE_CACHE_DIR (~/.cache/trialroute),
+#      TRIALROUTE_KAFKA_DIR (where the broker's files live; default .run/kafka: a second broker, say the
+#      TLS tests', needs its own).
+#   SASL_SSL instead of PLAINTEXT on the client port (the controller's stays PLAINTEXT on loopback):
+#      TRIALROUTE_KAFKA_SSL_CERT, TRIALROUTE_KAFKA_SSL_KEY (PEM: the broker's certificate chain and its
+#      unencrypted PKCS#8 key), TRIALROUTE_KAFKA_SSL_CA (PEM: what the broker, connecting to itself, and
+#      the admin tool trust),
+#      TRIALROUTE_KAFKA_USER and TRIALROUTE_KAFKA_PASSWORD (a SCRAM-SHA-512 user, added when the log dir
+#      is formatted; the broker and the admin tool log in as it too).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -12,8 +20,13 @@ VERSION="${TRIALROUTE_KAFKA_VERSION:-4.4.0}"
 PORT="${TRIALROUTE_KAFKA_PORT:-29092}"
 CONTROLLER_PORT="${TRIALROUTE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 BOOTSTRAP="127.0.0.1:$PORT"
-RUN="$ROOT/.run/kafka"
+RUN="${TRIALROUTE_KAFKA_DIR:-$ROOT/.run/kafka}"
 DATA="$RUN/data" LOG="$RUN/kafka.log" PIDFILE="$RUN/kafka.pid" PROPS="$RUN/server.properties"
+ADMIN_PROPS="$RUN/admin.properties"  # how KafkaAdmin.java connects (SASL_SSL: its credentials)
+SSL_CERT="${TRIALROUTE_KAFKA_SSL_CERT:-}" SSL_KEY="${TRIALROUTE_KAFKA_SSL_KEY:-}" SSL_CA="${TRIALROUTE_KAFKA_SSL_CA:-}"
+SCRAM_USER="${TRIALROUTE_KAFKA_USER:-}" SCRAM_PASSWORD="${TRIALROUTE_KAFKA_PASSWORD:-}"
+PROTOCOL=PLAINTEXT
+[[ -n $SSL_CERT ]] && PROTOCOL=SASL_SSL
 # The jars live outside the checkout so that every clone on this machine (CI's too) reuses them.
 LIBS="${TRIALROUTE_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/trialroute}/kafka-$VERSION/libs"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -32,7 +45,7 @@ running() {  # the pid file names a live broker started with this checkout's con
 }
 
 check_port() {  # a broker started with another TRIALROUTE_KAFKA_PORT would make `bootstrap` lie
-  grep -q "^listeners=PLAINTEXT://$BOOTSTRAP," "$PROPS" \
+  grep -q "^listeners=$PROTOCOL://$BOOTSTRAP," "$PROPS" \
     || fail "already running with other ports ($(grep '^listeners=' "$PROPS")): stop it first" /dev/null
 }
 
@@ -40,7 +53,41 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 kjava() {  # run a Kafka main class or KafkaAdmin.java, logging at error level only
   "$JAVA" -Dlog4j2.configurationFile="$CONF/log4j2.properties" -Dtrialroute.log.level=error \
-    -cp "$LIBS/*" "$@"
+    -Dtrialroute.admin.config="$ADMIN_PROPS" -cp "$LIBS/*" "$@"
+}
+
+jaas() { echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$SCRAM_USER\" password=\"$SCRAM_PASSWORD\";"; }
+
+render() {  # server.properties for this run, and the admin tool's client properties
+  sed -e "s|@KAFKA_PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@LOG_DIR@|$DATA|g" \
+    "$CONF/server.properties" >"$PROPS"
+  : >"$ADMIN_PROPS"
+  [[ $PROTOCOL == SASL_SSL ]] || return 0
+  [[ -r $SSL_CERT && -r $SSL_KEY && -r $SSL_CA && -n $SCRAM_USER && -n $SCRAM_PASSWORD ]] \
+    || fail "SASL_SSL needs TRIALROUTE_KAFKA_SSL_CERT, _SSL_KEY, _SSL_CA (readable PEM files), _USER and _PASSWORD" /dev/null
+  # The key and certificate chain in one PEM keystore; the files hold a password: the owner's only.
+  (umask 077; cat "$SSL_KEY" "$SSL_CERT" >"$RUN/broker.pem")
+  sed -i -e "s|PLAINTEXT://|SASL_SSL://|g" -e "s|^inter.broker.listener.name=.*|inter.broker.listener.name=SASL_SSL|" \
+    -e "s|^listener.security.protocol.map=.*|listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT|" \
+    "$PROPS"
+  chmod 600 "$PROPS" "$ADMIN_PROPS"
+  cat >>"$PROPS" <<PROPS
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$(jaas)
+ssl.keystore.type=PEM
+ssl.keystore.location=$RUN/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$SSL_CA
+ssl.client.auth=none
+PROPS
+  cat >>"$ADMIN_PROPS" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=$(jaas)
+ssl.truststore.type=PEM
+ssl.truststore.location=$SSL_CA
+PROPS
 }
 
 fetch() {  # resolve the broker's jars with Maven, once per version and pom.xml on this machine
@@ -63,7 +110,9 @@ format() {  # KRaft refuses to start on a log dir without a cluster id: write on
   [[ -f $DATA/meta.properties ]] && return 0
   mkdir -p "$DATA"
   local id; id="$(kjava kafka.tools.StorageTool random-uuid)"
-  kjava kafka.tools.StorageTool format --cluster-id "$id" --config "$PROPS" >"$RUN/format.log" 2>&1 \
+  local scram=()  # SCRAM credentials exist from the start in KRaft: written with the cluster's metadata
+  [[ $PROTOCOL == SASL_SSL ]] && scram=(--add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]")
+  kjava kafka.tools.StorageTool format --cluster-id "$id" --config "$PROPS" ${scram[@]+"${scram[@]}"} >"$RUN/format.log" 2>&1 \
     || fail "could not format $DATA" "$RUN/format.log"
 }
 
@@ -74,8 +123,7 @@ start() {
   done
   fetch
   mkdir -p "$RUN"
-  sed -e "s|@KAFKA_PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@LOG_DIR@|$DATA|g" \
-    "$CONF/server.properties" >"$PROPS"
+  render
   format
   [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"  # keep the previous run's log for post-mortems
   # setsid: the broker outlives this script and does not get the terminal's Ctrl-C.

@@ -3,7 +3,10 @@
 # initdb'd once into .run/postgres/data, listening on 127.0.0.1 only, trust auth, one database per service.
 # Usage: deploy/local/postgres.sh start|stop|status|url
 # Env: TRIALROUTE_PG_PORT (25432), TRIALROUTE_PG_FAST=1 (fsync off: test instances only),
-#      PG_BIN (directory of pg_ctl and friends; default: the newest /usr/lib/postgresql/*/bin).
+#      PG_BIN (directory of pg_ctl and friends; default: the newest /usr/lib/postgresql/*/bin),
+#      TRIALROUTE_PG_DIR (where the instance lives; default .run/postgres: a second instance, say the TLS
+#      tests', needs its own), TRIALROUTE_PG_SSL_CERT and TRIALROUTE_PG_SSL_KEY (PEM files: serve TLS with
+#      them and refuse connections without it; `url` then asks for sslmode=require).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -33,15 +36,19 @@ fail() {  # fail MESSAGE [LOG]: say what failed and show the end of the log that
 # The server user must be able to reach its data dir. A checkout under a root-only path (/root/...)
 # is not reachable, so there the files live in /var/tmp, keyed by the checkout's path, and
 # .run/postgres is a symlink to them: .run/postgres/{data,postgres.log} work in both cases.
+SSL_CERT="${TRIALROUTE_PG_SSL_CERT:-}" SSL_KEY="${TRIALROUTE_PG_SSL_KEY:-}"
+[[ -z $SSL_CERT && -z $SSL_KEY ]] || [[ -r $SSL_CERT && -r $SSL_KEY ]] \
+  || { echo "postgres.sh: FAILED: TRIALROUTE_PG_SSL_CERT and TRIALROUTE_PG_SSL_KEY must both name readable files" >&2; exit 1; }
+
 locate() {
-  BASE="$ROOT/.run/postgres"
+  BASE="${TRIALROUTE_PG_DIR:-$ROOT/.run/postgres}"
   if [[ ! -e $BASE ]]; then
     mkdir -p "$BASE"
     if ((${#AS_PG[@]})); then
       chown postgres: "$BASE"
       if ! "${AS_PG[@]}" test -w "$BASE"; then
         rmdir "$BASE"
-        local real; real="/var/tmp/trialroute-pg-$(echo -n "$ROOT" | sha1sum | cut -c1-12)"
+        local real; real="/var/tmp/trialroute-pg-$(echo -n "$BASE" | sha1sum | cut -c1-12)"
         mkdir -p "$real" && chown postgres: "$real" && chmod 700 "$real"
         ln -s "$real" "$BASE"
       fi
@@ -79,14 +86,25 @@ CONF
   local opts="-p $PORT"
   # Durability traded for speed; only for throwaway test instances (set by scripts/test.sh).
   [[ ${TRIALROUTE_PG_FAST:-0} == 1 ]] && opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  if [[ -n $SSL_CERT ]]; then tls; opts+=" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c hba_file=$DATA/pg_hba_tls.conf"; fi
   pg pg_ctl start -D "$DATA" -l "$LOG" -o "$opts" -w -t 60 >/dev/null \
     || fail "PostgreSQL did not start on 127.0.0.1:$PORT (is the port taken? set TRIALROUTE_PG_PORT)"
   for db in "${DATABASES[@]}"; do  # CREATE DATABASE has no IF NOT EXISTS: \gexec runs it only when missing
     echo "SELECT 'CREATE DATABASE $db' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db')
 \gexec"
-  done | "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
+  done | env ${SSL_CERT:+PGSSLMODE=require} "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
     || fail "creating the service databases"
   echo "postgres.sh: running on 127.0.0.1:$PORT, data $DATA, log $LOG"
+}
+
+tls() {  # the server's certificate and key in the data dir, readable by the server user only; TLS required
+  install -m 600 "$SSL_CERT" "$DATA/server.crt"
+  install -m 600 "$SSL_KEY" "$DATA/server.key"
+  cat >"$DATA/pg_hba_tls.conf" <<'HBA'
+hostssl all all 127.0.0.1/32 trust
+hostnossl all all 0.0.0.0/0 reject
+HBA
+  if ((${#AS_PG[@]})); then chown postgres: "$DATA/server.crt" "$DATA/server.key" "$DATA/pg_hba_tls.conf"; fi
 }
 
 stop() {
@@ -103,6 +121,6 @@ case "${1:-}" in
   status)
     if running; then check_port; echo "postgres.sh: running on 127.0.0.1:$PORT"
     else echo "postgres.sh: stopped"; exit 3; fi ;;
-  url) echo "postgresql://postgres@127.0.0.1:$PORT/postgres" ;;
+  url) echo "postgresql://postgres@127.0.0.1:$PORT/postgres${SSL_CERT:+?sslmode=require}" ;;
   *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
 esac

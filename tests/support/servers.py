@@ -5,7 +5,8 @@
     async with serve_app(app, sock=sock) as base_url:
         response = await http.get(f"{base_url}/healthz")
 
-Without ``sock`` the app gets a free port of its own. Startup (the app's lifespan) completes before
+Without ``sock`` the app gets a free port of its own; ``tls`` (``shared.tls.server_options``) serves
+HTTPS, and the URL yielded is then ``https://``. Startup (the app's lifespan) completes before
 the block starts; a failing startup raises instead of hanging; shutdown runs the lifespan's end.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -50,14 +52,18 @@ def loopback_socket() -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 @contextlib.asynccontextmanager
 async def serve_app(
-    app: ASGIApp, *, sock: socket.socket | None = None, startup_timeout_s: float = 30.0
+    app: ASGIApp,
+    *,
+    sock: socket.socket | None = None,
+    startup_timeout_s: float = 30.0,
+    tls: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on the current event loop; yield its base URL."""
     sock = sock or loopback_socket()
@@ -71,6 +77,7 @@ async def serve_app(
         ws="none",
         http="h11",
         **SERVER_OPTIONS,
+        **(tls or {}),
     )
     server = _InProcessServer(config)
 
@@ -90,7 +97,7 @@ async def serve_app(
 
     try:
         await eventually(started, within=startup_timeout_s, interval=0.01, what="the app to start")
-        yield url_of(sock)
+        yield url_of(sock, "https" if tls else "http")
     finally:
         await _stop(server, task)
         sock.close()

@@ -29,6 +29,11 @@ def connection(kafka: KafkaSettings) -> dict[str, Any]:
     if kafka.uses_tls:
         options["ssl_context"] = create_ssl_context(cafile=kafka.ca_file)
     if kafka.uses_sasl:
+        # Checked here, not in the settings: auth shares the broker settings but never connects.
+        if not (kafka.username and kafka.password.get_secret_value()):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={kafka.security_protocol} needs a username and a password"
+            )
         options.update(
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.username,

@@ -113,12 +113,6 @@ class KafkaSettings(Settings):
     def uses_sasl(self) -> bool:
         return self.security_protocol.startswith("SASL_")
 
-    @model_validator(mode="after")
-    def _sasl_needs_a_user(self) -> KafkaSettings:
-        if self.uses_sasl and not (self.username and self.password.get_secret_value()):
-            raise ValueError(f"security_protocol {self.security_protocol} needs a username and a password")
-        return self
-
 
 class TlsSettings(Settings):
     """What the services' HTTPS clients (token fetching, JWKS, the notifier's contact reads) trust."""

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from services.cli import SERVICES, app
 from services.devstack.stack import Stack, StackConfig
-from shared.settings import KafkaSettings, OAuthSettings, ServiceSettings
+from shared.settings import FILE_SUFFIX, KafkaSettings, OAuthSettings, ServiceSettings, TlsSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -33,9 +33,8 @@ POSTGRES_INIT = ROOT / "deploy" / "compose" / "postgres" / "init-databases.sql"
 
 # Variables no settings class declares but a library in the image reads: name -> the one service whose
 # containers may set it.
-LIBRARY_ENV = {
-    # authlib refuses token requests over plain HTTP off loopback; TLS is terminated in front of auth.
-    "AUTHLIB_INSECURE_TRANSPORT": "auth",
+LIBRARY_ENV: dict[str, str] = {
+    # None: AUTHLIB_INSECURE_TRANSPORT in particular is never set in deploy (every service serves HTTPS).
 }
 # Variables of the Python runtime itself, allowed in the Dockerfile only.
 PYTHON_RUNTIME_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
@@ -45,7 +44,8 @@ PYTHON_RUNTIME_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
 
 
 def env_names(settings: type[BaseSettings]) -> set[str]:
-    """The variables a settings class reads: prefix + field name, upper-cased (pydantic-settings)."""
+    """The variables a settings class reads: prefix + field name, upper-cased (pydantic-settings), and
+    the same with ``_FILE`` (the value in a file: ``shared.settings.FileValues``)."""
     prefix = str(settings.model_config.get("env_prefix", ""))
     names = set()
     for name, info in settings.model_fields.items():
@@ -53,7 +53,7 @@ def env_names(settings: type[BaseSettings]) -> set[str]:
             continue  # nested settings (kafka, oauth) read variables of their own prefix
         alias = info.validation_alias if isinstance(info.validation_alias, str) else None
         names.add((alias or prefix + name).upper())
-    return names
+    return names | {name + FILE_SUFFIX for name in names}
 
 
 def settings_class(service: str) -> type[ServiceSettings]:
@@ -72,8 +72,8 @@ def settings_class(service: str) -> type[ServiceSettings]:
 
 @cache
 def shared_env() -> frozenset[str]:
-    """Read by every service: Kafka and the token issuer."""
-    return frozenset(env_names(KafkaSettings) | env_names(OAuthSettings))
+    """Read by every service: Kafka, the token issuer and the CA of the services' certificates."""
+    return frozenset(env_names(KafkaSettings) | env_names(OAuthSettings) | env_names(TlsSettings))
 
 
 @cache

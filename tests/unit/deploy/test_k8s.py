@@ -1,7 +1,8 @@
 """deploy/k8s: validated offline against the Kubernetes schemas that kubernetes-validate ships, and
-checked against the code (settings, commands, topics, consumer groups). Strimzi's and KEDA's custom
-resources have no schema there: Strimzi's structure is checked by hand, KEDA's ScaledObjects against a
-JSON schema of the fields used here (``SCALED_OBJECT_SCHEMA``, after KEDA 2.x's CRD)."""
+checked against the code (settings, commands, topics, consumer groups). Strimzi's, cert-manager's and
+KEDA's custom resources have no schema there: Strimzi's and cert-manager's structure is checked by hand,
+KEDA's ScaledObjects against a JSON schema of the fields used here (``SCALED_OBJECT_SCHEMA``, after
+KEDA 2.x's CRD)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,37 @@ def _env(deployment: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+SECRETS_DIR = "/etc/trialroute/secrets"
+
+
+def _secret_files(deployment: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """The files of the pod's read-only ``secrets`` volume: path -> (Secret, key); key None for a
+    Secret projected whole (each of its keys a file of that name)."""
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"]
+    files: dict[str, tuple[str, str | None]] = {}
+    for source in volume["projected"]["sources"]:
+        secret = source["secret"]
+        if "items" in secret:
+            for item in secret["items"]:
+                files[f"{SECRETS_DIR}/{item['path']}"] = (secret["name"], item["key"])
+        else:
+            files[f"{SECRETS_DIR}/*{secret['name']}"] = (secret["name"], None)
+    return files
+
+
+def _file_value(deployment: dict[str, Any], path: str) -> tuple[str, str]:
+    """The Secret and key a ``<NAME>_FILE`` path of the pod reads."""
+    files = _secret_files(deployment)
+    if path in files:
+        secret, key = files[path]
+        assert key is not None
+        return secret, key
+    name = path.removeprefix(f"{SECRETS_DIR}/")
+    whole = [s for s, k in files.values() if k is None and name in SECRETS.get(s, {}).get("stringData", {})]
+    assert whole, f"{path}: no file of the secrets volume"
+    return whole[0], name
+
+
 def test_kustomization_lists_every_manifest() -> None:
     listed = set(facts.k8s_resource_files())
     on_disk = {p for p in facts.K8S_DIR.rglob("*.yaml") if p.name != "kustomization.yaml"}
@@ -106,7 +138,11 @@ def test_kustomization_lists_every_manifest() -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [d for d in DOCS if not d["apiVersion"].startswith(("kafka.strimzi.io/", "keda.sh/"))],
+    [
+        d
+        for d in DOCS
+        if not d["apiVersion"].startswith(("kafka.strimzi.io/", "keda.sh/", "cert-manager.io/"))
+    ],
     ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
 )
 def test_core_manifests_validate_against_the_kubernetes_schemas(doc: dict[str, Any]) -> None:
@@ -365,9 +401,12 @@ def test_deployments_are_hardened(name: str) -> None:
     for resource in ("cpu", "memory"):
         # The schema types quantities as int-or-string; the API server also wants requests <= limits.
         assert _quantity(resources["requests"][resource]) <= _quantity(resources["limits"][resource])
-    # The only writable places: emptyDirs at /tmp and, for the site router, its runtime directory.
+    # The only writable places: emptyDirs at /tmp and, for the site router, its runtime directory; the
+    # one other volume is the secrets, read-only.
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    read_only = {m["mountPath"] for m in container["volumeMounts"] if m.get("readOnly")}
+    assert read_only == {SECRETS_DIR}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if m["mountPath"] not in read_only}
     assert set(mounts.values()) <= empty_dirs
     assert "/tmp" in mounts
     if service == "site_router":
@@ -381,11 +420,12 @@ def test_deployments_are_hardened(name: str) -> None:
 def test_probes_readiness_readyz_liveness_healthz(name: str) -> None:
     container = _container(DEPLOYMENTS[name])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["http"] == int(facts.dockerfile_env()["AUTH_PORT"])
+    assert ports["https"] == int(facts.dockerfile_env()["AUTH_PORT"])
     expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
     for probe, path in expected.items():
         assert container[probe]["httpGet"]["path"] == path, probe
-        assert container[probe]["httpGet"]["port"] == "http", probe
+        assert container[probe]["httpGet"]["port"] == "https", probe
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
@@ -397,7 +437,7 @@ def test_metrics_on_their_own_port_and_no_docs_in_production(name: str) -> None:
     env = _env(deployment)
     container = _container(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert set(ports) == {"http", "metrics"}
+    assert set(ports) == {"https", "metrics"}
     assert ports["metrics"] == int(env[f"{prefix}METRICS_PORT"])
     assert env[f"{prefix}DOCS_ENABLED"] == "false"
     assert env[f"{prefix}ENVIRONMENT"] == "production"
@@ -406,7 +446,7 @@ def test_metrics_on_their_own_port_and_no_docs_in_production(name: str) -> None:
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
     if deployment is API.get(service):
         service_ports = K8S_SERVICES[name]["spec"]["ports"]
-        assert [p["targetPort"] for p in service_ports] == ["http"]
+        assert [p["targetPort"] for p in service_ports] == ["https"]
     else:
         assert name not in K8S_SERVICES, "consumer pods serve no API"
 
@@ -417,25 +457,55 @@ def test_environment_is_read_by_the_service(name: str) -> None:
     env = _env(DEPLOYMENTS[name])
     unknown = set(env) - facts.env_read_by(service)
     assert not unknown, f"{service} is given variables its settings do not read: {sorted(unknown)}"
-    assert facts.devstack_env(service) <= set(env) | set(facts.dockerfile_env())
+    given = set(env) | set(facts.dockerfile_env())
+    missing = {var for var in facts.devstack_env(service) if not {var, var + "_FILE"} & given}
+    assert not missing, f"{service} lacks {sorted(missing)} (or their _FILE)"
 
 
 def test_every_configmap_and_secret_is_used_and_read() -> None:
-    used = {
-        next(iter(source.values()))["name"]
-        for deployment in DEPLOYMENTS.values()
-        for source in _container(deployment).get("envFrom", [])
-    }
-    assert used == set(CONFIGMAPS) | set(SECRETS)
-    for doc in [*CONFIGMAPS.values(), *SECRETS.values()]:
-        keys = set(doc.get("data", {})) | set(doc.get("stringData", {}))
-        assert keys <= facts.env_read_by(None), doc["metadata"]["name"]
+    """ConfigMaps are the environment; Secrets are never in it, only files of the read-only volume."""
+    containers = [
+        c
+        for d in DEPLOYMENTS.values()
+        for c in [_container(d), *d["spec"]["template"]["spec"]["initContainers"]]
+    ]
+    assert all("secretRef" not in source for c in containers for source in c.get("envFrom", []))
+    assert all("valueFrom" not in e for c in containers for e in c.get("env", []))
+    used = {source["configMapRef"]["name"] for c in containers for source in c.get("envFrom", [])}
+    assert used == set(CONFIGMAPS)
+    for doc in CONFIGMAPS.values():
+        assert set(doc["data"]) <= facts.env_read_by(None), doc["metadata"]["name"]
+    mounted = {secret for d in DEPLOYMENTS.values() for secret, _ in _secret_files(d).values()}
+    assert set(SECRETS) <= mounted
+    for name, doc in SECRETS.items():
+        if name.endswith("-secrets"):  # files named after the variables whose _FILE names them
+            assert set(doc["stringData"]) <= facts.env_read_by(None), name
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_every_file_setting_names_a_file_of_the_secrets_volume(name: str) -> None:
+    deployment = DEPLOYMENTS[name]
+    env = _env(deployment)
+    service = _serves(deployment)
+    paths = {var: path for var, path in env.items() if var.endswith(("_FILE", "CERTFILE", "KEYFILE"))}
+    if service == "auth":
+        del paths["KAFKA_CA_FILE"]  # shared, and never read: auth uses no Kafka
+    for var, path in paths.items():
+        secret, key = _file_value(deployment, path)
+        if secret in SECRETS:
+            assert key in SECRETS[secret]["stringData"], f"{var}: {secret} has no {key}"
+    # Every secret of the service's own Secret reaches it as a file.
+    own = f"{service.replace('_', '-')}-secrets"
+    for key in SECRETS[own]["stringData"]:
+        assert env[f"{key}_FILE"] == f"{SECRETS_DIR}/{key}"
 
 
 def test_secrets_in_the_repository_are_placeholders() -> None:
     for name, secret in SECRETS.items():
         assert "data" not in secret, f"{name}: only readable placeholders (stringData) belong here"
         for key, value in secret["stringData"].items():
+            if key == "username":  # a Kafka user's name (the KafkaUser's), not a secret
+                continue
             assert "CHANGE-ME" in value, f"{name}: {key} looks like a real secret"
 
 
@@ -445,7 +515,6 @@ def test_services_reach_auth_kafka_intake_and_postgres_by_their_service_names() 
     assert all(e["OAUTH_ISSUER"] == issuer for e in env.values())
     assert _resolves(issuer)
     assert _resolves(env["notifier"]["NOTIFIER_INTAKE_URL"])
-    assert env["auth"]["AUTHLIB_INSECURE_TRANSPORT"] == "1"
 
     kafka = _of_kind("Kafka")
     (cluster,) = kafka
@@ -458,8 +527,11 @@ def test_services_reach_auth_kafka_intake_and_postgres_by_their_service_names() 
     assert postgres["spec"]["type"] == "ExternalName"
     databases = set()
     for service, e in env.items():
-        url = make_url(e[f"{service.upper()}_DATABASE_URL"])
+        secret, key = _file_value(API[service], e[f"{service.upper()}_DATABASE_URL_FILE"])
+        url = make_url(SECRETS[secret]["stringData"][key])
         assert (url.drivername, url.host) == ("postgresql+asyncpg", "postgres")
+        assert url.query["sslmode"] == "verify-full"
+        assert _file_value(API[service], str(url.query["sslrootcert"])) == ("postgres-ca", "ca.crt")
         assert url.port in {p["port"] for p in postgres["spec"]["ports"]}
         databases.add(url.database)
     assert len(databases) == len(facts.SERVICES), "a service never reads another's database"
@@ -520,3 +592,83 @@ def test_every_topic_and_dead_letter_topic_is_a_kafka_topic() -> None:
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
         assert topic["spec"]["partitions"] == KafkaSettings().partitions == 6
         assert 1 <= topic["spec"]["replicas"] <= brokers
+
+
+# --- encrypted and authenticated links ------------------------------------------------------------------
+
+
+def test_nothing_runs_over_plain_http_and_authlib_is_never_told_to_allow_it() -> None:
+    for name, deployment in DEPLOYMENTS.items():
+        env = _env(deployment)
+        assert "AUTHLIB_INSECURE_TRANSPORT" not in env, name
+        service = _serves(deployment)
+        prefix = facts.settings_class(service).model_config["env_prefix"]
+        assert env[f"{prefix}SSL_CERTFILE"] == f"{SECRETS_DIR}/tls/tls.crt", name
+        assert env[f"{prefix}SSL_KEYFILE"] == f"{SECRETS_DIR}/tls/tls.key", name
+        assert env["TLS_CA_FILE"] == f"{SECRETS_DIR}/tls/ca.crt"
+        assert _secret_files(deployment)[f"{SECRETS_DIR}/tls/tls.crt"] == (
+            f"{service.replace('_', '-')}-tls",
+            "tls.crt",
+        )
+        for var, value in env.items():
+            assert not str(value).startswith("http://"), f"{name}: {var} is plain HTTP"
+    assert "AUTHLIB_INSECURE_TRANSPORT" not in "".join(p.read_text() for p in facts.K8S_DIR.rglob("*.yaml"))
+
+
+def test_every_service_has_a_certificate_for_its_service_names() -> None:
+    certificates = {c["spec"]["secretName"]: c for c in _of_kind("Certificate").values()}
+    (issuer,) = _of_kind("Issuer")
+    for name, service in K8S_SERVICES.items():
+        if name == "postgres":
+            continue
+        certificate = certificates[f"{name}-tls"]
+        assert name in certificate["spec"]["dnsNames"]
+        assert f"{name}.trialroute.svc" in certificate["spec"]["dnsNames"]
+        assert certificate["spec"]["issuerRef"] == {"kind": "Issuer", "name": issuer}
+        assert [p["port"] for p in service["spec"]["ports"]] == [8000]
+
+
+def test_kafka_is_reached_over_tls_with_a_scram_user_per_service() -> None:
+    (cluster,) = _of_kind("Kafka").values()
+    (listener,) = cluster["spec"]["kafka"]["listeners"]
+    assert listener["tls"] is True
+    assert listener["authentication"] == {"type": "scram-sha-512"}
+    users = _of_kind("KafkaUser")
+    for deployment in DEPLOYMENTS.values():
+        env = _env(deployment)
+        assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-512")
+        service = _serves(deployment)
+        if service == "auth":  # no Kafka: the shared KAFKA_* are never used
+            assert "KAFKA_PASSWORD_FILE" not in env
+            continue
+        assert _file_value(deployment, env["KAFKA_CA_FILE"]) == (
+            f"{cluster['metadata']['name']}-cluster-ca-cert",
+            "ca.crt",
+        )
+        secret, _ = _file_value(deployment, env["KAFKA_PASSWORD_FILE"])
+        username = SECRETS[secret]["stringData"]["username"]
+        assert _file_value(deployment, env["KAFKA_USERNAME_FILE"]) == (secret, "username")
+        user = users[username]
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret,
+            "key": "password",
+        }
+
+
+def test_keda_reads_the_lag_as_the_service_s_user_over_tls() -> None:
+    authentications = _of_kind("TriggerAuthentication")
+    for name, scaled in SCALED_OBJECTS.items():
+        for trigger in scaled["spec"]["triggers"]:
+            assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+            refs = {
+                r["parameter"]: (r["name"], r["key"])
+                for r in authentications[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+            }
+            env = _env(DEPLOYMENTS[name])
+            secret, _ = _file_value(DEPLOYMENTS[name], env["KAFKA_PASSWORD_FILE"])
+            assert refs == {
+                "username": (secret, "username"),
+                "password": (secret, "password"),
+                "ca": _file_value(DEPLOYMENTS[name], env["KAFKA_CA_FILE"]),
+            }

@@ -80,23 +80,54 @@ def test_compose_sets_what_the_devstack_sets(service: str) -> None:
 
 def test_issuer_is_the_url_the_services_reach_auth_at() -> None:
     auth = APP[SERVED["auth"]]
-    assert auth["environment"]["AUTH_ISSUER"] == "http://auth:8000"
+    assert auth["environment"]["AUTH_ISSUER"] == "https://auth:8000"
     for name, service in APP.items():
         if _serves(name):
             assert service["environment"]["OAUTH_ISSUER"] == auth["environment"]["AUTH_ISSUER"], name
-    assert auth["environment"]["AUTHLIB_INSECURE_TRANSPORT"] == "1"
+    assert "AUTHLIB_INSECURE_TRANSPORT" not in facts.COMPOSE_FILE.read_text()
 
 
-def test_kafka_is_a_single_kraft_node_the_services_reach() -> None:
+def test_every_service_serves_https_with_a_certificate_of_the_certs_job() -> None:
+    names = set(
+        re.findall(r'^    "(\w+)": ', (facts.ROOT / "deploy/compose/make_certs.py").read_text(), re.M)
+    )
+    for service, name in SERVED.items():
+        env = APP[name]["environment"]
+        prefix = facts.settings_class(service).model_config["env_prefix"]
+        assert (env[f"{prefix}SSL_CERTFILE"], env[f"{prefix}SSL_KEYFILE"]) == (
+            f"/certs/{name}.crt",
+            f"/certs/{name}.key",
+        )
+        assert env["TLS_CA_FILE"] == "/certs/ca.crt"
+        assert "certs:/certs:ro" in APP[name]["volumes"]
+        assert name in names
+        assert "https://localhost:8000/healthz" in " ".join(APP[name]["healthcheck"]["test"])
+        for var, value in env.items():
+            assert not str(value).startswith("http://"), f"{name}: {var}"
+    assert {"kafka", "postgres"} <= names
+
+
+def test_kafka_is_a_single_kraft_node_the_services_reach_over_sasl_ssl() -> None:
     kafka = SERVICES["kafka"]
     env = kafka["environment"]
     assert re.fullmatch(r"apache/kafka:4\.[\d.]+", kafka["image"])
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    assert int(env["KAFKA_NUM_PARTITIONS"]) == 6
-    advertised = env["KAFKA_ADVERTISED_LISTENERS"].split("://", 1)[1]
+    start = (facts.ROOT / "deploy/compose/kafka/start.sh").read_text()
+    assert "process.roles=broker,controller" in start
+    assert "num.partitions=6" in start
+    assert "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT" in start
+    (advertised,) = re.findall(r"^advertised.listeners=SASL_SSL://(\S+)$", start, re.M)
+    users = dict(user.split(":", 1) for user in env["KAFKA_SCRAM_USERS"].split())
     for name, service in APP.items():
-        if "KAFKA_BOOTSTRAP_SERVERS" in service.get("environment", {}):
-            assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == advertised, name
+        given = service.get("environment", {})
+        if "KAFKA_BOOTSTRAP_SERVERS" in given:
+            assert given["KAFKA_BOOTSTRAP_SERVERS"] == advertised, name
+            assert (given["KAFKA_SECURITY_PROTOCOL"], given["KAFKA_SASL_MECHANISM"]) == (
+                "SASL_SSL",
+                "SCRAM-SHA-512",
+            )
+            assert given["KAFKA_CA_FILE"] == "/certs/ca.crt"
+            if name != SERVED["auth"]:  # auth uses no Kafka
+                assert users[given["KAFKA_USERNAME"]] == given["KAFKA_PASSWORD"], name
     # `trialroute topics` creates the event topics (from the code) before any consumer starts.
     topics = next(name for name, s in APP.items() if s.get("command") == ["topics"])
     for name in SERVED.values():
@@ -182,6 +213,7 @@ def test_each_service_has_its_own_database_from_the_init_script() -> None:
             if var.endswith("_DATABASE_URL"):
                 url = make_url(value)
                 assert (url.drivername, url.host, url.port) == ("postgresql+asyncpg", "postgres", 5432)
+                assert dict(url.query) == {"sslmode": "verify-full", "sslrootcert": "/certs/ca.crt"}
                 assert owners[url.database] == url.username, f"{name}: {var}"
                 assert passwords[url.username] == url.password, f"{name}: {var}"
                 if _serves(name):

@@ -47,11 +47,16 @@ class FileValues(PydanticBaseSettingsSource):
         prefix = str(self.config.get("env_prefix") or "")
         environ = {name.upper(): value for name, value in os.environ.items()}
         values: dict[str, Any] = {}
-        for name in self.settings_cls.model_fields:
+        for name, field in self.settings_cls.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings):
+                continue  # nested settings (kafka, oauth, tls) read their own prefix's files
             path = environ.get(f"{prefix}{name}{FILE_SUFFIX}".upper())
             if path:
                 text = Path(path).read_text(encoding="utf-8")
-                values[name] = text[:-1] if text.endswith("\n") else text
+                value = text[:-1] if text.endswith("\n") else text
+                # A list or a model in a file is JSON, as in its variable.
+                complex_value = self.field_is_complex(field)
+                values[name] = self.decode_complex_value(name, field, value) if complex_value else value
         return values
 
 

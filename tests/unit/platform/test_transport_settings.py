@@ -49,6 +49,11 @@ def test_every_settings_class_reads_files_kafka_and_auth_too(
     assert AuthSettings().key_encryption_secret.get_secret_value() == "kek"
 
 
+def test_a_list_in_a_file_is_json_as_in_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTAKE_TRUSTED_PROXIES_FILE", secret_file(tmp_path, "p", '["10.0.0.0/8"]\n'))
+    assert IntakeSettings().trusted_proxies == ["10.0.0.0/8"]
+
+
 def test_a_variable_set_directly_wins_over_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFIER_CLIENT_SECRET", "direct")
     monkeypatch.setenv("NOTIFIER_CLIENT_SECRET_FILE", secret_file(tmp_path, "s", "file"))

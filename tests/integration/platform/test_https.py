@@ -4,6 +4,8 @@ AUTHLIB_INSECURE_TRANSPORT: the token endpoint is reached over TLS."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from pydantic import SecretStr
 
 from services.auth.bootstrap import create_app
 from services.auth.config import AuthSettings
+from services.devstack.processes import trialroute_argv
 from shared.auth import Scope, ServiceTokenSource, TokenValidator
 from shared.settings import OAuthSettings, TlsSettings
 from shared.tls import client_context, http_client, server_options
@@ -20,6 +23,7 @@ from tests.support.auth import Issuer, attached_issuer
 from tests.support.servers import loopback_socket, serve_app, url_of
 from tests.support.stores import migrated
 from tests.support.tls import Pki
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +113,51 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(
         async with httpx.AsyncClient(verify=with_certificate, timeout=10) as http:
             response = await http.get(f"{url}/healthz")
     assert response.status_code == 200
+
+
+async def test_trialroute_serve_serves_https_with_its_secrets_from_files(pki: Pki, tmp_path: Path) -> None:
+    """The process ops run: `trialroute serve auth` in production mode, its certificate named by the
+    environment and its key-encryption secret read from a file (a production start refuses the default)."""
+    secret = tmp_path / "key-encryption-secret"
+    secret.write_text("a-secret-from-a-mounted-file\n")
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {
+        **os.environ,
+        "AUTH_ENVIRONMENT": "production",
+        "AUTH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}",
+        "AUTH_MIGRATE_ON_START": "true",
+        "AUTH_ISSUER": f"https://127.0.0.1:{port}",
+        "AUTH_SSL_CERTFILE": str(pki.cert_file),
+        "AUTH_SSL_KEYFILE": str(pki.key_file),
+        "AUTH_KEY_ENCRYPTION_SECRET_FILE": str(secret),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *trialroute_argv("serve", "auth", "--port", str(port)),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with http_client(TlsSettings(ca_file=str(pki.ca_file)), timeout=5) as http:
+
+            async def healthy() -> httpx.Response | None:
+                if process.returncode is not None:
+                    raise AssertionError(f"trialroute serve exited {process.returncode}")
+                try:
+                    return await http.get(f"https://127.0.0.1:{port}/healthz")
+                except httpx.ConnectError as error:
+                    if "CERTIFICATE" in str(error):
+                        raise
+                    return None
+
+            response = await eventually(healthy, within=60, interval=0.2, what="auth to serve HTTPS")
+            jwks = await http.get(f"https://127.0.0.1:{port}/.well-known/jwks.json")
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        _, errors = await process.communicate()
+    assert response.status_code == 200
+    assert jwks.status_code == 200 and jwks.json()["keys"]
+    assert b"a-secret-from-a-mounted-file" not in errors

@@ -672,3 +672,40 @@ def test_keda_reads_the_lag_as_the_service_s_user_over_tls() -> None:
                 "password": (secret, "password"),
                 "ca": _file_value(DEPLOYMENTS[name], env["KAFKA_CA_FILE"]),
             }
+
+
+@pytest.mark.parametrize("service", CONSUMING)
+def test_each_kafka_user_may_do_what_its_service_does_and_no_more(service: str) -> None:
+    """The cluster authorises (``simple``): a user reads and writes the event topics and their
+    dead-letter topics, and commits its own group's offsets; it may not create topics nor use another
+    group (so KEDA, logged in as the same user, sees that group's lag)."""
+    (cluster,) = _of_kind("Kafka").values()
+    assert cluster["spec"]["kafka"]["authorization"] == {"type": "simple"}
+    deployment = CONSUMERS[service]
+    secret, _ = _file_value(deployment, _env(deployment)["KAFKA_PASSWORD_FILE"])
+    user = _of_kind("KafkaUser")[SECRETS[secret]["stringData"]["username"]]
+    acls = user["spec"]["authorization"]["acls"]
+    group, topics = _consumed_topics(service) or ("", frozenset())
+    granted: dict[tuple[str, str], set[str]] = {}
+    for acl in acls:
+        resource = acl["resource"]
+        for name in [*all_topics(), group, "trialroute-other"]:
+            kind = "group" if name.startswith("trialroute-") else "topic"
+            if resource["type"] != kind:
+                continue
+            matches = (
+                name.startswith(resource["name"])
+                if resource["patternType"] == "prefix"
+                else name == resource["name"]
+            )
+            if matches:
+                granted.setdefault((kind, name), set()).update(acl["operations"])
+    for topic in all_topics():
+        assert {"Describe", "Read", "Write"} <= granted[("topic", topic)], topic
+    assert topics <= {name for kind, name in granted if kind == "topic"}
+    assert {"Describe", "Read"} <= granted[("group", group)]
+    assert ("group", "trialroute-other") not in granted
+    assert not any("Create" in ops or "All" in ops for ops in granted.values())
+    for scaled in SCALED_OBJECTS.values():
+        if scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]:
+            assert {t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"]} == {group}

@@ -219,3 +219,15 @@ def test_each_service_has_its_own_database_from_the_init_script() -> None:
                 if _serves(name):
                     databases.add(url.database)
     assert len(databases) == len(facts.SERVICES)
+
+
+def test_postgres_serves_tls_only_with_the_certs_job_s_certificate() -> None:
+    postgres = SERVICES["postgres"]
+    command = " ".join(postgres["command"])
+    assert "ssl=on" in command
+    assert "ssl_cert_file=/certs/postgres.crt" in command and "ssl_key_file=/certs/postgres.key" in command
+    assert "certs:/certs:ro" in postgres["volumes"]
+    hba = (facts.ROOT / "deploy/compose/postgres/require-tls.sh").read_text()
+    assert any(v.endswith("/docker-entrypoint-initdb.d/require-tls.sh:ro") for v in postgres["volumes"])
+    assert re.search(r"^hostnossl\s+all\s+all\s+all\s+reject$", hba, re.M)
+    assert not re.search(r"^host\s", hba, re.M), "a `host` line would also accept connections without TLS"

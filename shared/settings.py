@@ -152,6 +152,16 @@ class OAuthSettings(Settings):
         return self.token_url or f"{self.issuer.rstrip('/')}/oauth/token"
 
 
+def _loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ServiceSettings(Settings):
     """Settings every service has; subclasses set ``env_prefix`` and add their own fields."""
 
@@ -211,6 +221,27 @@ class ServiceSettings(Settings):
             raise ValueError("ssl_certfile and ssl_keyfile go together")
         if self.ssl_client_ca_file and not self.ssl_certfile:
             raise ValueError("ssl_client_ca_file needs ssl_certfile and ssl_keyfile (HTTPS)")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_clear_links_in_production(self) -> ServiceSettings:
+        """In production a link off this machine is encrypted: HTTPS served here (or by a proxy named in
+        ``trusted_proxies``), Kafka over SSL/SASL_SSL, PostgreSQL with a verifying ``sslmode``. Loopback
+        is exempt (a sidecar, the tests)."""
+        if self.environment != "production":
+            return self
+        if not self.serves_tls and not self.trusted_proxies and not _loopback(self.host):
+            raise ValueError(
+                "production serves HTTPS: set ssl_certfile and ssl_keyfile, or trusted_proxies for the "
+                "proxy that terminates TLS in front (or listen on loopback only)"
+            )
+        brokers = [server.rsplit(":", 1)[0] for server in self.kafka.bootstrap_servers.split(",")]
+        if not self.kafka.uses_tls and not all(_loopback(b) for b in brokers):
+            raise ValueError("production reaches Kafka over TLS: KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "postgresql" and not _loopback(url.host or "localhost"):
+            if url.query.get("sslmode") not in ("verify-full", "verify-ca"):
+                raise ValueError("production reaches PostgreSQL with ?sslmode=verify-full in database_url")
         return self
 
     @model_validator(mode="after")

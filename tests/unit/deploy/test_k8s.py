@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -709,3 +711,33 @@ def test_each_kafka_user_may_do_what_its_service_does_and_no_more(service: str) 
     for scaled in SCALED_OBJECTS.values():
         if scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]:
             assert {t["metadata"]["consumerGroup"] for t in scaled["spec"]["triggers"]} == {group}
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_the_pod_s_settings_load_and_pass_the_production_checks(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings class reads the pod's environment and its secrets volume (placeholders here) as
+    the pod would, and accepts them in production: HTTPS, Kafka over SASL_SSL, verify-full."""
+    deployment = DEPLOYMENTS[name]
+    service = _serves(deployment)
+    for var in [v for v in os.environ if v.startswith(("KAFKA_", "OAUTH_", "TLS_", "AUTH_"))]:
+        monkeypatch.delenv(var)
+    for var, value in _env(deployment).items():
+        if value.startswith(SECRETS_DIR + "/") and not (service == "auth" and var == "KAFKA_CA_FILE"):
+            local = tmp_path / value.removeprefix(SECRETS_DIR + "/")
+            secret, key = _file_value(deployment, value)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(
+                SECRETS.get(secret, {}).get("stringData", {}).get(key, "issued in the cluster") + "\n"
+            )
+            value = str(local)
+        monkeypatch.setenv(var, value)
+    settings = facts.settings_class(service)()
+    assert settings.environment == "production"
+    assert settings.serves_tls and settings.base_url.startswith("https://")
+    assert settings.oauth.issuer.startswith("https://")
+    assert make_url(settings.database_url).query["sslmode"] == "verify-full"
+    if service != "auth":
+        assert settings.kafka.uses_sasl and settings.kafka.uses_tls
+        assert settings.kafka.password.get_secret_value() == "CHANGE-ME"

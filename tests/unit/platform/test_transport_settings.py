@@ -154,3 +154,45 @@ def test_a_client_ca_asks_every_client_for_a_certificate() -> None:
     assert server_options(settings)["ssl_cert_reqs"] == ssl.CERT_REQUIRED
     with pytest.raises(ValidationError, match="needs ssl_certfile"):
         ServiceSettings(ssl_client_ca_file="/ca")
+
+
+PRODUCTION = {
+    "environment": "production",
+    "host": "0.0.0.0",
+    "ssl_certfile": "/tls/tls.crt",
+    "ssl_keyfile": "/tls/tls.key",
+    "database_url": "postgresql+asyncpg://intake:pw@postgres:5432/intake?sslmode=verify-full&sslrootcert=/ca",
+    "kafka": KafkaSettings(bootstrap_servers="kafka:9093", security_protocol="SASL_SSL"),
+}
+
+
+def test_production_with_every_link_encrypted_starts() -> None:
+    assert ServiceSettings(**PRODUCTION).serves_tls  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ssl_certfile": None, "ssl_keyfile": None}, "production serves HTTPS"),
+        ({"kafka": KafkaSettings(bootstrap_servers="kafka:9092")}, "Kafka over TLS"),
+        ({"database_url": "postgresql+asyncpg://intake:pw@postgres:5432/intake"}, "sslmode=verify-full"),
+        (
+            {"database_url": "postgresql+asyncpg://i:pw@postgres/intake?sslmode=require"},
+            "sslmode=verify-full",
+        ),
+    ],
+)
+def test_production_refuses_a_link_in_the_clear(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        ServiceSettings(**(PRODUCTION | change))  # type: ignore[arg-type]
+
+
+def test_production_on_loopback_or_behind_a_named_proxy_may_be_plain() -> None:
+    behind_proxy = PRODUCTION | {"ssl_certfile": None, "ssl_keyfile": None, "trusted_proxies": ["10.0.0.0/8"]}
+    assert not ServiceSettings(**behind_proxy).serves_tls  # type: ignore[arg-type]
+    local = {
+        "environment": "production",
+        "host": "127.0.0.1",
+        "database_url": "postgresql+asyncpg://p@127.0.0.1/x",
+    }
+    assert ServiceSettings(**local).environment == "production"  # type: ignore[arg-type]

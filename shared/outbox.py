@@ -23,6 +23,7 @@ from shared.observability import metrics
 from shared.retry import keep_working
 from shared.settings import KafkaSettings
 from shared.store import bigint_pk, timestamp
+from shared.wakeup import Wakeup, channel, notify_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ class OutboxRecord(SQLModel, table=True):
 
 
 def add_event(session: AsyncSession, envelope: Envelope) -> None:
-    """Queue an event in the caller's transaction; it is published only if that transaction commits."""
+    """Queue an event in the caller's transaction; it is published only if that transaction commits,
+    and the commit wakes the producing service's relay (``NOTIFY`` on PostgreSQL)."""
+    wake_relay(session, envelope.producer)
     session.add(
         OutboxRecord(
             event_id=envelope.id,
@@ -53,6 +56,16 @@ def add_event(session: AsyncSession, envelope: Envelope) -> None:
     )
 
 
+def relay_channel(service: str) -> str:
+    """The channel a service's outbox relay listens on."""
+    return channel(service, "outbox")
+
+
+def wake_relay(session: AsyncSession, service: str) -> None:
+    """Wake ``service``'s relay when this transaction commits (for rows added without ``add_event``)."""
+    notify_on_commit(session, relay_channel(service))
+
+
 async def backlog(db: Database) -> int:
     async with db.session() as session:
         result = await session.execute(
@@ -61,8 +74,16 @@ async def backlog(db: Database) -> int:
         return int(result.scalar_one())
 
 
+SQLITE_POLL_S = 0.05
+"""SQLite has no notifications: the relay polls this often when idle."""
+SAFETY_POLL_S = 1.0
+"""With PostgreSQL's notifications the relay is woken by each commit that adds a row; it still polls
+this often, for rows whose notification it missed (while its listening connection was down)."""
+
+
 class OutboxRelay:
-    """Publishes unsent outbox rows in order with an idempotent producer (``acks=all``)."""
+    """Publishes unsent outbox rows in order with an idempotent producer (``acks=all``), woken by the
+    commits that add them (``shared.wakeup``)."""
 
     def __init__(
         self,
@@ -71,20 +92,30 @@ class OutboxRelay:
         *,
         service: str,
         batch_size: int = 200,
-        poll_interval_s: float = 0.05,
+        poll_interval_s: float | None = None,
     ) -> None:
         self.db = db
         self.kafka = kafka
         self.service = service
         self.batch_size = batch_size
-        self.poll_interval_s = poll_interval_s
+        self.wakeup = Wakeup(db, relay_channel(service))
+        default_s = SAFETY_POLL_S if self.wakeup.enabled else SQLITE_POLL_S
+        self.poll_interval_s = default_s if poll_interval_s is None else poll_interval_s
         self.producer = Producer(kafka, client_id=f"{service}-relay")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set. A failure drops the producer (a timed-out send leaves it in an
         unknown state) and the rows stay unsent, to be tried again after a backoff."""
         try:
-            await keep_working(stop, self.publish_batch, idle_s=self.poll_interval_s, on_failure=self._failed)
+            async with self.wakeup.running(stop) as wake:
+                await keep_working(
+                    stop,
+                    self.publish_batch,
+                    idle_s=self.poll_interval_s,
+                    on_failure=self._failed,
+                    wake=wake,
+                    first_backoff_s=SQLITE_POLL_S,
+                )
         finally:
             await self.producer.drop()
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -237,8 +239,11 @@ class Geocoder:
 
     def warm(self, countries: Iterable[str] | None = None) -> None:
         """Load countries' tables now rather than on their first lookup."""
-        for country in self.supported_countries if countries is None else countries:
-            self._table(self._country(country))
+        wanted = [self._country(c) for c in (self.supported_countries if countries is None else countries)]
+        with self._load_lock:
+            self._build_compact([c for c in wanted if c not in self._tables])
+        for country in wanted:
+            self._table(country)
 
     def locate(self, postal_code: str, country: str) -> Location:
         """Coordinates of a postal code; raises `GeoError` with a reason fit to show the clinic."""
@@ -281,9 +286,40 @@ class Geocoder:
             return table
         with self._load_lock:
             if country not in self._tables:
-                nominatim = _shipped_nominatim()(country, self._files[country], self._index_dir_for(country))
-                self._tables[country] = _compact_index(nominatim._data_frame)
+                self._tables[country] = self._load(country)
             return self._tables[country]
+
+    def _load(self, country: str) -> dict[str, _Entry]:
+        """Without an index directory, through pgeocode in this process; with one, from the compact
+        index kept there (built once, by pgeocode in a child process: this one never imports pandas)."""
+        index_dir = self._index_dir_for(country)
+        if index_dir is None:
+            return _compact_index(_shipped_nominatim()(country, self._files[country], None)._data_frame)
+        compact = index_dir / f"{country}-compact.json"
+        if not compact.exists():
+            self._build_compact([country])
+        rows: dict[str, list[Any]] = json.loads(compact.read_bytes())
+        regions: dict[str, str] = {}
+        return {
+            sys.intern(code): (
+                lat,
+                lon,
+                place,
+                None if region is None else regions.setdefault(region, region),
+            )
+            for code, (lat, lon, place, region) in rows.items()
+        }
+
+    def _build_compact(self, countries: list[str]) -> None:
+        """Write the compact index of each country that has none yet, in one child process."""
+        jobs = []
+        for country in countries:
+            index_dir = self._index_dir_for(country)
+            if index_dir is not None and not (index_dir / f"{country}-compact.json").exists():
+                jobs.append([country, str(self._files[country]), str(index_dir)])
+        if jobs:
+            child = [sys.executable, "-m", "services.site_router.geo", json.dumps(jobs)]
+            subprocess.run(child, check=True, stdin=subprocess.DEVNULL)  # noqa: S603 - our own module
 
     def _index_dir_for(self, country: str) -> Path | None:
         if self._index_dir is None:
@@ -291,3 +327,17 @@ class Geocoder:
         path = self._index_dir / _file_digest(self._files[country])
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _write_compact(country: str, source: Path, index_dir: Path) -> None:
+    """Build a country's index with pgeocode (its own index file kept in ``index_dir`` too) and write
+    the compact form beside it, published with an atomic rename."""
+    table = _compact_index(_shipped_nominatim()(country, source, index_dir)._data_frame)
+    with tempfile.NamedTemporaryFile("w", dir=index_dir, prefix=".compact-", delete=False) as out:
+        json.dump(table, out, separators=(",", ":"))
+    os.replace(out.name, index_dir / f"{country}-compact.json")
+
+
+if __name__ == "__main__":  # the child of ``Geocoder._build_compact``: [[country, source, index dir], ...]
+    for country_code, source_file, directory in json.loads(sys.argv[1]):
+        _write_compact(country_code, Path(source_file), Path(directory))

@@ -33,3 +33,13 @@ def test_the_probe_sees_pandas_when_it_is_imported() -> None:
     """The check above can fail: the same probe reports the site router's geocoder once it loads."""
     statement = "from services.site_router.geo import Geocoder; Geocoder().warm(['BE'])"
     assert _modules_after(statement) >= {"pandas", "pgeocode"}
+
+
+def test_the_site_router_geocodes_without_pandas_in_its_own_process() -> None:
+    """With an index directory (the service's), pgeocode builds the index in a child process once; the
+    service reads the compact index and never imports pandas itself."""
+    statement = (
+        "import tempfile; from pathlib import Path; from services.site_router.geo import Geocoder; "
+        "g = Geocoder(index_dir=Path(tempfile.mkdtemp())); g.warm(['BE']); assert g.locate('1000', 'BE')"
+    )
+    assert _modules_after(statement) == set()

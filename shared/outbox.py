@@ -11,9 +11,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Column, Index, Row, Text, func, select, update
+from sqlalchemy import Column, ColumnElement, Index, Row, Text, event, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col
 
 from shared.db import Database
@@ -22,8 +24,8 @@ from shared.kafka import Producer
 from shared.observability import metrics
 from shared.retry import keep_working
 from shared.settings import KafkaSettings
-from shared.store import bigint_pk, timestamp
-from shared.wakeup import Wakeup, channel, notify_on_commit
+from shared.store import bigint_pk, table_of, timestamp, utcnow
+from shared.wakeup import Wakeup, channel, notify_on_commit, take_pending
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,51 @@ class OutboxRecord(SQLModel, table=True):
     claim: str | None = Field(default=None, description="SQLite path: which relay claimed the row")
 
 
+_QUEUED = "trialroute.outbox"  # session.info key: the rows ``add_event`` queued in this transaction
+
+
 def add_event(session: AsyncSession, envelope: Envelope) -> None:
     """Queue an event in the caller's transaction; it is published only if that transaction commits,
-    and the commit wakes the producing service's relay (``NOTIFY`` on PostgreSQL)."""
+    and the commit wakes the producing service's relay (``NOTIFY`` on PostgreSQL).
+
+    The rows are written right before the commit, all in one statement that also sends the
+    transaction's notifications: one round trip, and no ORM object per event."""
     wake_relay(session, envelope.producer)
-    session.add(
-        OutboxRecord(
-            event_id=envelope.id,
-            topic=envelope.type,
-            key=str(envelope.referral_id),
-            payload=envelope.model_dump_json(),
-        )
+    session.sync_session.info.setdefault(_QUEUED, []).append(
+        {
+            "event_id": envelope.id,
+            "topic": envelope.type,
+            "key": str(envelope.referral_id),
+            "payload": envelope.model_dump_json(),
+            "created_at": utcnow(),
+        }
     )
+
+
+def _write_queued(session: Session) -> None:
+    """Before the commit: the queued rows in one INSERT; on PostgreSQL inside the statement that
+    notifies the transaction's channels (a data-modifying CTE runs whether or not it is read)."""
+    rows: list[dict[str, object]] | None = session.info.pop(_QUEUED, None)
+    if not rows:
+        return
+    table = table_of(OutboxRecord)
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    channels = sorted(take_pending(session))
+    queued = insert(table).values(rows).cte("queued")
+    notify: list[ColumnElement[Any]] = [func.pg_notify(literal(name), literal("")) for name in channels]
+    notify = notify or [literal(1)]
+    session.execute(select(*notify).add_cte(queued))
+
+
+def _forget_queued(session: Session) -> None:
+    session.info.pop(_QUEUED, None)
+
+
+# Inserted before other listeners: the wake-up's own listener then finds the channels already sent.
+event.listen(Session, "before_commit", _write_queued, insert=True)
+event.listen(Session, "after_rollback", _forget_queued)
 
 
 def relay_channel(service: str) -> str:

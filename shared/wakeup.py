@@ -42,9 +42,16 @@ def notify_on_commit(session: Any, name: str) -> None:
     sync.info.setdefault(_PENDING, set()).add(name)
 
 
+def take_pending(session: Session) -> set[str]:
+    """The channels this transaction is to notify, which the caller now notifies itself (the outbox
+    does, in the statement that writes its rows: one round trip for both)."""
+    names: set[str] = session.info.pop(_PENDING, set())
+    return names
+
+
 @event.listens_for(Session, "before_commit")
 def _notify(session: Session) -> None:
-    names: set[str] | None = session.info.pop(_PENDING, None)
+    names = take_pending(session)
     if not names or session.get_bind().dialect.name != "postgresql":
         return
     for name in sorted(names):

@@ -48,6 +48,7 @@ from bench.common import (
     latency_line,
     load,
     machine,
+    memory_mb,
     percentiles_ms,
     postgres_cpu,
     run_id,
@@ -291,14 +292,34 @@ def kafka_broker_pids() -> list[int]:
 
 def cpu_lines(
     before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], referrals: int, elapsed: float
-) -> str:
+) -> tuple[str, float, float]:
+    """The per-process CPU lines, and the total ms per referral with and without the mailbox."""
     used = {k: cpu_since(v, after.get(k, {})) for k, v in before.items()}
     referrals, elapsed = max(referrals, 1), max(elapsed, 1e-9)
     parts = [
         f"{name} {sec / referrals * 1e3:.1f} ms ({sec / elapsed:.0%} of a core)"
         for name, sec in sorted(used.items(), key=lambda kv: -kv[1])
     ]
-    return "      CPU per referral: " + ", ".join(parts)
+    total = sum(used.values()) / referrals * 1e3
+    without = total - used.get("mailbox", 0.0) / referrals * 1e3
+    text = (
+        f"      CPU per referral: total {total:.1f} ms, without the SMTP catcher (mailbox) {without:.1f} ms\n"
+        "      by process: " + ", ".join(parts)
+    )
+    return text, total, without
+
+
+def memory_line(stack: Stack, when: str) -> tuple[str, dict[str, float]]:
+    """Resident memory of each process of the system: now (``idle``) or its peak so far (under load)."""
+    pids = {name: p.process.pid for name, p in stack.processes.items() if p.process is not None}
+    brokers = kafka_broker_pids()
+    if brokers:
+        pids["kafka broker"] = brokers[0]
+    peak = when != "idle"
+    sizes = {name: memory_mb(pid)[1 if peak else 0] for name, pid in pids.items()}
+    what = "peak resident memory so far (VmHWM)" if peak else "resident memory (VmRSS)"
+    parts = [f"{name} {mb:,.0f} MB" for name, mb in sorted(sizes.items(), key=lambda kv: -kv[1])]
+    return f"      {what}, {when}: " + ", ".join(parts), sizes
 
 
 async def measure(stack: BenchStack, args: argparse.Namespace, summary: Summary) -> None:
@@ -314,6 +335,9 @@ async def measure(stack: BenchStack, args: argparse.Namespace, summary: Summary)
         warm = await burst(http, intake, headers, bodies(args.warmup, rng), 4)
         await until_delivered(mail, warm, stall_s=60, what="warm-up")
 
+        await asyncio.sleep(3)  # let the warm-up's last passes finish: idle means idle
+        idle_text, idle = memory_line(stack, "idle")
+        print(idle_text, flush=True)
         print(f"\nthroughput: {args.referrals} referrals, {args.concurrency} concurrent POSTs")
         before, machine0 = cpu_snapshot(stack), MachineCpu.now()
         t0 = time.time()
@@ -333,7 +357,27 @@ async def measure(stack: BenchStack, args: argparse.Namespace, summary: Summary)
             f"referrer emails in the mailbox so far: {referrers}; {load()}\n"
             f"      machine {MachineCpu.now().busy_share_since(machine0):.0%} busy"
         )
-        print(cpu_lines(before, after, len(sent), elapsed), flush=True)
+        cpu_text, total, without = cpu_lines(before, after, len(sent), elapsed)
+        print(cpu_text, flush=True)
+        loaded_text, loaded = memory_line(stack, "after the throughput run")
+        print(loaded_text, flush=True)
+        summary.add(
+            "end to end, CPU per referral (all processes)",
+            f"{total:.1f} ms ({without:.1f} ms without the SMTP catcher)",
+            goal="<= 20 ms",
+            met=total <= 20,
+        )
+        services = [name for name in idle if name in SERVICES]
+        for label, sizes, limit in (("idle", idle, 100), ("peak under load", loaded, 150)):
+            biggest = max(services, key=lambda name: sizes[name], default=None)
+            if biggest is not None:
+                summary.add(
+                    f"end to end, largest service memory, {label}",
+                    f"{sizes[biggest]:,.0f} MB ({biggest}); "
+                    + ", ".join(f"{n} {sizes[n]:,.0f}" for n in sorted(sizes) if n != biggest),
+                    goal=f"<= {limit} MB",
+                    met=sizes[biggest] <= limit,
+                )
         summary.add(
             "end to end, sustained",
             f"{rate:,.1f} referrals/s, {lost} lost",
@@ -388,7 +432,7 @@ async def latency_run(
     if to_site:
         print(f"  POST -> site email:    {latency_line(to_site)}")
     print(f"  lost: {lost}; {load()}; machine {MachineCpu.now().busy_share_since(machine0):.0%} busy")
-    print(cpu_lines(before, after, len(sent), elapsed), flush=True)
+    print(cpu_lines(before, after, len(sent), elapsed)[0], flush=True)
     p95 = percentiles_ms(to_patient)[1] / 1e3 if to_patient else float("inf")
     summary.add(
         f"end to end, p95 POST -> patient email at {rate:g}/s",

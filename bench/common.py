@@ -154,6 +154,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def memory_mb(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and its peak so far (VmRSS, VmHWM), in MB (0 once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0, 0.0
+    kb = {
+        k: float(v.split()[0])
+        for k, _, v in (line.partition(":") for line in lines)
+        if k in ("VmRSS", "VmHWM")
+    }
+    return kb.get("VmRSS", 0.0) / 1024, kb.get("VmHWM", 0.0) / 1024
+
+
 def postgres_cpu() -> dict[int, float]:
     """CPU time of each PostgreSQL process here (other engineers' too: read deltas as an upper bound)."""
     out = {}

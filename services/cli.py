@@ -1,26 +1,26 @@
-"""The ``trialroute`` command: serve a service, run the whole system, and the ops and staff tools."""
+"""The ``trialroute`` command: serve a service, run the whole system, and the ops and staff tools.
+
+Every process of the system starts here (a service, the supervisor, the mailbox), so this module and the
+command groups it mounts import only typer at the top: each command imports what it uses when it runs,
+and a process holds only its own role's libraries (the site router's pandas, FastAPI in the services).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from services.auth.cli import app as clients_app
 from services.eligibility.cli import app as screen_app
 from services.site_router.cli import app as sites_app
-from shared.app import ALL_ROLES, Role
-from shared.app import serve as serve_app
-from shared.dead_letters import list_dead_letters, replay
-from shared.kafka import ensure_topics
-from shared.migrations import Migrations, current_revision, new_revision, service_migrations
-from shared.migrations import migrate as run_migrations
-from shared.observability import configure_logging
-from shared.settings import KafkaSettings
-from shared.tls import server_options
+
+if TYPE_CHECKING:
+    from shared.app import Role
+    from shared.migrations import Migrations
 
 SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
 
@@ -44,6 +44,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default: the service's setting")] = None,
 ) -> None:
     """Run one service process playing the given roles (how ops scale one part)."""
+    from shared.app import serve as serve_app
+    from shared.observability import configure_logging
+    from shared.tls import server_options
+
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
     roles = _roles(role or ["all"])
@@ -59,6 +63,8 @@ def serve(
 
 
 def _roles(values: list[str]) -> frozenset[Role]:
+    from shared.app import ALL_ROLES
+
     if "all" in values:
         return ALL_ROLES
     unknown = set(values) - set(ALL_ROLES)
@@ -69,6 +75,8 @@ def _roles(values: list[str]) -> frozenset[Role]:
 
 def _migrations(service: str) -> tuple[Migrations, str]:
     """A service's migrations and its store's URL (from its settings, as the service reads them)."""
+    from shared.migrations import service_migrations
+
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
     migrations = service_migrations(service)
@@ -88,6 +96,9 @@ def migrate(
 ) -> None:
     """Bring each service's store (its <SERVICE>_DATABASE_URL) to the code's revision: a deploy step,
     run before the new version starts (services refuse a store behind or ahead of their code)."""
+    from shared.migrations import current_revision
+    from shared.migrations import migrate as run_migrations
+
     behind = False
     for name in [service] if service else SERVICES:
         migrations, url = _migrations(name)
@@ -109,6 +120,8 @@ def revision(
     message: Annotated[str, typer.Argument(help='what the revision changes, e.g. "add webhooks"')],
 ) -> None:
     """Write the service's next revision from its models (scripts/revision.sh; see docs/migrations.md)."""
+    from shared.migrations import new_revision
+
     migrations, _ = _migrations(service)
     path = asyncio.run(new_revision(migrations, message))
     typer.echo(f"wrote {path}: review it (renames, data moves, defaults), then commit it")
@@ -117,6 +130,9 @@ def revision(
 @app.command()
 def topics() -> None:
     """Create every event topic and its dead-letter topic (idempotent; see docs/events.md)."""
+    from shared.kafka import ensure_topics
+    from shared.settings import KafkaSettings
+
     asyncio.run(ensure_topics(KafkaSettings()))
     typer.echo("topics ready")
 
@@ -124,6 +140,9 @@ def topics() -> None:
 @dead_letters_app.command("list")
 def dead_letters_list(topic: Annotated[str, typer.Argument(help="e.g. referral.submitted")]) -> None:
     """Print each dead letter of TOPIC as one JSON line (error, consumer, partition, offset)."""
+    from shared.dead_letters import list_dead_letters
+    from shared.settings import KafkaSettings
+
     for letter in asyncio.run(list_dead_letters(KafkaSettings(), topic)):
         typer.echo(letter.model_dump_json())
 
@@ -136,6 +155,9 @@ def dead_letters_replay(
     ] = None,
 ) -> None:
     """Publish dead letters of TOPIC again to the topic they came from (consumers skip handled ones)."""
+    from shared.dead_letters import list_dead_letters, replay
+    from shared.settings import KafkaSettings
+
     kafka = KafkaSettings()
     letters = asyncio.run(list_dead_letters(kafka, topic))
     if offset:

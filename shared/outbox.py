@@ -11,9 +11,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Column, Index, Row, Text, func, select, update
+from sqlalchemy import Column, ColumnElement, Index, Row, Text, event, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col
 
 from shared.db import Database
@@ -22,7 +24,8 @@ from shared.kafka import Producer
 from shared.observability import metrics
 from shared.retry import keep_working
 from shared.settings import KafkaSettings
-from shared.store import bigint_pk, timestamp
+from shared.store import bigint_pk, table_of, timestamp, utcnow
+from shared.wakeup import Wakeup, channel, notify_on_commit, take_pending
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,61 @@ class OutboxRecord(SQLModel, table=True):
     claim: str | None = Field(default=None, description="SQLite path: which relay claimed the row")
 
 
+_QUEUED = "trialroute.outbox"  # session.info key: the rows ``add_event`` queued in this transaction
+
+
 def add_event(session: AsyncSession, envelope: Envelope) -> None:
-    """Queue an event in the caller's transaction; it is published only if that transaction commits."""
-    session.add(
-        OutboxRecord(
-            event_id=envelope.id,
-            topic=envelope.type,
-            key=str(envelope.referral_id),
-            payload=envelope.model_dump_json(),
-        )
+    """Queue an event in the caller's transaction; it is published only if that transaction commits,
+    and the commit wakes the producing service's relay (``NOTIFY`` on PostgreSQL).
+
+    The rows are written right before the commit, all in one statement that also sends the
+    transaction's notifications: one round trip, and no ORM object per event."""
+    wake_relay(session, envelope.producer)
+    session.sync_session.info.setdefault(_QUEUED, []).append(
+        {
+            "event_id": envelope.id,
+            "topic": envelope.type,
+            "key": str(envelope.referral_id),
+            "payload": envelope.model_dump_json(),
+            "created_at": utcnow(),
+        }
     )
+
+
+def _write_queued(session: Session) -> None:
+    """Before the commit: the queued rows in one INSERT; on PostgreSQL inside the statement that
+    notifies the transaction's channels (a data-modifying CTE runs whether or not it is read)."""
+    rows: list[dict[str, object]] | None = session.info.pop(_QUEUED, None)
+    if not rows:
+        return
+    table = table_of(OutboxRecord)
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    channels = sorted(take_pending(session))
+    queued = insert(table).values(rows).cte("queued")
+    notify: list[ColumnElement[Any]] = [func.pg_notify(literal(name), literal("")) for name in channels]
+    notify = notify or [literal(1)]
+    session.execute(select(*notify).add_cte(queued))
+
+
+def _forget_queued(session: Session) -> None:
+    session.info.pop(_QUEUED, None)
+
+
+# Inserted before other listeners: the wake-up's own listener then finds the channels already sent.
+event.listen(Session, "before_commit", _write_queued, insert=True)
+event.listen(Session, "after_rollback", _forget_queued)
+
+
+def relay_channel(service: str) -> str:
+    """The channel a service's outbox relay listens on."""
+    return channel(service, "outbox")
+
+
+def wake_relay(session: AsyncSession, service: str) -> None:
+    """Wake ``service``'s relay when this transaction commits (for rows added without ``add_event``)."""
+    notify_on_commit(session, relay_channel(service))
 
 
 async def backlog(db: Database) -> int:
@@ -61,8 +109,16 @@ async def backlog(db: Database) -> int:
         return int(result.scalar_one())
 
 
+SQLITE_POLL_S = 0.05
+"""SQLite has no notifications: the relay polls this often when idle."""
+SAFETY_POLL_S = 1.0
+"""With PostgreSQL's notifications the relay is woken by each commit that adds a row; it still polls
+this often, for rows whose notification it missed (while its listening connection was down)."""
+
+
 class OutboxRelay:
-    """Publishes unsent outbox rows in order with an idempotent producer (``acks=all``)."""
+    """Publishes unsent outbox rows in order with an idempotent producer (``acks=all``), woken by the
+    commits that add them (``shared.wakeup``)."""
 
     def __init__(
         self,
@@ -71,20 +127,30 @@ class OutboxRelay:
         *,
         service: str,
         batch_size: int = 200,
-        poll_interval_s: float = 0.05,
+        poll_interval_s: float | None = None,
     ) -> None:
         self.db = db
         self.kafka = kafka
         self.service = service
         self.batch_size = batch_size
-        self.poll_interval_s = poll_interval_s
+        self.wakeup = Wakeup(db, relay_channel(service))
+        default_s = SAFETY_POLL_S if self.wakeup.enabled else SQLITE_POLL_S
+        self.poll_interval_s = default_s if poll_interval_s is None else poll_interval_s
         self.producer = Producer(kafka, client_id=f"{service}-relay")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set. A failure drops the producer (a timed-out send leaves it in an
         unknown state) and the rows stay unsent, to be tried again after a backoff."""
         try:
-            await keep_working(stop, self.publish_batch, idle_s=self.poll_interval_s, on_failure=self._failed)
+            async with self.wakeup.running(stop) as wake:
+                await keep_working(
+                    stop,
+                    self.publish_batch,
+                    idle_s=self.poll_interval_s,
+                    on_failure=self._failed,
+                    wake=wake,
+                    first_backoff_s=SQLITE_POLL_S,
+                )
         finally:
             await self.producer.drop()
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiosmtplib
@@ -101,6 +101,16 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
 
 
+async def wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Sleep ``seconds``, or less if any of ``events`` is set meanwhile."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 def _errors(accept: Callable[[BaseException], bool]) -> retry_if_exception:
     """Retry what ``accept`` accepts, but never a cancellation or an exit: tenacity's attempt swallows
     every ``BaseException``, and a retried ``CancelledError`` is a task that cannot be cancelled."""
@@ -146,10 +156,14 @@ async def keep_working(
     idle_s: float,
     on_failure: Callable[[BaseException], Awaitable[None] | None],
     max_backoff_s: float = 5.0,
+    wake: asyncio.Event | None = None,
+    first_backoff_s: float | None = None,
 ) -> None:
     """Run ``work`` in passes until ``stop``: again at once while it finds something to do (it returns
-    how much it did), after ``idle_s`` when it found nothing, and with backoff after a failure, which
-    ``on_failure`` hears of (to log it, or to drop a client that may be broken)."""
+    how much it did), after ``idle_s`` when it found nothing, or as soon as ``wake`` is set (by a commit
+    that gives it work: ``shared.wakeup``), and with backoff from ``first_backoff_s`` (default
+    ``idle_s``) after a failure, which ``on_failure`` hears of (to log it, or to drop a client that may
+    be broken)."""
 
     async def failed(state: RetryCallState) -> None:
         if state.outcome is not None and (error := state.outcome.exception()) is not None:
@@ -157,17 +171,20 @@ async def keep_working(
             if result is not None:
                 await result
 
+    first_s = idle_s if first_backoff_s is None else first_backoff_s
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # a wake-up from here on means work committed after this pass looked
         try:
             async for attempt in until_stopped(
-                stop, retry=always, first_s=idle_s, max_s=max_backoff_s, before_sleep=failed
+                stop, retry=always, first_s=first_s, max_s=max_backoff_s, before_sleep=failed
             ):
                 with attempt:
                     done = await work()
         except Exception:  # only when stopping: the loop ends below
             return
         if done == 0:
-            await pause(stop, idle_s)
+            await wait_any((stop,) if wake is None else (stop, wake), idle_s)
 
 
 def conflicts(attempts: int = 3) -> AsyncRetrying:

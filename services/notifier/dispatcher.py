@@ -56,8 +56,9 @@ from shared.events import (
     dead_letter_topic,
 )
 from shared.observability import metrics, redact, referral_context
-from shared.outbox import OutboxRecord, add_event
+from shared.outbox import OutboxRecord, add_event, wake_relay
 from shared.retry import briefly, keep_working
+from shared.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,17 @@ class Dispatcher:
         self.record_gather_s = RECORD_GATHER_S
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until ``stop`` is set; a database outage pauses the loop, it never ends it."""
-        await keep_working(
-            stop, self.dispatch_once, idle_s=self.settings.dispatch_interval_s, on_failure=_pass_failed
-        )
+        """Dispatch until ``stop`` is set; a database outage pauses the loop, it never ends it. Woken by
+        the commit that makes an email due (``store.EMAILS_CHANNEL``); polls every
+        ``dispatch_interval_s`` for retries that come due and as the safety net (and on SQLite)."""
+        async with Wakeup(self.db, store.EMAILS_CHANNEL).running(stop) as wake:
+            await keep_working(
+                stop,
+                self.dispatch_once,
+                idle_s=self.settings.dispatch_interval_s,
+                on_failure=_pass_failed,
+                wake=wake,
+            )
 
     async def dispatch_once(self) -> int:
         """Claim one batch of due notifications, deliver them concurrently and record the outcomes;
@@ -291,6 +299,7 @@ class Dispatcher:
                 add_event(session, notified_event(row, attempt.envelope))
             elif isinstance(outcome, DeliveryError) and self._gives_up(row, outcome):
                 session.add(self._dead_letter(row, _error_text(outcome), now))
+                wake_relay(session, SERVICE)
         return ours
 
     def _outcome(self, attempt: Attempt, now: datetime) -> dict[str, Any]:

@@ -26,11 +26,16 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
+from services.notifier import SERVICE
 from services.notifier.domain import DeliveryState, Planned, State
 from shared.consumer import ProcessedEvent
 from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
 from shared.store import bigint_pk, table_of, tables, timestamp
+from shared.wakeup import channel, notify_on_commit
+
+EMAILS_CHANNEL = channel(SERVICE, "emails")
+"""The email dispatcher listens here; a transaction that makes a notification due notifies it."""
 
 
 class Notification(SQLModel, table=True):
@@ -135,7 +140,10 @@ def add_planned(
     previous_site: str | None,
     now: datetime,
 ) -> None:
-    """Record the notifications an event causes as pending, in the consumer's transaction."""
+    """Record the notifications an event causes as pending, in the consumer's transaction; its commit
+    wakes the dispatcher."""
+    if planned:
+        notify_on_commit(session, EMAILS_CHANNEL)
     for item, mid in zip(planned, message_ids, strict=True):
         session.add(
             Notification(
@@ -299,6 +307,7 @@ async def retry_failed(session: AsyncSession, notification_id: int, now: datetim
         row.attempts = 0
         row.next_attempt_at = now
         row.updated_at = now
+        notify_on_commit(session, EMAILS_CHANNEL)
     return row
 
 

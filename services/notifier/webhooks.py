@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from services.notifier import store
+from services.notifier import SERVICE, store
 from services.notifier.config import NotifierSettings
 from services.notifier.domain import DeliveryState, address_refusal, webhook_retry_delay_s
 from services.notifier.store import WebhookDelivery, WebhookEndpoint
@@ -43,7 +43,7 @@ from shared.db import Database
 from shared.dead_letters import DeadLetter, FailedWebhook
 from shared.events import ReferralStatusChanged, dead_letter_topic
 from shared.observability import redact, referral_context
-from shared.outbox import OutboxRecord
+from shared.outbox import OutboxRecord, wake_relay
 from shared.retry import keep_working
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,7 @@ class WebhookDispatcher:
                 ours = await store.finish_delivery(session, delivery, values, now)
                 if ours and give_up:
                     session.add(self._dead_letter(delivery, values, now))
+                    wake_relay(session, SERVICE)
         except Exception as exc:  # the lease runs out and another pass tries again (same webhook-id)
             log.error("could not record a webhook outcome", extra={"error": type(exc).__name__})
             return

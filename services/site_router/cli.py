@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services.site_router import store
-from services.site_router.config import SiteRouterSettings
-from services.site_router.ctgov import SHIPPED_CODES_FILE
-from services.site_router.geo import Geocoder
-from services.site_router.migrations import MIGRATIONS
-from services.site_router.sites import SEED_FILE, ImportReport, SiteImportError, import_ctgov, import_sites
-from shared.db import Database
-from shared.migrations import prepare_store
+if TYPE_CHECKING:  # imported by the commands when they run: every process imports this module
+    from services.site_router import store
+    from services.site_router.config import SiteRouterSettings
+    from services.site_router.sites import ImportReport
 
 __all__ = ["app"]
 
@@ -31,6 +27,12 @@ app = typer.Typer(help="Study sites (site router).", no_args_is_help=True, add_c
 
 
 async def _import(settings: SiteRouterSettings, path: Path, ctgov: Path | None, codes: Path) -> ImportReport:
+    from services.site_router.geo import Geocoder
+    from services.site_router.migrations import MIGRATIONS
+    from services.site_router.sites import import_ctgov, import_sites
+    from shared.db import Database
+    from shared.migrations import prepare_store
+
     db = Database(settings.database_url)
     geocoder = Geocoder(index_dir=settings.geonames_index_dir)
     try:
@@ -47,8 +49,9 @@ async def _import(settings: SiteRouterSettings, path: Path, ctgov: Path | None, 
 @app.command("import")
 def import_command(
     file: Annotated[
-        Path, typer.Argument(help="sites JSON ({'sites': [...]} or a list); default: the trial's sites")
-    ] = SEED_FILE,
+        Path | None,
+        typer.Argument(help="sites JSON ({'sites': [...]} or a list); default: the trial's sites"),
+    ] = None,
     ctgov: Annotated[
         Path | None,
         typer.Option(
@@ -58,13 +61,22 @@ def import_command(
         ),
     ] = None,
     codes: Annotated[
-        Path,
-        typer.Option(help="with --ctgov: {'codes': {facility: site code}} for sites that have a code"),
-    ] = SHIPPED_CODES_FILE,
+        Path | None,
+        typer.Option(
+            help="with --ctgov: {'codes': {facility: site code}} for sites that have a code; default: "
+            "the codes shipped for the trial's sites"
+        ),
+    ] = None,
 ) -> None:
     """Create or update sites by code; coordinates come from their postal codes."""
+    from services.site_router.config import SiteRouterSettings
+    from services.site_router.ctgov import SHIPPED_CODES_FILE
+    from services.site_router.sites import SEED_FILE, SiteImportError
+
     try:
-        report = asyncio.run(_import(SiteRouterSettings(), file, ctgov, codes))
+        report = asyncio.run(
+            _import(SiteRouterSettings(), file or SEED_FILE, ctgov, codes or SHIPPED_CODES_FILE)
+        )
     except SiteImportError as exc:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
@@ -77,6 +89,11 @@ def import_command(
 
 
 async def _list(settings: SiteRouterSettings) -> list[store.Site]:
+    from services.site_router import store
+    from services.site_router.migrations import MIGRATIONS
+    from shared.db import Database
+    from shared.migrations import prepare_store
+
     db = Database(settings.database_url)
     try:
         await prepare_store(db, MIGRATIONS, settings)
@@ -89,6 +106,8 @@ async def _list(settings: SiteRouterSettings) -> list[store.Site]:
 @app.command("list")
 def list_command() -> None:
     """One tab-separated line per site: code, status, open/capacity, city, country."""
+    from services.site_router.config import SiteRouterSettings
+
     for site in asyncio.run(_list(SiteRouterSettings())):
         typer.echo(
             f"{site.code}\t{site.status}\t{site.open_count}/{site.capacity}\t{site.city}\t{site.country}"

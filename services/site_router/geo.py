@@ -3,23 +3,33 @@
 Routing uses pgeocode over GeoNames data that the project ships (`geonames/`, see its NOTICE.md).
 pgeocode downloads a country's table the first time it is asked for it; here its `Nominatim` reads the
 shipped file instead, so no lookup can reach the network. Only pgeocode's loading step is replaced: the
-per-postal-code index and the query are pgeocode's own.
+per-postal-code index is pgeocode's own.
+
+Each country's index is loaded once and kept compactly: pgeocode builds it (a pandas frame), then only
+each code's coordinates, place names and region are kept, in a dict, and pgeocode's frames (the whole
+GeoNames table among them) are dropped; a lookup is then a dict lookup, as pgeocode's query is an
+exact match on the normalised code. pandas and pgeocode are imported when the first table loads, so a
+process that never geocodes (the command line, the supervisor) never imports them.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import pgeocode
+if TYPE_CHECKING:
+    import pandas as pd
 
 SHIPPED_DATA_DIR = Path(__file__).with_name("geonames")
 
@@ -108,6 +118,9 @@ def normalise_postal_code(postal_code: str, country: str) -> str:
 
 def _read_geonames(path: Path) -> pd.DataFrame:
     """Read one shipped table exactly as pgeocode parses a downloaded one (same fields, types and NAs)."""
+    import pandas as pd
+    import pgeocode
+
     return pd.read_csv(
         path,
         sep="\t",
@@ -120,46 +133,81 @@ def _read_geonames(path: Path) -> pd.DataFrame:
     )
 
 
-class _ShippedNominatim(pgeocode.Nominatim):  # type: ignore[misc]  # pgeocode has no types: Any
-    """pgeocode's Nominatim whose loading step reads a shipped file; it has no path to the network.
+@functools.cache
+def _shipped_nominatim() -> Any:
+    """pgeocode's Nominatim whose loading step reads a shipped file (defined on first use: pgeocode
+    imports pandas)."""
+    import pgeocode
 
-    pgeocode 0.5.0 builds its per-code index once and writes it as `<data path>-index.txt`; that file goes
-    to `index_dir` when one is given (a restart then reads it back), otherwise to a temporary directory
-    removed at once. It is published with an atomic rename so that concurrent workers never read half.
-    """
+    class ShippedNominatim(pgeocode.Nominatim):  # type: ignore[misc]  # pgeocode has no types: Any
+        """pgeocode's Nominatim whose loading step reads a shipped file; it has no path to the network.
 
-    _data_path: str  # set by pgeocode's constructor from `_get_data`
+        pgeocode 0.5.0 builds its per-code index once and writes it as `<data path>-index.txt`; that file
+        goes to `index_dir` when one is given (a restart then reads it back), otherwise to a temporary
+        directory removed at once. It is published with an atomic rename so that concurrent workers never
+        read half.
+        """
 
-    def __init__(self, country: str, source: Path, index_dir: Path | None) -> None:
-        self._source = source
-        self._index_dir = index_dir
-        super().__init__(country, unique=True)
+        _data_path: str  # set by pgeocode's constructor from `_get_data`
 
-    def _get_data(self, country: str) -> tuple[str, pd.DataFrame]:
-        """Replace pgeocode's read-else-download with a read of the shipped file."""
-        index_dir = self._index_dir or Path(tempfile.gettempdir())
-        return str(index_dir / f"{country}.txt"), _read_geonames(self._source)
+        def __init__(self, country: str, source: Path, index_dir: Path | None) -> None:
+            self._source = source
+            self._index_dir = index_dir
+            super().__init__(country, unique=True)
 
-    def _index_postal_codes(self) -> pd.DataFrame:
-        if self._index_dir is None:
-            with tempfile.TemporaryDirectory(prefix="trialroute-geonames-") as scratch:
-                return self._build_index_in(Path(scratch))
-        cached = self._index_dir / f"{self.country}-index.txt"
-        if cached.exists():
-            return super()._index_postal_codes()
-        with tempfile.TemporaryDirectory(dir=self._index_dir, prefix=".index-") as scratch:
-            index = self._build_index_in(Path(scratch))
-            os.replace(Path(scratch) / f"{self.country}-index.txt", cached)
-        return index
+        def _get_data(self, country: str) -> tuple[str, pd.DataFrame]:
+            """Replace pgeocode's read-else-download with a read of the shipped file."""
+            index_dir = self._index_dir or Path(tempfile.gettempdir())
+            return str(index_dir / f"{country}.txt"), _read_geonames(self._source)
 
-    def _build_index_in(self, directory: Path) -> pd.DataFrame:
-        """Run pgeocode's own indexing with the file it writes redirected into `directory`."""
-        data_path = self._data_path
-        self._data_path = str(directory / f"{self.country}.txt")
-        try:
-            return super()._index_postal_codes()
-        finally:
-            self._data_path = data_path
+        def _index_postal_codes(self) -> pd.DataFrame:
+            if self._index_dir is None:
+                with tempfile.TemporaryDirectory(prefix="trialroute-geonames-") as scratch:
+                    return self._build_index_in(Path(scratch))
+            cached = self._index_dir / f"{self.country}-index.txt"
+            if cached.exists():
+                return super()._index_postal_codes()
+            with tempfile.TemporaryDirectory(dir=self._index_dir, prefix=".index-") as scratch:
+                index = self._build_index_in(Path(scratch))
+                os.replace(Path(scratch) / f"{self.country}-index.txt", cached)
+            return index
+
+        def _build_index_in(self, directory: Path) -> pd.DataFrame:
+            """Run pgeocode's own indexing with the file it writes redirected into `directory`."""
+            data_path = self._data_path
+            self._data_path = str(directory / f"{self.country}.txt")
+            try:
+                return super()._index_postal_codes()
+            finally:
+                self._data_path = data_path
+
+    return ShippedNominatim
+
+
+_Entry = tuple[float, float, str, str | None]
+"""One postal code of a country's index: latitude, longitude, place names, region."""
+
+
+def _compact_index(frame: pd.DataFrame) -> dict[str, _Entry]:
+    """The index's rows with coordinates, as plain tuples keyed by postal code (pgeocode's query of a code
+    without coordinates, or of one not in the index, both come to "unknown")."""
+    import pandas as pd
+
+    table: dict[str, _Entry] = {}
+    columns = frame[["postal_code", "latitude", "longitude", "place_name", "state_name"]]
+    for code, latitude, longitude, place, region in columns.itertuples(index=False, name=None):
+        if pd.isna(latitude) or pd.isna(longitude) or pd.isna(code):
+            continue
+        table.setdefault(
+            sys.intern(str(code)),
+            (
+                float(latitude),
+                float(longitude),
+                str(place),
+                None if pd.isna(region) else sys.intern(str(region)),
+            ),
+        )
+    return table
 
 
 def _file_digest(path: Path) -> str:
@@ -179,9 +227,9 @@ class Geocoder:
 
     def __init__(self, data_dir: Path = SHIPPED_DATA_DIR, index_dir: Path | None = None) -> None:
         shipped = ((path.name.removesuffix(".txt.gz"), path) for path in data_dir.glob("??.txt.gz"))
-        self._files = {country: path for country, path in shipped if country in pgeocode.COUNTRIES_VALID}
+        self._files = {country: path for country, path in shipped if country.isalpha() and country.isupper()}
         self._index_dir = index_dir
-        self._nominatims: dict[str, _ShippedNominatim] = {}
+        self._tables: dict[str, dict[str, _Entry]] = {}
         self._load_lock = threading.Lock()
         self._lookup = functools.lru_cache(maxsize=_LOOKUP_CACHE_SIZE)(self._query)
 
@@ -191,8 +239,11 @@ class Geocoder:
 
     def warm(self, countries: Iterable[str] | None = None) -> None:
         """Load countries' tables now rather than on their first lookup."""
-        for country in self.supported_countries if countries is None else countries:
-            self._nominatim(self._country(country))
+        wanted = [self._country(c) for c in (self.supported_countries if countries is None else countries)]
+        with self._load_lock:
+            self._build_compact([c for c in wanted if c not in self._tables])
+        for country in wanted:
+            self._table(country)
 
     def locate(self, postal_code: str, country: str) -> Location:
         """Coordinates of a postal code; raises `GeoError` with a reason fit to show the clinic."""
@@ -215,25 +266,60 @@ class Geocoder:
     def _query(self, country: str, code: str) -> Location | None:
         if not code:
             return None
-        row = self._nominatim(country).query_postal_code(code)
-        if pd.isna(row["latitude"]) or pd.isna(row["longitude"]):
+        entry = self._table(country).get(code)
+        if entry is None:
             return None
+        latitude, longitude, place_name, region = entry
         return Location(
             country=country,
             postal_code=code,
-            latitude=float(row["latitude"]),
-            longitude=float(row["longitude"]),
-            place_name=str(row["place_name"]),
-            region=None if pd.isna(row["state_name"]) else str(row["state_name"]),
+            latitude=latitude,
+            longitude=longitude,
+            place_name=place_name,
+            region=region,
         )
 
-    def _nominatim(self, country: str) -> _ShippedNominatim:
+    def _table(self, country: str) -> dict[str, _Entry]:
+        """The country's index, loaded on first use through pgeocode and kept as a dict."""
+        table = self._tables.get(country)
+        if table is not None:
+            return table
         with self._load_lock:
-            if country not in self._nominatims:
-                self._nominatims[country] = _ShippedNominatim(
-                    country, self._files[country], self._index_dir_for(country)
-                )
-            return self._nominatims[country]
+            if country not in self._tables:
+                self._tables[country] = self._load(country)
+            return self._tables[country]
+
+    def _load(self, country: str) -> dict[str, _Entry]:
+        """Without an index directory, through pgeocode in this process; with one, from the compact
+        index kept there (built once, by pgeocode in a child process: this one never imports pandas)."""
+        index_dir = self._index_dir_for(country)
+        if index_dir is None:
+            return _compact_index(_shipped_nominatim()(country, self._files[country], None)._data_frame)
+        compact = index_dir / f"{country}-compact.json"
+        if not compact.exists():
+            self._build_compact([country])
+        rows: dict[str, list[Any]] = json.loads(compact.read_bytes())
+        regions: dict[str, str] = {}
+        return {
+            sys.intern(code): (
+                lat,
+                lon,
+                place,
+                None if region is None else regions.setdefault(region, region),
+            )
+            for code, (lat, lon, place, region) in rows.items()
+        }
+
+    def _build_compact(self, countries: list[str]) -> None:
+        """Write the compact index of each country that has none yet, in one child process."""
+        jobs = []
+        for country in countries:
+            index_dir = self._index_dir_for(country)
+            if index_dir is not None and not (index_dir / f"{country}-compact.json").exists():
+                jobs.append([country, str(self._files[country]), str(index_dir)])
+        if jobs:
+            child = [sys.executable, "-m", "services.site_router.geo", json.dumps(jobs)]
+            subprocess.run(child, check=True, stdin=subprocess.DEVNULL)  # noqa: S603 - our own module
 
     def _index_dir_for(self, country: str) -> Path | None:
         if self._index_dir is None:
@@ -241,3 +327,17 @@ class Geocoder:
         path = self._index_dir / _file_digest(self._files[country])
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _write_compact(country: str, source: Path, index_dir: Path) -> None:
+    """Build a country's index with pgeocode (its own index file kept in ``index_dir`` too) and write
+    the compact form beside it, published with an atomic rename."""
+    table = _compact_index(_shipped_nominatim()(country, source, index_dir)._data_frame)
+    with tempfile.NamedTemporaryFile("w", dir=index_dir, prefix=".compact-", delete=False) as out:
+        json.dump(table, out, separators=(",", ":"))
+    os.replace(out.name, index_dir / f"{country}-compact.json")
+
+
+if __name__ == "__main__":  # the child of ``Geocoder._build_compact``: [[country, source, index dir], ...]
+    for country_code, source_file, directory in json.loads(sys.argv[1]):
+        _write_compact(country_code, Path(source_file), Path(directory))

@@ -35,11 +35,33 @@ class _Metrics:
         self.events_consumed = Counter(
             "trialroute_events_consumed_total", "Events consumed", ["service", "topic", "outcome"]
         )
-        self.consumer_lag = Gauge("trialroute_consumer_lag", "Records behind the end", ["service", "topic"])
+        self.consumer_lag = Gauge(
+            "trialroute_consumer_lag",
+            "Records behind the end: end offset minus the group's committed offset",
+            ["service", "group", "topic", "partition"],
+        )
         self.outbox_published = Counter("trialroute_outbox_published_total", "Outbox rows", ["service"])
         self.outbox_backlog = Gauge("trialroute_outbox_backlog", "Outbox rows not yet published", ["service"])
+        self.outbox_oldest_unsent = Gauge(
+            "trialroute_outbox_oldest_unsent_seconds", "Age of the oldest unpublished outbox row", ["service"]
+        )
         self.dead_letters = Counter("trialroute_dead_letters_total", "Dead letters", ["service", "topic"])
-        self.emails = Counter("trialroute_emails_total", "Emails by outcome", ["service", "outcome"])
+        self.emails = Counter(
+            "trialroute_emails_total",
+            "Emails by outcome: sent, skipped, retried, failed",
+            ["service", "template", "role", "outcome"],
+        )
+        self.webhooks = Counter(
+            "trialroute_webhooks_total",
+            "Webhook deliveries by outcome: sent, retried, failed",
+            ["service", "event_type", "outcome"],
+        )
+        self.token_failures = Counter(
+            "trialroute_token_failures_total",
+            "Refused tokens: at a resource server (a token a caller presented) and at the token endpoint "
+            "(a token asked for), by reason",
+            ["service", "reason"],
+        )
 
 
 metrics = _Metrics()

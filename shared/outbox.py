@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Column, Index, Row, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
+from shared import tracing
 from shared.db import Database
 from shared.events import Envelope
 from shared.kafka import Producer
@@ -39,16 +43,21 @@ class OutboxRecord(SQLModel, table=True):
     created_at: datetime = timestamp()
     published_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     claim: str | None = Field(default=None, description="SQLite path: which relay claimed the row")
+    traceparent: str | None = Field(
+        default=None, max_length=100, description="W3C trace context of the transaction that wrote the row"
+    )
 
 
-def add_event(session: AsyncSession, envelope: Envelope) -> None:
-    """Queue an event in the caller's transaction; it is published only if that transaction commits."""
+def add_event(session: AsyncSession, envelope: Envelope, *, traceparent: str | None = None) -> None:
+    """Queue an event in the caller's transaction; it is published only if that transaction commits.
+    The trace in progress (or ``traceparent``) goes with it, for its consumers to continue."""
     session.add(
         OutboxRecord(
             event_id=envelope.id,
             topic=envelope.type,
             key=str(envelope.referral_id),
             payload=envelope.model_dump_json(),
+            traceparent=traceparent or tracing.current_traceparent(),
         )
     )
 
@@ -59,6 +68,18 @@ async def backlog(db: Database) -> int:
             select(func.count()).select_from(OutboxRecord).where(col(OutboxRecord.published_at).is_(None))
         )
         return int(result.scalar_one())
+
+
+async def unsent(db: Database) -> tuple[int, datetime | None]:
+    """How many rows wait to be published, and when the oldest of them was written."""
+    async with db.session() as session:
+        result = await session.execute(
+            select(func.count(), func.min(OutboxRecord.created_at)).where(
+                col(OutboxRecord.published_at).is_(None)
+            )
+        )
+        count, oldest = result.one()
+        return int(count), oldest
 
 
 class OutboxRelay:
@@ -72,12 +93,15 @@ class OutboxRelay:
         service: str,
         batch_size: int = 200,
         poll_interval_s: float = 0.05,
+        measure_interval_s: float = 5.0,
     ) -> None:
         self.db = db
         self.kafka = kafka
         self.service = service
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
+        self.measure_interval_s = measure_interval_s
+        self._measured_at = float("-inf")
         self.producer = Producer(kafka, client_id=f"{service}-relay")
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -93,7 +117,10 @@ class OutboxRelay:
         await self.producer.drop()
 
     async def publish_batch(self) -> int:
-        """Claim, publish and mark one batch in one transaction; returns how many were published."""
+        """Claim, publish and mark one batch in one transaction; returns how many were published.
+        Every ``measure_interval_s`` it also sets the backlog gauges."""
+        if time.monotonic() - self._measured_at >= self.measure_interval_s:
+            await self.measure()
         async with self.db.session() as session:
             rows = await self._claim(session)
             if not rows:
@@ -101,7 +128,10 @@ class OutboxRelay:
             producer = await self.producer.get()
             futures = [
                 await producer.send(
-                    self.kafka.topic(row.topic), value=row.payload.encode(), key=row.key.encode()
+                    self.kafka.topic(row.topic),
+                    value=row.payload.encode(),
+                    key=row.key.encode(),
+                    headers=self._headers(row.topic, row.key, row.traceparent),
                 )
                 for row in rows
             ]
@@ -117,13 +147,46 @@ class OutboxRelay:
         metrics.outbox_published.labels(self.service).inc(len(rows))
         return len(rows)
 
-    async def _claim(self, session: AsyncSession) -> Sequence[Row[int | None, str, str, str]]:
+    async def measure(self) -> None:
+        """Set the backlog and the oldest unsent row's age (what the outbox alerts watch)."""
+        self._measured_at = time.monotonic()
+        count, oldest = await unsent(self.db)
+        metrics.outbox_backlog.labels(self.service).set(count)
+        age = 0.0
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        metrics.outbox_oldest_unsent.labels(self.service).set(age)
+
+    def _headers(self, topic: str, key: str, traceparent: str | None) -> list[tuple[str, bytes]] | None:
+        """The record's ``traceparent``: a publish span's, child of the writing transaction's, when this
+        service traces; else the stored one as it is (the trace still continues downstream)."""
+        if not traceparent:
+            return None
+        if tracing.enabled(self.service):
+            span = tracing.tracer(self.service).start_span(
+                f"{topic} publish",
+                context=tracing.context_of(traceparent),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": topic,
+                    "trialroute.referral_id": key,
+                },
+            )
+            with trace.use_span(span, end_on_exit=True):
+                traceparent = tracing.current_traceparent() or traceparent
+        return [(tracing.TRACEPARENT, traceparent.encode())]
+
+    async def _claim(self, session: AsyncSession) -> Sequence[Row[int | None, str, str, str, str | None]]:
         """The oldest unsent rows' columns the relay needs (plain rows: ORM objects cost more)."""
         columns = (
             col(OutboxRecord.id),
             col(OutboxRecord.topic),
             col(OutboxRecord.key),
             col(OutboxRecord.payload),
+            col(OutboxRecord.traceparent),
         )
         unsent = (
             select(*columns)

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from shared.tracing import TracingSettings
+
 Environment = Literal["development", "test", "production"]
 
 
@@ -84,6 +86,7 @@ class ServiceSettings(BaseSettings):
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from services.notifier.domain import DeliveryState, Planned, State
+from shared import tracing
 from shared.consumer import ProcessedEvent
 from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
@@ -67,6 +68,11 @@ class Notification(SQLModel, table=True):
     created_at: datetime = timestamp(now_by_default=False)
     updated_at: datetime = timestamp(now_by_default=False)
     sent_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+    traceparent: str | None = Field(
+        default=None,
+        max_length=100,
+        description="W3C trace context of the event's handling: the send continues it",
+    )
 
 
 class WebhookEndpoint(SQLModel, table=True):
@@ -118,6 +124,11 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
+    traceparent: str | None = Field(
+        default=None,
+        max_length=100,
+        description="W3C trace context of the event's handling: the POST continues it",
+    )
 
 
 TABLES = tables(Notification, WebhookEndpoint, WebhookDelivery, OutboxRecord, ProcessedEvent)
@@ -135,7 +146,9 @@ def add_planned(
     previous_site: str | None,
     now: datetime,
 ) -> None:
-    """Record the notifications an event causes as pending, in the consumer's transaction."""
+    """Record the notifications an event causes as pending, in the consumer's transaction (and its
+    trace, which each send continues)."""
+    traceparent = tracing.current_traceparent()
     for item, mid in zip(planned, message_ids, strict=True):
         session.add(
             Notification(
@@ -150,6 +163,7 @@ def add_planned(
                 next_attempt_at=now,
                 created_at=now,
                 updated_at=now,
+                traceparent=traceparent,
             )
         )
 

@@ -341,9 +341,13 @@ class ConsumerLoop:
         if not partitions:
             return
         ends = await consumer.end_offsets(partitions)
+        starts: dict[TopicPartition, int] | None = None
         for tp in partitions:
             committed = await consumer.committed(tp)
-            lag = max(0, ends[tp] - (committed or 0))
+            if committed is None:  # nothing committed yet: the group starts at the earliest record
+                starts = starts or await consumer.beginning_offsets(partitions)
+                committed = starts[tp]
+            lag = max(0, ends[tp] - committed)
             metrics.consumer_lag.labels(
                 self.service, self.group_id, tp.topic.removeprefix(self.kafka.topic_prefix), str(tp.partition)
             ).set(lag)

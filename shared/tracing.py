@@ -12,8 +12,9 @@ event is stored on its outbox row (``current_traceparent``), the relay sends it 
 one referral's trace runs from the clinic's POST to the last email.
 
 No PHI in spans: SQL statements are recorded without their parameter values (the SQLAlchemy
-instrumentation records the statement text only), query strings are cut from every URL attribute
-(``_ScrubbingSampler``), and the spans this project starts carry ids only. Spans that would begin a
+instrumentation records the statement text only), query strings and exception messages are cut from
+every span before it is exported (``_ScrubbingExporter``), and the spans this project starts carry ids
+only. Spans that would begin a
 trace of their own from a background poll (a database query or an HTTP call with no parent: the relay's
 claim every 50 ms, the JWKS refresh) are not recorded.
 """
@@ -30,8 +31,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -39,7 +40,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     SamplingResult,
 )
-from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.trace import Link, SpanKind, Status, TraceState
 from opentelemetry.util.types import Attributes
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,15 +75,9 @@ class TracingSettings(BaseSettings):
         return None
 
 
-_URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
-
-
-class _ScrubbingSampler(Sampler):
-    """Follows the parent's decision and records every root span, except a client span (database,
-    HTTP) that would start a trace of its own; cuts query strings from URL attributes.
-
-    The SDK gives a span the attributes its sampler returns, so this is where they are cleaned, before
-    any exporter sees them."""
+class _RootClientSampler(Sampler):
+    """Follows the parent's decision and records every root span, except a client span (a database
+    statement, an HTTP call) that would start a trace of its own: a background poll's."""
 
     def __init__(self) -> None:
         self._delegate = ParentBased(ALWAYS_ON)
@@ -100,24 +95,64 @@ class _ScrubbingSampler(Sampler):
         parent = trace.get_current_span(parent_context).get_span_context()
         if not parent.is_valid and kind == SpanKind.CLIENT and not links:
             return SamplingResult(Decision.DROP)
-        result = self._delegate.should_sample(
-            parent_context, trace_id, name, kind, scrub(attributes), links, trace_state
+        return self._delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
         )
-        return SamplingResult(result.decision, scrub(attributes), result.trace_state)
 
     def get_description(self) -> str:
         return "TrialrouteSampler"
 
 
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
+_DROPPED_ATTRIBUTES = ("url.query", "exception.message", "exception.stacktrace")
+
+
 def scrub(attributes: Attributes) -> dict[str, Any]:
-    """``attributes`` without query strings: their values may name a patient, a postal code, a token."""
+    """``attributes`` without query strings (their values may name a patient, a postal code, a token)
+    and without exception messages (a database error quotes the values it refused)."""
     cleaned = dict(attributes or {})
     for key in _URL_ATTRIBUTES:
         value = cleaned.get(key)
         if isinstance(value, str) and "?" in value:
             cleaned[key] = value.split("?", 1)[0]
-    cleaned.pop("url.query", None)
+    for key in _DROPPED_ATTRIBUTES:
+        cleaned.pop(key, None)
     return cleaned
+
+
+class _ScrubbingExporter(SpanExporter):
+    """Hands ``exporter`` each span with its attributes, events and status scrubbed: the last step
+    before a span leaves the process, whatever an instrumentation recorded and when."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.exporter.export([_scrubbed(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+def _scrubbed(span: ReadableSpan) -> ReadableSpan:
+    status = span.status
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=scrub(span.attributes),
+        events=[Event(e.name, scrub(e.attributes), e.timestamp) for e in span.events],
+        links=span.links,
+        kind=span.kind,
+        status=Status(status.status_code) if status.description else status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 _providers: dict[str, TracerProvider] = {}
@@ -137,8 +172,8 @@ def setup(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=endpoint)
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}), sampler=_ScrubbingSampler())
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}), sampler=_RootClientSampler())
+    provider.add_span_processor(BatchSpanProcessor(_ScrubbingExporter(exporter)))
     _providers[service] = provider
     return provider
 

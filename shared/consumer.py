@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -99,14 +98,18 @@ class ConsumerLoop:
         self.dead_letters = dead_letters or DeadLetters(kafka, service=service, consumer=group_id)
         self.assigned: set[TopicPartition] = set()
         self.lag_interval_s = lag_interval_s
-        self._lag_at = float("-inf")
+        self._lag_series: set[TopicPartition] = set()
+        for topic in handlers.topics:  # at zero from the start, so the first dead letter is an increase
+            metrics.dead_letters.labels(service, topic)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; a broker outage restarts the client after a pause."""
+        lag: asyncio.Task[None] | None = None
         while not stop.is_set():
             consumer = new_consumer(self.kafka, group_id=self.group_id, topics=self.handlers.topics)
             try:
                 await consumer.start()
+                lag = asyncio.create_task(self._measure_lag(consumer, stop), name="consumer-lag")
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=200)
                     self.assigned = set(consumer.assignment())
@@ -114,16 +117,20 @@ class ConsumerLoop:
                         # each partition's records in order
                         records = [record for recs in batch.values() for record in recs]
                         await self.process(records, stop, consumer.commit)
-                    if time.monotonic() - self._lag_at >= self.lag_interval_s:
-                        self._lag_at = time.monotonic()
-                        await self.record_lag(consumer)
             except _Stopping:
                 break
             except Exception as exc:
                 log.warning("consumer restarting", extra={"error": type(exc).__name__, "detail": str(exc)})
                 await pause(stop, 1.0)
             finally:
+                if lag is not None:
+                    lag.cancel()
+                    await asyncio.gather(lag, return_exceptions=True)
+                    lag = None
                 self.assigned = set()
+                for tp in self._lag_series:  # this member no longer reports them
+                    metrics.consumer_lag.remove(self.service, self.group_id, *self._lag_labels(tp))
+                self._lag_series.clear()
                 await quietly(consumer.stop())
         await self.dead_letters.close()
 
@@ -334,10 +341,23 @@ class ConsumerLoop:
             },
         )
 
+    async def _measure_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """``record_lag`` every ``lag_interval_s``, beside the polling (which it never holds up: asking
+        the broker for offsets can wait out a rebalance)."""
+        while not stop.is_set():
+            try:
+                await self.record_lag(consumer)
+            except Exception as exc:  # the next round tries again; the loop's own errors restart it
+                log.info("consumer lag not measured", extra={"error": type(exc).__name__})
+            await pause(stop, self.lag_interval_s)
+
     async def record_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Lag per partition: the end offset minus the group's committed offset (what an operator and
         a lag-based autoscaler see), for the partitions this member owns."""
-        partitions = sorted(self.assigned)
+        partitions = sorted(consumer.assignment())
+        for gone in self._lag_series - set(partitions):  # now another member's: it reports them
+            self._lag_series.discard(gone)
+            metrics.consumer_lag.remove(self.service, self.group_id, *self._lag_labels(gone))
         if not partitions:
             return
         ends = await consumer.end_offsets(partitions)
@@ -348,9 +368,11 @@ class ConsumerLoop:
                 starts = starts or await consumer.beginning_offsets(partitions)
                 committed = starts[tp]
             lag = max(0, ends[tp] - committed)
-            metrics.consumer_lag.labels(
-                self.service, self.group_id, tp.topic.removeprefix(self.kafka.topic_prefix), str(tp.partition)
-            ).set(lag)
+            metrics.consumer_lag.labels(self.service, self.group_id, *self._lag_labels(tp)).set(lag)
+            self._lag_series.add(tp)
+
+    def _lag_labels(self, tp: TopicPartition) -> tuple[str, str]:
+        return tp.topic.removeprefix(self.kafka.topic_prefix), str(tp.partition)
 
 
 def _next_offsets(records: Sequence[Record]) -> Offsets:

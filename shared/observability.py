@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
@@ -82,7 +83,8 @@ def referral_context(referral_id: object, trace: str | None = None) -> Iterator[
 class _ContextAndPhiFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.referral_id = referral_id_var.get()
-        record.trace_id = trace_var.get()
+        span = trace.get_current_span().get_span_context()  # the trace in progress, when tracing
+        record.trace_id = format(span.trace_id, "032x") if span.is_valid else trace_var.get()
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if record.args:

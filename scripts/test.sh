@@ -9,5 +9,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/bootstrap.sh
 scripts/lint.sh
 [[ -x /usr/bin/chromium ]] || scripts/install-chromium.sh  # browser tests (Playwright drives it)
+scripts/install-promtool.sh >/dev/null  # alert rule tests (tests/unit/deploy/test_alerts.py)
 
 exec scripts/with-servers.sh --pg-fast .venv/bin/pytest "$@"

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from shared import tracing
 from shared.deps import ServiceState
 from shared.docs import mount_docs
 from shared.observability import metrics
@@ -70,6 +72,8 @@ class ServiceSpec:
     max_body_bytes: int = 65_536
     json_prefixes: tuple[str, ...] = ("/v1/", "/internal/")
     openapi_tags: list[dict[str, Any]] | None = None
+    http_clients: Sequence[httpx.AsyncClient] = ()
+    """The service's outbound HTTP clients, traced (and carrying the trace on) when tracing is on."""
 
 
 def create_app(spec: ServiceSpec) -> FastAPI:
@@ -97,6 +101,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 await asyncio.to_thread(metrics_server.stop)
             for hook in spec.on_stop:
                 await hook()
+            if provider is not None:
+                await asyncio.to_thread(tracing.shutdown, spec.name, provider)
 
     docs = settings.serves_docs
     app = FastAPI(
@@ -113,6 +119,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.service = spec.state
+    provider = tracing.setup(spec.name, settings.tracing)
     if docs:
         mount_docs(app, service=spec.name, settings=spec.state.settings)
     install_problem_handlers(app)
@@ -130,6 +137,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.trusted_proxies:  # outermost: every layer and route sees the client the proxy saw
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    if provider is not None:
+        tracing.instrument(provider, app=app, engine=spec.state.db.engine, clients=spec.http_clients)
     return app
 
 

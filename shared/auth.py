@@ -38,6 +38,7 @@ from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, Jos
 from joserfc.jwk import RSAKey
 
 from shared.deps import service_state
+from shared.observability import metrics
 from shared.problems import Forbidden, ProblemError, Unauthorized
 from shared.settings import OAuthSettings
 
@@ -171,30 +172,48 @@ class TokenValidator:
         self._typs = {typ, f"application/{typ}"} if typ else set()
 
     async def validate(self, token: str) -> Principal:
-        """The principal of a valid token; ``Unauthorized`` for any token that fails a check."""
-        header = _unverified_header(token)
+        """The principal of a valid token; ``Unauthorized`` for any token that fails a check (counted
+        by reason in ``trialroute_token_failures_total``)."""
+        try:
+            return await self._validate(token)
+        except _Refused as refused:
+            metrics.token_failures.labels(self.audience, refused.reason).inc()
+            raise refused.error from refused.__cause__
+
+    async def _validate(self, token: str) -> Principal:
+        try:
+            header = _unverified_header(token)
+        except Unauthorized as exc:
+            raise _Refused("malformed", exc) from exc.__cause__
         if header.get("alg") != ALGORITHM:
-            raise Unauthorized(f"the token must be signed {ALGORITHM}")
+            raise _Refused("algorithm", Unauthorized(f"the token must be signed {ALGORITHM}"))
         if self._typs and str(header.get("typ", "")).lower() not in self._typs:
-            raise Unauthorized("the token is not an access token (typ)")
+            raise _Refused("typ", Unauthorized("the token is not an access token (typ)"))
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
-            raise Unauthorized("the token names no signing key (kid)")
-        key = await self._key(kid)
+            raise _Refused("kid", Unauthorized("the token names no signing key (kid)"))
+        try:
+            key = await self._key(kid)
+        except Unauthorized as exc:
+            raise _Refused("unknown_key", exc) from exc.__cause__
         try:
             claims = jwt.decode(token, key, algorithms=[ALGORITHM], registry=_REGISTRY).claims
             self._claims_registry().validate(claims)
         except ExpiredTokenError as exc:
-            raise Unauthorized("the token has expired") from exc
+            raise _Refused("expired", Unauthorized("the token has expired")) from exc
         except MissingClaimError as exc:
-            raise Unauthorized(f"the token lacks the {exc.claim} claim") from exc
+            raise _Refused("missing_claim", Unauthorized(f"the token lacks the {exc.claim} claim")) from exc
         except ClaimError as exc:
-            raise Unauthorized(f"the token's {exc.claim} claim is not acceptable") from exc
+            refusal = Unauthorized(f"the token's {exc.claim} claim is not acceptable")
+            raise _Refused(f"claim_{exc.claim}" if exc.claim in _CLAIMS else "claim", refusal) from exc
         except BadSignatureError as exc:
-            raise Unauthorized("the token's signature does not verify") from exc
+            raise _Refused("signature", Unauthorized("the token's signature does not verify")) from exc
         except JoseError as exc:
-            raise Unauthorized(f"the token is invalid ({exc.error})") from exc
-        return _principal(claims)
+            raise _Refused("invalid", Unauthorized(f"the token is invalid ({exc.error})")) from exc
+        try:
+            return _principal(claims)
+        except Unauthorized as exc:
+            raise _Refused("client_id", exc) from exc
 
     async def check(self) -> None:
         """Readiness: the issuer's keys can be fetched."""
@@ -255,6 +274,17 @@ class TokenValidator:
 
 
 _REGISTRY = jws.JWSRegistry(algorithms=[ALGORITHM], strict_check_header=False)
+_CLAIMS = frozenset({"iss", "aud", "exp", "nbf", "iat"})
+"""Claims named in a refusal's metric label (a bounded set: a token's own claim names are not)."""
+
+
+class _Refused(Exception):
+    """A token refused, with the reason it is counted under."""
+
+    def __init__(self, reason: str, error: Unauthorized) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
 
 
 def _unverified_header(token: str) -> dict[str, Any]:
@@ -332,14 +362,16 @@ def require(*scopes: Scope | str) -> Callable[..., Awaitable[Principal]]:
         # A default, not Annotated: `needed` is local, and annotations are strings in this module.
         credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme, scopes=needed),
     ) -> Principal:
-        if credentials is None:
-            raise Unauthorized("a bearer token is required", error="")
         validator = service_state(request).token_validator
         if validator is None:
             raise RuntimeError("this service checks no tokens: its state has no token_validator")
+        if credentials is None:
+            metrics.token_failures.labels(validator.audience, "missing").inc()
+            raise Unauthorized("a bearer token is required", error="")
         found = await validator.validate(credentials.credentials)
         missing = [s for s in needed if s not in found.scopes]
         if missing:
+            metrics.token_failures.labels(validator.audience, "scope").inc()
             raise Forbidden(
                 f"the token lacks the scope {' '.join(missing)}",
                 headers={

@@ -17,17 +17,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, get_current_span
 from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
+from shared import tracing
 from shared.db import Database
 from shared.dead_letters import DeadLetters, DeadLetterSink
 from shared.events import Envelope, UnknownEventType
@@ -80,6 +84,7 @@ class ConsumerLoop:
         max_backoff_s: float = 5.0,
         transaction_max: int = 50,
         dead_letters: DeadLetterSink | None = None,
+        lag_interval_s: float = 10.0,
     ) -> None:
         self.db = db
         self.kafka = kafka
@@ -92,13 +97,19 @@ class ConsumerLoop:
         self.transaction_max = transaction_max
         self.dead_letters = dead_letters or DeadLetters(kafka, service=service, consumer=group_id)
         self.assigned: set[TopicPartition] = set()
+        self.lag_interval_s = lag_interval_s
+        self._lag_series: set[TopicPartition] = set()
+        for topic in handlers.topics:  # at zero from the start, so the first dead letter is an increase
+            metrics.dead_letters.labels(service, topic)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; a broker outage restarts the client after a pause."""
+        lag: asyncio.Task[None] | None = None
         while not stop.is_set():
             consumer = new_consumer(self.kafka, group_id=self.group_id, topics=self.handlers.topics)
             try:
                 await consumer.start()
+                lag = asyncio.create_task(self._measure_lag(consumer, stop), name="consumer-lag")
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=200)
                     self.assigned = set(consumer.assignment())
@@ -106,14 +117,20 @@ class ConsumerLoop:
                         # each partition's records in order
                         records = [record for recs in batch.values() for record in recs]
                         await self.process(records, stop, consumer.commit)
-                    await self._record_lag(consumer)
             except _Stopping:
                 break
             except Exception as exc:
                 log.warning("consumer restarting", extra={"error": type(exc).__name__, "detail": str(exc)})
                 await pause(stop, 1.0)
             finally:
+                if lag is not None:
+                    lag.cancel()
+                    await asyncio.gather(lag, return_exceptions=True)
+                    lag = None
                 self.assigned = set()
+                for tp in self._lag_series:  # this member no longer reports them
+                    metrics.consumer_lag.remove(self.service, self.group_id, *self._lag_labels(tp))
+                self._lag_series.clear()
                 await quietly(consumer.stop())
         await self.dead_letters.close()
 
@@ -166,9 +183,12 @@ class ConsumerLoop:
             items = [(envelope, envelope.payload()) for envelope in envelopes]
         except Exception:
             return False  # unreadable: the one-by-one path dead-letters it
+        traces = {
+            e.id: tracing.context_from_headers(r.headers) for e, r in zip(envelopes, records, strict=True)
+        }
         try:
             async with self.db.session() as session:
-                outcomes = await self._handle_in(session, items)
+                outcomes = await self._handle_in(session, items, traces)
         except Exception as exc:
             log.info(
                 "records handled one at a time after a group failed",
@@ -209,7 +229,7 @@ class ConsumerLoop:
                 with attempt:
                     envelope = Envelope.from_bytes(record.value or b"")
                     with referral_context(envelope.referral_id, envelope.trace):
-                        outcome = await self._apply(envelope)
+                        outcome = await self._apply(envelope, tracing.context_from_headers(record.headers))
         except PERMANENT as exc:
             await self._dead_letter(record, exc, stop)
             return
@@ -221,17 +241,23 @@ class ConsumerLoop:
             return
         self._count(record, outcome)
 
-    async def _apply(self, envelope: Envelope) -> str:
+    async def _apply(self, envelope: Envelope, trace: Context | None) -> str:
         if self.handlers.of(envelope) is None:
             return "ignored"
         data = envelope.payload()
         async with self.db.session() as session:
-            [outcome] = await self._handle_in(session, [(envelope, data)])
+            [outcome] = await self._handle_in(session, [(envelope, data)], {envelope.id: trace})
         return outcome
 
-    async def _handle_in(self, session: AsyncSession, items: list[Item]) -> list[str]:
+    async def _handle_in(
+        self, session: AsyncSession, items: list[Item], traces: dict[uuid.UUID, Context | None] | None = None
+    ) -> list[str]:
         """Handle each event in the caller's transaction once per consumer group: an id recorded before,
-        or a second copy in ``items``, is a duplicate. Returns each event's outcome."""
+        or a second copy in ``items``, is a duplicate. Returns each event's outcome.
+
+        Each event's handling is a span that continues the trace its record's headers carry (``traces``),
+        so what the handler writes (its statements, the events it queues) belongs to that trace."""
+        traces = traces or {}
         handlers = [self.handlers.of(envelope) for envelope, _ in items]
         ids = [str(envelope.id) for (envelope, _), handler in zip(items, handlers, strict=True) if handler]
         query = select(col(ProcessedEvent.event_id)).where(
@@ -254,11 +280,15 @@ class ConsumerLoop:
                 if isinstance(handler, Together):
                     together.setdefault(handler, []).append((envelope, data))
                 else:
-                    with referral_context(envelope.referral_id, envelope.trace):
+                    with (
+                        referral_context(envelope.referral_id, envelope.trace),
+                        self._span(envelope, traces.get(envelope.id)),
+                    ):
                         await handler.handle(session, envelope, data)
                 outcomes.append("handled")
         for batched, fresh in together.items():
-            await batched.handle(session, fresh)
+            with self._batch_span(fresh, traces):
+                await batched.handle(session, fresh)
         if processed:  # one multi-row INSERT; ORM objects cost more than the rows themselves
             await session.execute(insert(ProcessedEvent), processed)
         return outcomes
@@ -274,12 +304,75 @@ class ConsumerLoop:
         topic = record.topic.removeprefix(self.kafka.topic_prefix)
         metrics.events_consumed.labels(self.service, topic, outcome).inc()
 
-    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
-        for tp in self.assigned:
-            end = consumer.highwater(tp)
-            if end is not None:
-                lag = end - await consumer.position(tp)
-                metrics.consumer_lag.labels(self.service, tp.topic).set(lag)
+    def _span(self, envelope: Envelope, parent: Context | None) -> contextlib.AbstractContextManager[Any]:
+        """A consumer span for one event, the child of the span that published it (ids only)."""
+        return tracing.tracer(self.service).start_as_current_span(
+            f"{envelope.type} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": envelope.type,
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.message.id": str(envelope.id),
+                "trialroute.referral_id": str(envelope.referral_id),
+            },
+        )
+
+    def _batch_span(
+        self, items: list[Item], traces: dict[uuid.UUID, Context | None]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """One span for a handler that takes several events at once: the child of their one trace, or
+        linked to each of theirs when they come from several."""
+        parents = [traces.get(envelope.id) for envelope, _ in items]
+        contexts = [get_current_span(p).get_span_context() for p in parents if p is not None]
+        single = len(items) == 1 or len({c.trace_id for c in contexts}) == 1
+        return tracing.tracer(self.service).start_as_current_span(
+            f"{items[0][0].type} process" if len(items) == 1 else "events process",
+            context=parents[0] if single else Context(),
+            kind=SpanKind.CONSUMER,
+            links=[] if single else [Link(c) for c in contexts],
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.batch.message_count": len(items),
+            },
+        )
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """``record_lag`` every ``lag_interval_s``, beside the polling (which it never holds up: asking
+        the broker for offsets can wait out a rebalance)."""
+        while not stop.is_set():
+            try:
+                await self.record_lag(consumer)
+            except Exception as exc:  # the next round tries again; the loop's own errors restart it
+                log.info("consumer lag not measured", extra={"error": type(exc).__name__})
+            await pause(stop, self.lag_interval_s)
+
+    async def record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per partition: the end offset minus the group's committed offset (what an operator and
+        a lag-based autoscaler see), for the partitions this member owns."""
+        partitions = sorted(consumer.assignment())
+        for gone in self._lag_series - set(partitions):  # now another member's: it reports them
+            self._lag_series.discard(gone)
+            metrics.consumer_lag.remove(self.service, self.group_id, *self._lag_labels(gone))
+        if not partitions:
+            return
+        ends = await consumer.end_offsets(partitions)
+        starts: dict[TopicPartition, int] | None = None
+        for tp in partitions:
+            committed = await consumer.committed(tp)
+            if committed is None:  # nothing committed yet: the group starts at the earliest record
+                starts = starts or await consumer.beginning_offsets(partitions)
+                committed = starts[tp]
+            lag = max(0, ends[tp] - committed)
+            metrics.consumer_lag.labels(self.service, self.group_id, *self._lag_labels(tp)).set(lag)
+            self._lag_series.add(tp)
+
+    def _lag_labels(self, tp: TopicPartition) -> tuple[str, str]:
+        return tp.topic.removeprefix(self.kafka.topic_prefix), str(tp.partition)
 
 
 def _next_offsets(records: Sequence[Record]) -> Offsets:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
@@ -35,11 +36,33 @@ class _Metrics:
         self.events_consumed = Counter(
             "trialroute_events_consumed_total", "Events consumed", ["service", "topic", "outcome"]
         )
-        self.consumer_lag = Gauge("trialroute_consumer_lag", "Records behind the end", ["service", "topic"])
+        self.consumer_lag = Gauge(
+            "trialroute_consumer_lag",
+            "Records behind the end: end offset minus the group's committed offset",
+            ["service", "group", "topic", "partition"],
+        )
         self.outbox_published = Counter("trialroute_outbox_published_total", "Outbox rows", ["service"])
         self.outbox_backlog = Gauge("trialroute_outbox_backlog", "Outbox rows not yet published", ["service"])
+        self.outbox_oldest_unsent = Gauge(
+            "trialroute_outbox_oldest_unsent_seconds", "Age of the oldest unpublished outbox row", ["service"]
+        )
         self.dead_letters = Counter("trialroute_dead_letters_total", "Dead letters", ["service", "topic"])
-        self.emails = Counter("trialroute_emails_total", "Emails by outcome", ["service", "outcome"])
+        self.emails = Counter(
+            "trialroute_emails_total",
+            "Emails by outcome: sent, skipped, retried, failed",
+            ["service", "template", "role", "outcome"],
+        )
+        self.webhooks = Counter(
+            "trialroute_webhooks_total",
+            "Webhook deliveries by outcome: sent, retried, failed",
+            ["service", "event_type", "outcome"],
+        )
+        self.token_failures = Counter(
+            "trialroute_token_failures_total",
+            "Refused tokens: at a resource server (a token a caller presented) and at the token endpoint "
+            "(a token asked for), by reason",
+            ["service", "reason"],
+        )
 
 
 metrics = _Metrics()
@@ -60,7 +83,8 @@ def referral_context(referral_id: object, trace: str | None = None) -> Iterator[
 class _ContextAndPhiFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.referral_id = referral_id_var.get()
-        record.trace_id = trace_var.get()
+        span = trace.get_current_span().get_span_context()  # the trace in progress, when tracing
+        record.trace_id = format(span.trace_id, "032x") if span.is_valid else trace_var.get()
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if record.args:

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Column, ColumnElement, Index, Row, Text, event, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col
 
+from shared import tracing
 from shared.db import Database
 from shared.events import Envelope
 from shared.kafka import Producer
@@ -42,14 +46,18 @@ class OutboxRecord(SQLModel, table=True):
     created_at: datetime = timestamp()
     published_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     claim: str | None = Field(default=None, description="SQLite path: which relay claimed the row")
+    traceparent: str | None = Field(
+        default=None, max_length=100, description="W3C trace context of the transaction that wrote the row"
+    )
 
 
 _QUEUED = "trialroute.outbox"  # session.info key: the rows ``add_event`` queued in this transaction
 
 
-def add_event(session: AsyncSession, envelope: Envelope) -> None:
+def add_event(session: AsyncSession, envelope: Envelope, *, traceparent: str | None = None) -> None:
     """Queue an event in the caller's transaction; it is published only if that transaction commits,
-    and the commit wakes the producing service's relay (``NOTIFY`` on PostgreSQL).
+    and the commit wakes the producing service's relay (``NOTIFY`` on PostgreSQL). The trace in
+    progress (or ``traceparent``) goes with it, for its consumers to continue.
 
     The rows are written right before the commit, all in one statement that also sends the
     transaction's notifications: one round trip, and no ORM object per event."""
@@ -61,6 +69,7 @@ def add_event(session: AsyncSession, envelope: Envelope) -> None:
             "key": str(envelope.referral_id),
             "payload": envelope.model_dump_json(),
             "created_at": utcnow(),
+            "traceparent": traceparent or tracing.current_traceparent(),
         }
     )
 
@@ -109,6 +118,18 @@ async def backlog(db: Database) -> int:
         return int(result.scalar_one())
 
 
+async def unsent(db: Database) -> tuple[int, datetime | None]:
+    """How many rows wait to be published, and when the oldest of them was written."""
+    async with db.session() as session:
+        result = await session.execute(
+            select(func.count(), func.min(OutboxRecord.created_at)).where(
+                col(OutboxRecord.published_at).is_(None)
+            )
+        )
+        count, oldest = result.one()
+        return int(count), oldest
+
+
 SQLITE_POLL_S = 0.05
 """SQLite has no notifications: the relay polls this often when idle."""
 SAFETY_POLL_S = 1.0
@@ -128,6 +149,7 @@ class OutboxRelay:
         service: str,
         batch_size: int = 200,
         poll_interval_s: float | None = None,
+        measure_interval_s: float = 5.0,
     ) -> None:
         self.db = db
         self.kafka = kafka
@@ -136,6 +158,8 @@ class OutboxRelay:
         self.wakeup = Wakeup(db, relay_channel(service))
         default_s = SAFETY_POLL_S if self.wakeup.enabled else SQLITE_POLL_S
         self.poll_interval_s = default_s if poll_interval_s is None else poll_interval_s
+        self.measure_interval_s = measure_interval_s
+        self._measured_at = float("-inf")
         self.producer = Producer(kafka, client_id=f"{service}-relay")
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -159,7 +183,10 @@ class OutboxRelay:
         await self.producer.drop()
 
     async def publish_batch(self) -> int:
-        """Claim, publish and mark one batch in one transaction; returns how many were published."""
+        """Claim, publish and mark one batch in one transaction; returns how many were published.
+        Every ``measure_interval_s`` it also sets the backlog gauges."""
+        if time.monotonic() - self._measured_at >= self.measure_interval_s:
+            await self.measure()
         async with self.db.session() as session:
             rows = await self._claim(session)
             if not rows:
@@ -167,7 +194,10 @@ class OutboxRelay:
             producer = await self.producer.get()
             futures = [
                 await producer.send(
-                    self.kafka.topic(row.topic), value=row.payload.encode(), key=row.key.encode()
+                    self.kafka.topic(row.topic),
+                    value=row.payload.encode(),
+                    key=row.key.encode(),
+                    headers=self._headers(row.topic, row.key, row.traceparent),
                 )
                 for row in rows
             ]
@@ -183,13 +213,46 @@ class OutboxRelay:
         metrics.outbox_published.labels(self.service).inc(len(rows))
         return len(rows)
 
-    async def _claim(self, session: AsyncSession) -> Sequence[Row[int | None, str, str, str]]:
+    async def measure(self) -> None:
+        """Set the backlog and the oldest unsent row's age (what the outbox alerts watch)."""
+        self._measured_at = time.monotonic()
+        count, oldest = await unsent(self.db)
+        metrics.outbox_backlog.labels(self.service).set(count)
+        age = 0.0
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        metrics.outbox_oldest_unsent.labels(self.service).set(age)
+
+    def _headers(self, topic: str, key: str, traceparent: str | None) -> list[tuple[str, bytes]] | None:
+        """The record's ``traceparent``: a publish span's, child of the writing transaction's, when this
+        service traces; else the stored one as it is (the trace still continues downstream)."""
+        if not traceparent:
+            return None
+        if tracing.enabled(self.service):
+            span = tracing.tracer(self.service).start_span(
+                f"{topic} publish",
+                context=tracing.context_of(traceparent),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": topic,
+                    "trialroute.referral_id": key,
+                },
+            )
+            with trace.use_span(span, end_on_exit=True):
+                traceparent = tracing.current_traceparent() or traceparent
+        return [(tracing.TRACEPARENT, traceparent.encode())]
+
+    async def _claim(self, session: AsyncSession) -> Sequence[Row[int | None, str, str, str, str | None]]:
         """The oldest unsent rows' columns the relay needs (plain rows: ORM objects cost more)."""
         columns = (
             col(OutboxRecord.id),
             col(OutboxRecord.topic),
             col(OutboxRecord.key),
             col(OutboxRecord.payload),
+            col(OutboxRecord.traceparent),
         )
         unsent = (
             select(*columns)

@@ -162,6 +162,30 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class TracingSettings(Settings):
+    """OpenTelemetry's own environment variables (the ``OTEL_`` prefix), shared by every service."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore")
+
+    exporter_otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP base URL (…/v1/traces is appended); unset: no tracing"
+    )
+    exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, description="the full OTLP/HTTP traces URL, instead of the base URL"
+    )
+    sdk_disabled: bool = Field(default=False, description="off even when an endpoint is set")
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        if self.sdk_disabled:
+            return None
+        if self.exporter_otlp_traces_endpoint:
+            return self.exporter_otlp_traces_endpoint
+        if self.exporter_otlp_endpoint:
+            return self.exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
+
+
 class ServiceSettings(Settings):
     """Settings every service has; subclasses set ``env_prefix`` and add their own fields."""
 
@@ -206,6 +230,7 @@ class ServiceSettings(Settings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("trusted_proxies")
     @classmethod

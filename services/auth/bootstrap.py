@@ -74,6 +74,7 @@ def build(
         checks={"database": db.ping, "signing_key": signing_key},
         on_start=[start],
         on_stop=[db.dispose, http.aclose],
+        http_clients=[http],
         max_body_bytes=min(settings.max_body_bytes, 16_384),
         state=AuthState(db=db, settings=settings, keyring=keyring, token_server=server),
     )

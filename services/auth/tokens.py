@@ -18,7 +18,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from services.auth import store
+from services.auth import SERVICE, store
 from services.auth.assertions import ClientKeys, SeenAssertions
 from services.auth.config import AuthSettings
 from services.auth.credentials import verify_secret
@@ -35,6 +35,7 @@ from services.auth.oauth_server import FastAPIAuthorizationServer, StarletteOAut
 from services.auth.throttle import LoginThrottle
 from shared.auth import ALGORITHM, Scope
 from shared.db import Database
+from shared.observability import metrics
 from shared.problems import TooManyRequests
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class TokenServer(FastAPIAuthorizationServer):
     async def prepare(self, request: StarletteOAuth2Request) -> dict[str, ClientMixin | None]:
         wait = await self.throttle.retry_after(request.named_client_id, request.client_host)
         if wait is not None:
+            metrics.token_failures.labels(SERVICE, "throttled").inc()
             raise TooManyRequests(
                 "too many failed client authentications; try again later", headers={"Retry-After": str(wait)}
             )
@@ -247,5 +249,7 @@ class TokenServer(FastAPIAuthorizationServer):
         return loaded
 
     async def finish(self, request: StarletteOAuth2Request) -> None:
+        if request.error is not None:  # an RFC 6749 error code: invalid_client, invalid_scope, ...
+            metrics.token_failures.labels(SERVICE, str(request.error.error)).inc()
         if isinstance(request.error, InvalidClientError):
             await self.throttle.record_failure(request.named_client_id, request.client_host)

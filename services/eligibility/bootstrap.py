@@ -55,6 +55,7 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
         checks=checks,
         on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[db.dispose, http.aclose],
+        http_clients=[http],
         max_body_bytes=settings.max_body_bytes,
         openapi_tags=[
             {"name": "assessments", "description": "Assessments of referrals, one per revision"},

@@ -77,6 +77,7 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[db.dispose, http.aclose],
+        http_clients=[http],
         max_body_bytes=settings.max_body_bytes,
         state=IntakeState(
             db=db,

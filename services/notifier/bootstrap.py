@@ -59,6 +59,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     loops = event_loops(SERVICE, db, settings, roles, handlers(settings.message_id_domain))
     on_stop: list[Hook] = []
+    clients = [http]
     if "consumer" in roles:
         contacts, tokens = contact_reader(settings)
         mailer = Mailer(settings)
@@ -76,6 +77,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
         )
         loops += [Loop("dispatcher", dispatcher.run), Loop("webhooks", webhooks.run)]
         on_stop += [mailer.aclose, contacts.aclose, tokens.aclose, sender.aclose]
+        clients += [contacts.http, sender.http]
     return ServiceSpec(
         name=SERVICE,
         title="trialroute notifier",
@@ -88,6 +90,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[*on_stop, db.dispose, http.aclose],
+        http_clients=clients,
         max_body_bytes=settings.max_body_bytes,
     )
 

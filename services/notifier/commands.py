@@ -28,6 +28,7 @@ from services.notifier.domain import (
 )
 from services.notifier.schemas import EndpointCreate
 from services.notifier.store import Notification, WebhookDelivery, WebhookEndpoint
+from shared import tracing
 from shared.events import (
     Envelope,
     EventData,
@@ -124,6 +125,7 @@ async def record_status_change(
                 next_attempt_at=now,
                 created_at=now,
                 updated_at=now,
+                traceparent=tracing.current_traceparent(),
             )
         )
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import SERVICE, store
@@ -42,6 +43,7 @@ from services.notifier.domain import (
 )
 from services.notifier.mail import DeliveryError, Mailer, Templates, build_message
 from services.notifier.store import Notification
+from shared import tracing
 from shared.db import Database
 from shared.dead_letters import DeadLetter, FailedNotification
 from shared.events import (
@@ -84,6 +86,7 @@ class Attempt:
     row: Notification
     envelope: Envelope | None  # None when the stored source event is unreadable
     outcome: Delivered | Skipped | DeliveryError
+    traceparent: str | None = None  # the send's span: the notified event continues its trace
 
     def context(self) -> AbstractContextManager[None]:
         return referral_context(self.row.referral_id, self.envelope.trace if self.envelope else None)
@@ -192,7 +195,20 @@ class Dispatcher:
             envelope = Envelope.model_validate_json(row.source)
         except ValueError:
             return Attempt(row, None, DeliveryError("the stored source event is unreadable", permanent=True))
-        with referral_context(row.referral_id, envelope.trace):
+        span = tracing.tracer(SERVICE).start_as_current_span(
+            f"email {row.template}",
+            context=tracing.context_of(row.traceparent),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "trialroute.referral_id": str(row.referral_id),
+                "trialroute.notification_id": str(row.id),
+                "trialroute.recipient_role": row.recipient_role,
+                "trialroute.template": row.template,
+                "trialroute.attempt": row.attempts,
+            },
+        )
+        with referral_context(row.referral_id, envelope.trace), span:
+            traceparent = tracing.current_traceparent()
             try:
                 if row.attempts > self.settings.max_attempts:
                     # Only leases that ran out get here (a crash or hang on every attempt).
@@ -207,7 +223,7 @@ class Dispatcher:
             except Exception as exc:
                 log.exception("delivery failed unexpectedly", extra={"notification": row.id})
                 outcome = DeliveryError(type(exc).__name__)
-        return Attempt(row, envelope, outcome)
+        return Attempt(row, envelope, outcome, traceparent)
 
     async def _deliver(
         self, row: Notification, envelope: Envelope, contacts: BatchContacts
@@ -296,7 +312,7 @@ class Dispatcher:
                 continue
             if isinstance(outcome, Delivered):
                 assert attempt.envelope is not None
-                add_event(session, notified_event(row, attempt.envelope))
+                add_event(session, notified_event(row, attempt.envelope), traceparent=attempt.traceparent)
             elif isinstance(outcome, DeliveryError) and self._gives_up(row, outcome):
                 session.add(self._dead_letter(row, _error_text(outcome), now))
                 wake_relay(session, SERVICE)
@@ -336,7 +352,10 @@ class Dispatcher:
                 if not ours:
                     return
                 give_up = self._gives_up(row, outcome)
-                metrics.emails.labels(SERVICE, "failed" if give_up else "retry").inc()
+                outcome_label = "failed" if give_up else "retried"
+                metrics.emails.labels(SERVICE, row.template, row.recipient_role, outcome_label).inc()
+                if give_up:
+                    metrics.dead_letters.labels(SERVICE, row.source_topic).inc()
                 log.warning(
                     "notification failed" if give_up else "notification will be retried",
                     extra={
@@ -350,7 +369,7 @@ class Dispatcher:
                 log.warning("lease lost before the outcome was recorded", extra={"notification": row.id})
                 return
             kind = "skipped" if isinstance(outcome, Skipped) else "sent"
-            metrics.emails.labels(SERVICE, kind).inc()
+            metrics.emails.labels(SERVICE, row.template, row.recipient_role, kind).inc()
             log.info("notification %s", kind, extra={"notification": row.id, "role": row.recipient_role})
 
     def _dead_letter(self, row: Notification, error: str, now: datetime) -> OutboxRecord:

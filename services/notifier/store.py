@@ -28,6 +28,7 @@ from sqlmodel import Field, SQLModel, col
 
 from services.notifier import SERVICE
 from services.notifier.domain import DeliveryState, Planned, State
+from shared import tracing
 from shared.consumer import ProcessedEvent
 from shared.events import Envelope, ReferralRouted
 from shared.outbox import OutboxRecord
@@ -72,6 +73,11 @@ class Notification(SQLModel, table=True):
     created_at: datetime = timestamp(now_by_default=False)
     updated_at: datetime = timestamp(now_by_default=False)
     sent_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+    traceparent: str | None = Field(
+        default=None,
+        max_length=100,
+        description="W3C trace context of the event's handling: the send continues it",
+    )
 
 
 class WebhookEndpoint(SQLModel, table=True):
@@ -123,6 +129,11 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
+    traceparent: str | None = Field(
+        default=None,
+        max_length=100,
+        description="W3C trace context of the event's handling: the POST continues it",
+    )
 
 
 TABLES = tables(Notification, WebhookEndpoint, WebhookDelivery, OutboxRecord, ProcessedEvent)
@@ -140,10 +151,11 @@ def add_planned(
     previous_site: str | None,
     now: datetime,
 ) -> None:
-    """Record the notifications an event causes as pending, in the consumer's transaction; its commit
-    wakes the dispatcher."""
+    """Record the notifications an event causes as pending, in the consumer's transaction (and its
+    trace, which each send continues); its commit wakes the dispatcher."""
     if planned:
         notify_on_commit(session, EMAILS_CHANNEL)
+    traceparent = tracing.current_traceparent()
     for item, mid in zip(planned, message_ids, strict=True):
         session.add(
             Notification(
@@ -158,6 +170,7 @@ def add_planned(
                 next_attempt_at=now,
                 created_at=now,
                 updated_at=now,
+                traceparent=traceparent,
             )
         )
 

@@ -33,16 +33,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 from standardwebhooks import Webhook
 
 from services.notifier import SERVICE, store
 from services.notifier.config import NotifierSettings
 from services.notifier.domain import DeliveryState, address_refusal, webhook_retry_delay_s
 from services.notifier.store import WebhookDelivery, WebhookEndpoint
+from shared import tracing
 from shared.db import Database
 from shared.dead_letters import DeadLetter, FailedWebhook
 from shared.events import ReferralStatusChanged, dead_letter_topic
-from shared.observability import redact, referral_context
+from shared.observability import metrics, redact, referral_context
 from shared.outbox import OutboxRecord, wake_relay
 from shared.retry import keep_working
 
@@ -188,7 +190,17 @@ class WebhookDispatcher:
         return len(claimed)
 
     async def _deliver(self, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> None:
-        with referral_context(delivery.referral_id):
+        span = tracing.tracer(SERVICE).start_as_current_span(
+            f"webhook {delivery.event_type}",
+            context=tracing.context_of(delivery.traceparent),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "trialroute.referral_id": str(delivery.referral_id),
+                "trialroute.webhook_delivery_id": str(delivery.id),
+                "trialroute.attempt": delivery.attempts,
+            },
+        )
+        with referral_context(delivery.referral_id), span:
             outcome: int | DeliveryFailed
             try:
                 signed = sign(endpoint.secret, delivery.id, delivery.payload, self.clock())
@@ -235,6 +247,11 @@ class WebhookDispatcher:
         except Exception as exc:  # the lease runs out and another pass tries again (same webhook-id)
             log.error("could not record a webhook outcome", extra={"error": type(exc).__name__})
             return
+        if ours:
+            kind = "sent" if isinstance(outcome, int) else "failed" if give_up else "retried"
+            metrics.webhooks.labels(SERVICE, delivery.event_type, kind).inc()
+            if give_up:
+                metrics.dead_letters.labels(SERVICE, ReferralStatusChanged.event_type).inc()
         if not ours:
             log.warning(
                 "lease lost before the webhook outcome was recorded", extra={"delivery": str(delivery.id)}

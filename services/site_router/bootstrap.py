@@ -75,6 +75,7 @@ def build(
             warm_geocoder,
         ],
         on_stop=[db.dispose, http.aclose],
+        http_clients=[http],
         max_body_bytes=settings.max_body_bytes,
         openapi_tags=[
             {"name": "public", "description": "No token: where the trial recruits"},

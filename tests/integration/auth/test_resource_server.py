@@ -23,6 +23,7 @@ from tests.integration.auth.helpers import (
     forge,
     resource_app,
 )
+from tests.support.metrics import Counts
 from tests.support.servers import loopback_socket, url_of
 
 pytestmark = pytest.mark.integration
@@ -61,9 +62,11 @@ async def test_a_valid_token_reaches_the_route(
 async def test_no_token_is_a_401_challenge(
     auth: RunningAuth, http: httpx.AsyncClient, serve_resource: ServeResource
 ) -> None:
+    failures = Counts("trialroute_token_failures_total", service=AUDIENCE)
     async with serve_resource(TokenValidator(auth.oauth(), AUDIENCE, http)) as api:
         missing = await http.get(f"{api}/v1/whoami")
         garbage = await http.get(f"{api}/v1/whoami", headers=bearer("not-a-jwt"))
+    assert failures.moved(reason="missing") == 1 and failures.moved(reason="malformed") == 1
     assert_unauthorized(missing, "required")
     assert missing.headers["www-authenticate"] == "Bearer"
     assert_unauthorized(garbage, "well-formed")
@@ -75,9 +78,11 @@ async def test_a_missing_scope_is_a_403(
 ) -> None:
     secret = await auth.register("clinic-1", READER, clinic_id="C1")
     token = await auth.token(http, "clinic-1", secret)
+    failures = Counts("trialroute_token_failures_total", service=AUDIENCE)
     async with serve_resource(TokenValidator(auth.oauth(), AUDIENCE, http)) as api:
         response = await http.post(f"{api}/v1/referrals", headers=bearer(token))
     assert response.status_code == 403
+    assert failures.moved(reason="scope") == 1
     assert response.headers["content-type"] == "application/problem+json"
     assert "referrals:write" in response.json()["detail"]
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
@@ -103,8 +108,10 @@ async def test_a_token_for_another_audience_is_refused(
 ) -> None:
     secret = await auth.register("clinic-1", READER, audiences=("intake", "eligibility"), clinic_id="C1")
     token = await auth.token(http, "clinic-1", secret, resource="eligibility")
+    failures = Counts("trialroute_token_failures_total", service=AUDIENCE)
     async with serve_resource(TokenValidator(auth.oauth(), AUDIENCE, http)) as api:
         assert_unauthorized(await http.get(f"{api}/v1/whoami", headers=bearer(token)), "aud")
+    assert failures.moved(reason="claim_aud") == 1
 
 
 async def test_an_expired_token_is_refused(auth: RunningAuth, http: httpx.AsyncClient) -> None:
@@ -116,9 +123,11 @@ async def test_an_expired_token_is_refused(auth: RunningAuth, http: httpx.AsyncC
         oauth, AUDIENCE, http, clock=lambda: time.time() + lifetime + oauth.leeway_s - 5
     )
     expired = TokenValidator(oauth, AUDIENCE, http, clock=lambda: time.time() + lifetime + oauth.leeway_s + 1)
+    failures = Counts("trialroute_token_failures_total", service=AUDIENCE)
     assert (await just_valid.validate(token)).client_id == "clinic-1"
     with pytest.raises(Unauthorized, match="expired"):
         await expired.validate(token)
+    assert failures.moved(reason="expired") == 1 and failures.moved() == 1
 
 
 async def test_a_token_not_yet_valid_is_refused(auth: RunningAuth, http: httpx.AsyncClient) -> None:

@@ -11,6 +11,7 @@ from services.auth.registry import set_enabled
 from shared.auth import Scope
 from tests.integration.auth.helpers import AUDIENCE, RunningAuth, StartAuth
 from tests.support.clock import Clock
+from tests.support.metrics import Counts
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,7 @@ async def test_wrong_unknown_and_disabled_clients_fail_alike(
     other = await auth.register("clinic-2", CLINIC_SCOPES, clinic_id="C2")
     await set_enabled(auth.db, "clinic-2", False)
 
+    failures = Counts("trialroute_token_failures_total", service="auth")
     answers = [
         await auth.token_response(http, "clinic-1", secret + "x"),
         await auth.token_response(http, "nobody", secret),
@@ -113,6 +115,7 @@ async def test_wrong_unknown_and_disabled_clients_fail_alike(
         assert response.json()["error"] == "invalid_client"
         assert response.headers["www-authenticate"].startswith("Basic ")
     assert len({r.text for r in answers}) == 1, "the answer must not tell which case it was"
+    assert failures.moved(reason="invalid_client") == 3
 
     by_post = await http.post(
         f"{auth.url}/oauth/token",
@@ -166,8 +169,10 @@ async def test_repeated_failures_are_throttled_per_client_and_address(
         for _ in range(auth.settings.throttle_client_failures):
             assert (await auth.token_response(guesser, "clinic-1", "guess")).status_code == 401
 
+        throttled = Counts("trialroute_token_failures_total", service="auth", reason="throttled")
         blocked = await auth.token_response(guesser, "clinic-1", secret)  # even the right secret waits
         assert blocked.status_code == 429
+        assert throttled.moved() == 1
         assert blocked.headers["content-type"] == "application/problem+json"
         assert 0 < int(blocked.headers["retry-after"]) <= auth.settings.throttle_window_s
         assert blocked.json()["status"] == 429

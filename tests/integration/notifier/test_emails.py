@@ -22,6 +22,7 @@ from tests.integration.notifier.conftest import (
 from tests.support import builders
 from tests.support.builders import wrap
 from tests.support.kafka import read_topic, wait_consumed
+from tests.support.metrics import Counts
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -30,10 +31,13 @@ pytestmark = pytest.mark.integration
 async def test_a_routed_referral_emails_site_patient_and_referrer(stack: Stack) -> None:
     referral_id = stack.referral()
     event = routed(referral_id)
+    emails = Counts("trialroute_emails_total", service="notifier")
     async with stack.run():
         await stack.publish(event)
         rows = await stack.settled(3)
         await eventually(lambda: stack.topic_has("referral.notified", 3), what="3 referral.notified")
+    assert emails.moved(outcome="sent") == 3 and emails.moved() == 3
+    assert emails.moved(outcome="sent", template="site_new_referral", role="site") == 1
 
     assert {r.recipient_role: r.state for r in rows} == {
         "site": "sent",

@@ -21,6 +21,7 @@ from tests.integration.notifier.conftest import (
     set_scopes,
 )
 from tests.support.kafka import read_topic
+from tests.support.metrics import Counts
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,8 @@ async def test_out_of_attempts_a_notification_fails_with_a_dead_letter_and_ops_c
     referral_id = stack.referral()
     event = routed(referral_id)
     stack.smtp.stop()
+    emails = Counts("trialroute_emails_total", service="notifier")
+    dead = Counts("trialroute_dead_letters_total", service="notifier", topic="referral.routed")
     async with stack.run(max_attempts=3) as url:
         await stack.publish(event)
         rows = await stack.settled(3, states=frozenset({"failed"}))
@@ -102,6 +105,9 @@ async def test_out_of_attempts_a_notification_fails_with_a_dead_letter_and_ops_c
             assert letter["value_truncated"] is False
             assert PATIENT["email"] not in json.dumps(letter)
         assert await read_topic(stack.kafka, "referral.notified") == []
+        assert emails.moved(outcome="retried") == 6 and emails.moved(outcome="failed") == 3
+        assert emails.moved(outcome="failed", role="patient", template="patient_routed") == 1
+        assert dead.moved() == 3
 
         stack.smtp.start()
         for row in rows:
@@ -115,3 +121,4 @@ async def test_out_of_attempts_a_notification_fails_with_a_dead_letter_and_ops_c
         assert missing.status_code == 404
 
     assert len(stack.smtp.messages) == 3
+    assert emails.moved(outcome="sent") == 3

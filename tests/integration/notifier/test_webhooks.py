@@ -29,6 +29,7 @@ from tests.integration.notifier.conftest import CLINIC, CONSUMER_GROUP, PATIENT,
 from tests.support import builders
 from tests.support.auth import CLINIC_SCOPES
 from tests.support.kafka import read_topic, wait_consumed
+from tests.support.metrics import Counts
 from tests.support.servers import serve_app
 from tests.support.waiting import eventually
 
@@ -152,11 +153,13 @@ async def test_a_failing_endpoint_is_retried_with_backoff_until_it_answers(
     issuer: Issuer, http: httpx.AsyncClient, stack: Stack
 ) -> None:
     token = await clinic_token(issuer, http)
+    webhooks = Counts("trialroute_webhooks_total", service="notifier")
     async with receiving([500, 503, 200]) as receiver, stack.run(**FAST) as url:
         endpoint = await register(http, url, token, receiver.url)
         await stack.publish(change())
         delivered = await settled_delivery(http, url, token, "delivered")
     assert delivered["attempts"] == 3 and delivered["last_status_code"] == 200
+    assert webhooks.moved(outcome="retried") == 2 and webhooks.moved(outcome="sent") == 1
     ids = {headers["webhook-id"] for headers, _ in receiver.requests}
     assert len(receiver.requests) == 3 and len(ids) == 1, "every attempt carries the same webhook-id"
     assert len(receiver.verified(endpoint["secret"])) == 3
@@ -166,6 +169,8 @@ async def test_an_endpoint_that_keeps_failing_is_dead_lettered_and_replayed_once
     issuer: Issuer, http: httpx.AsyncClient, stack: Stack
 ) -> None:
     token = await clinic_token(issuer, http)
+    webhooks = Counts("trialroute_webhooks_total", service="notifier", outcome="failed")
+    dead = Counts("trialroute_dead_letters_total", service="notifier", topic="referral.status_changed")
     async with receiving([500]) as receiver, stack.run(**FAST, webhook_retry_window_s=1.0) as url:
         endpoint = await register(http, url, token, receiver.url)
         event = change()
@@ -175,6 +180,7 @@ async def test_an_endpoint_that_keeps_failing_is_dead_lettered_and_replayed_once
         assert failed["last_error"] == "the endpoint answered 500" and failed["delivered_at"] is None
         await eventually(lambda: stack.topic_has("referral.status_changed.dlq", 1), what="the dead letter")
         (record,) = await read_topic(stack.kafka, "referral.status_changed.dlq")
+        assert webhooks.moved() == 1 and dead.moved() == 1
         letter = DeadLetter.model_validate_json(record.value or b"")
         attempts_before = len(receiver.requests)
 

@@ -135,6 +135,8 @@ def _accepts(current: Status | None, incoming: Status) -> bool:
     if current in AT_SITE:
         # The site's steps, its outcome, or a (legacy) close; site_router keeps their order.
         return incoming in IN_PROGRESS or incoming in OUTCOMES or incoming is Status.CLOSED
+    if incoming in IN_PROGRESS or incoming in OUTCOMES:
+        return False  # only the accepting site records steps: without an acceptance, history only
     if incoming is Status.NOTIFIED:
         # Notifications follow routing and site decisions alike; only the first kind is a state.
         return current in (Status.ROUTED, Status.NOTIFIED)

@@ -64,8 +64,8 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
     clients += [
         DemoClient(
             f"coordinator-{code.lower()}",
-            (Scope.SITE_REFERRALS, Scope.ASSESSMENTS_READ),
-            ("site_router", "eligibility"),
+            (Scope.SITE_REFERRALS, Scope.SITE_CONTACT, Scope.ASSESSMENTS_READ),
+            ("site_router", "eligibility", "intake"),
             site_code=code,
         )
         for code in site_codes

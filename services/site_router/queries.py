@@ -5,14 +5,21 @@ The finder reads the in-memory site index (no store round trip per request); the
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from services.site_router import store
 from services.site_router.commands import Commands
 from services.site_router.config import SiteRouterSettings
 from services.site_router.directory import SiteDirectory
-from services.site_router.domain import confirmation_note, criteria_to_confirm, postal_area
+from services.site_router.domain import (
+    AssignmentState,
+    confirmation_note,
+    criteria_to_confirm,
+    next_steps,
+    postal_area,
+)
 from services.site_router.geo import GeoError, normalise_postal_code
 from services.site_router.schemas import (
     CriterionOut,
@@ -20,9 +27,13 @@ from services.site_router.schemas import (
     NearbySites,
     QueueItem,
     ReferrerOut,
+    SiteBrief,
     SitePublic,
     SiteQueue,
+    SiteReferral,
+    StepOut,
     StudyCentreContact,
+    TimelineEvent,
 )
 from shared.db import Database
 from shared.events import ReferralScreened
@@ -63,12 +74,46 @@ class Queries:
             postal_code=location.postal_code, country=location.country, place=location.place_name, sites=sites
         )
 
-    async def site_queue(self, site_code: str, states: Collection[str], limit: int, offset: int) -> SiteQueue:
-        """The site's referrals in these states, oldest first; ``limit`` capped by the settings."""
+    async def site_queue(
+        self, site_codes: Collection[str], states: Collection[str], limit: int, offset: int
+    ) -> SiteQueue:
+        """The sites' referrals in these states, oldest first, each with its steps; ``limit`` capped by
+        the settings."""
+        codes = sorted(set(site_codes))
         async with self.db.session() as session:
             limit = min(limit, self.settings.queue_limit_max)
-            rows = await store.site_queue(session, site_code, states, limit, offset)
-        return SiteQueue(site_code=site_code, referrals=[queue_item(a, r) for a, r in rows])
+            rows = await store.site_queue(session, codes, states, limit, offset)
+            steps = await store.steps_of(session, [a.id for a, _ in rows if a.id is not None])
+        return SiteQueue(
+            site_code=codes[0] if len(codes) == 1 else None,
+            site_codes=codes,
+            referrals=[queue_item(a, r, steps.get(a.id or 0, ())) for a, r in rows],
+        )
+
+    async def referral_for_site(self, site_codes: Collection[str], referral_id: uuid.UUID) -> SiteReferral:
+        """One referral's page for a coordinator: its latest assignment at one of their sites, the
+        pre-screen, referrer and clinic, and the timeline at their sites (another site's decisions are
+        not theirs to see). 404 when none of their sites ever had it, as for an unknown id."""
+        codes = set(site_codes)
+        async with self.db.session() as session:
+            referral = await session.get(store.ReferralRecord, referral_id)
+            history = await store.assignments_of(session, referral_id) if referral else []
+            mine = [a for a in history if a.site_code in codes]
+            if referral is None or not mine:
+                raise NotFound(f"no referral {referral_id} at site {', '.join(sorted(codes))}")
+            steps = await store.steps_of(session, [a.id for a in mine if a.id is not None])
+            current = mine[-1]
+            site = await store.get_site(session, current.site_code)
+        item = queue_item(current, referral, steps.get(current.id or 0, ()))
+        screened = ReferralScreened.model_validate(referral.screening) if referral.screening else None
+        return SiteReferral(
+            **item.model_dump(),
+            site=SiteBrief(code=site.code, name=site.name, city=site.city) if site else None,
+            ruleset=screened.ruleset if screened else None,
+            score=screened.score if screened else None,
+            next_steps=next_steps(current.state, current.step),
+            timeline=_timeline(mine, steps),
+        )
 
     async def sites(self) -> list[SitePublic]:
         """Every site, whatever its status, by code."""
@@ -84,14 +129,62 @@ class Queries:
         return SitePublic.model_validate(site)
 
 
-def queue_item(assignment: store.Assignment, referral: store.ReferralRecord) -> QueueItem:
-    """A referral as its site sees it: screening, referrer and status, never the patient's identity."""
+def _timeline(
+    assignments: Sequence[store.Assignment], steps: dict[int, list[store.ReferralStep]]
+) -> list[TimelineEvent]:
+    """Decisions and steps at the caller's sites, in order of time."""
+    events: list[TimelineEvent] = []
+    for a in assignments:
+        events.append(
+            TimelineEvent(at=a.routed_at, site_code=a.site_code, event="routed", detail=f"choice {a.rank}")
+        )
+        if a.accepted_at is not None:
+            events.append(TimelineEvent(at=a.accepted_at, site_code=a.site_code, event="accepted"))
+        for step in steps.get(a.id or 0, ()):
+            detail = (
+                step.reason
+                or step.subject_id
+                or (step.screening_date.isoformat() if step.screening_date else None)
+            )
+            events.append(
+                TimelineEvent(at=step.recorded_at, site_code=a.site_code, event=step.step, detail=detail)
+            )
+        ended = a.state not in (AssignmentState.ROUTED, AssignmentState.ACCEPTED)
+        if ended and a.decided_at is not None and not (a.state == AssignmentState.CLOSED and a.step):
+            # An outcome step already says how it closed; a legacy close or a decline says it here.
+            events.append(
+                TimelineEvent(at=a.decided_at, site_code=a.site_code, event=a.state, detail=a.reason)
+            )
+    return sorted(events, key=lambda e: e.at)
+
+
+def queue_item(
+    assignment: store.Assignment,
+    referral: store.ReferralRecord,
+    steps: Sequence[store.ReferralStep] = (),
+) -> QueueItem:
+    """A referral as its site sees it: screening, referrer, status and steps, never the patient's
+    identity."""
     screened = ReferralScreened.model_validate(referral.screening) if referral.screening else None
     verdicts = [(c.id, c.verdict, c.reason) for c in screened.criteria] if screened else []
     return QueueItem(
         referral_id=referral.referral_id,
+        site_code=assignment.site_code,
         status=assignment.state,
+        step=assignment.step,
+        step_at=assignment.step_at,
+        steps=[
+            StepOut(
+                step=s.step,
+                at=s.recorded_at,
+                screening_date=s.screening_date,
+                subject_id=s.subject_id,
+                reason=s.reason,
+            )
+            for s in steps
+        ],
         routed_at=assignment.routed_at,
+        accepted_at=assignment.accepted_at,
         decided_at=assignment.decided_at,
         rank=assignment.rank,
         distance_km=assignment.distance_km,

@@ -255,3 +255,35 @@ async def check_totp(db: Database, user_id: str, code: str, *, confirm: bool = F
             row.totp_confirmed = True
         row.updated_at = now
         return True
+
+
+async def seed_user(
+    db: Database,
+    *,
+    email: str,
+    display_name: str,
+    role: str,
+    site_codes: Sequence[str],
+    password: str,
+    link_lifetime_s: int,
+) -> User:
+    """Create the account with ``password``, or give an existing one that password (enabled): the
+    local system's demo accounts, the same at every start."""
+    try:
+        link = await create_user(
+            db,
+            email=email,
+            display_name=display_name,
+            role=role,
+            site_codes=site_codes,
+            link_lifetime_s=link_lifetime_s,
+            password=password,
+        )
+        return link.user
+    except UserExists:
+        pass
+    password_hash = await asyncio.to_thread(hash_secret, password)
+    async with db.session() as session:
+        row = await _row(session, normalize_email(email))
+        row.password_hash, row.disabled, row.updated_at = password_hash, False, _now()
+        return row.to_user()

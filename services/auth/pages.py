@@ -186,8 +186,9 @@ async def totp_check(
             authorize=authorize,
             error="That code is not right. Try the current one.",
         )
-    await auth.sessions.advance(session, "done")
-    return RedirectResponse(_continue(authorize), status_code=303)
+    response = RedirectResponse(_continue(authorize), status_code=303)
+    await auth.sessions.advance(session, response, "done")
+    return response
 
 
 @router.get("/account/totp")
@@ -249,8 +250,9 @@ async def enrol_confirm(
             error="That code is not right. Try the current one.",
             status=401,
         )
-    await auth.sessions.advance(session, "done")
-    return RedirectResponse(_continue(authorize), status_code=303)
+    response = RedirectResponse(_continue(authorize), status_code=303)
+    await auth.sessions.advance(session, response, "done")
+    return response
 
 
 @router.get("/account")

@@ -216,6 +216,7 @@ async def test_code_flow_requires_pkce_s256_exact_redirect_and_single_use(start_
             )
             issued = await exchange(s, http, code, verifier)
             assert issued.status_code == 200, issued.text
+            assert issued.json()["expires_in"] == s.settings.user_token_lifetime_s
             token = claims(issued.json()["access_token"])
             replay = await exchange(s, http, code, verifier)
             assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"

@@ -11,22 +11,23 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import pyotp
 import pytest
 from playwright.async_api import Page, expect
 from pydantic import SecretStr
 from sqlalchemy import update
 
-from services.auth import store, users
+from services.auth import store
 from services.auth.bootstrap import create_app
 from services.auth.config import AuthSettings
 from shared.db import Database
 from tests.support.browser import Pages
-from tests.support.people import Person, make_person, portal_client, serve_portal
+from tests.support.people import Person, enrol, make_person, portal_client, serve_portal
 from tests.support.servers import loopback_socket, serve_app, url_of
 from tests.support.stores import migrated
 
 pytestmark = pytest.mark.e2e
+
+KEK = "e2e-key-encryption-secret"
 
 
 @dataclass
@@ -55,7 +56,7 @@ def start(database_url: str) -> Start:
             environment="test",
             database_url=database_url,
             issuer=auth_url,
-            key_encryption_secret=SecretStr("e2e-key-encryption-secret"),
+            key_encryption_secret=SecretStr(KEK),
             key_publish_delay_s=0,
             web_clients=[portal_client(portal_url)],
         )
@@ -73,14 +74,6 @@ def start(database_url: str) -> Start:
     return run
 
 
-async def enrol(db: Database, person: Person) -> pyotp.TOTP:
-    secret = await users.start_enrolment(db, person.id)
-    totp = pyotp.TOTP(secret)
-    earlier = totp.at(datetime.now(UTC) - timedelta(seconds=30))
-    assert await users.check_totp(db, person.id, earlier, confirm=True)
-    return totp
-
-
 async def sign_in_with_password(page: Page, person: Person) -> None:
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     await page.get_by_label("Email address").fill(person.email)
@@ -91,7 +84,7 @@ async def sign_in_with_password(page: Page, person: Person) -> None:
 async def test_sign_in_with_password_and_totp_on_a_phone(start: Start, pages: Pages) -> None:
     async with start() as s:
         person = await make_person(s.db, "phone@wcm.example")
-        totp = await enrol(s.db, person)
+        totp = await enrol(s.db, person, KEK)
         async with pages.open(s.page, allow=[s.auth_url], phone=True) as tab:
             page = tab.page
             assert page.url.startswith(f"{s.auth_url}/oauth/authorize?")

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from services.cli import SERVICES, app
 from services.devstack.stack import Stack, StackConfig
 from shared.settings import FILE_SUFFIX, KafkaSettings, OAuthSettings, ServiceSettings, TlsSettings
+from shared.web.signin import WebSignInSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -72,8 +73,14 @@ def settings_class(service: str) -> type[ServiceSettings]:
 
 @cache
 def shared_env() -> frozenset[str]:
-    """Read by every service: Kafka, the token issuer and the CA of the services' certificates."""
-    return frozenset(env_names(KafkaSettings) | env_names(OAuthSettings) | env_names(TlsSettings))
+    """Read by every service: Kafka, the token issuer and the CA of the services' certificates; and by a
+    service with pages for people, how they sign in (``WEB_``)."""
+    return frozenset(
+        env_names(KafkaSettings)
+        | env_names(OAuthSettings)
+        | env_names(TlsSettings)
+        | env_names(WebSignInSettings)
+    )
 
 
 @cache

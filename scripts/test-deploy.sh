@@ -13,10 +13,11 @@
 #   5. stops the stack and removes its volumes; on any failure, prints every container's log first.
 # Exits non-zero on any failure. Never part of `make test` (minutes of image builds; it is for ops).
 # Usage: scripts/test-deploy.sh
-# Env: TRIALROUTE_DEPLOY_PORT_BASE (26400: every port of the stack is base + 0..26, all on 127.0.0.1),
+# Env: TRIALROUTE_DEPLOY_PORT_BASE (every port of the stack is base + 0..26, all on 127.0.0.1; default
+#        the first of 26400, 26500, ... 26800 whose ports are all free),
 #      TRIALROUTE_DEPLOY_PROJECT (trialroute-deploy-test: the compose project, apart from a lab stack),
 #      TRIALROUTE_DEPLOY_KEEP=1 (leave the stack running afterwards, to look at it),
-#      TRIALROUTE_BASE_IMAGE (trialroute-base:bookworm), TRIALROUTE_DEPLOY_TIMEOUT_S (420: start-up).
+#      TRIALROUTE_BASE_IMAGE (trialroute-base:bookworm), TRIALROUTE_DEPLOY_TIMEOUT_S (600: start-up).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
@@ -25,22 +26,42 @@ WHEELS="$ROOT/.wheels"
 BASE_IMAGE="${TRIALROUTE_BASE_IMAGE:-trialroute-base:bookworm}"
 APP_IMAGE=trialroute:local  # docker-compose.yml's image for every trialroute service
 PROJECT="${TRIALROUTE_DEPLOY_PROJECT:-trialroute-deploy-test}"
-TIMEOUT_S="${TRIALROUTE_DEPLOY_TIMEOUT_S:-420}"
+TIMEOUT_S="${TRIALROUTE_DEPLOY_TIMEOUT_S:-600}"
 OVERRIDE=deploy/local/docker-compose.local.yml
 export DOCKER_BUILDKIT=0  # the classic builder: BuildKit would fetch the Dockerfile frontend from a registry
 
-# The ports of deploy/local/docker-compose.local.yml, from one base (its defaults are those of 26400).
-base="${TRIALROUTE_DEPLOY_PORT_BASE:-26400}"
-export TRIALROUTE_DEPLOY_PG_PORT=$((base)) \
-  TRIALROUTE_DEPLOY_KAFKA_PORT=$((base + 1)) TRIALROUTE_DEPLOY_KAFKA_CONTROLLER_PORT=$((base + 2)) \
-  TRIALROUTE_DEPLOY_AUTH_PORT=$((base + 10)) TRIALROUTE_DEPLOY_INTAKE_PORT=$((base + 11)) \
-  TRIALROUTE_DEPLOY_ELIGIBILITY_PORT=$((base + 12)) TRIALROUTE_DEPLOY_SITE_ROUTER_PORT=$((base + 13)) \
-  TRIALROUTE_DEPLOY_NOTIFIER_PORT=$((base + 14)) \
-  TRIALROUTE_DEPLOY_AUTH_METRICS_PORT=$((base + 20)) TRIALROUTE_DEPLOY_INTAKE_METRICS_PORT=$((base + 21)) \
-  TRIALROUTE_DEPLOY_ELIGIBILITY_METRICS_PORT=$((base + 22)) \
-  TRIALROUTE_DEPLOY_SITE_ROUTER_METRICS_PORT=$((base + 23)) \
-  TRIALROUTE_DEPLOY_NOTIFIER_METRICS_PORT=$((base + 24)) \
-  TRIALROUTE_DEPLOY_SMTP_PORT=$((base + 25)) TRIALROUTE_DEPLOY_MAIL_PORT=$((base + 26))
+set_ports() {  # set_ports BASE: the ports of deploy/local/docker-compose.local.yml (its defaults: 26400)
+  base=$1
+  export TRIALROUTE_DEPLOY_PG_PORT=$((base)) \
+    TRIALROUTE_DEPLOY_KAFKA_PORT=$((base + 1)) TRIALROUTE_DEPLOY_KAFKA_CONTROLLER_PORT=$((base + 2)) \
+    TRIALROUTE_DEPLOY_AUTH_PORT=$((base + 10)) TRIALROUTE_DEPLOY_INTAKE_PORT=$((base + 11)) \
+    TRIALROUTE_DEPLOY_ELIGIBILITY_PORT=$((base + 12)) TRIALROUTE_DEPLOY_SITE_ROUTER_PORT=$((base + 13)) \
+    TRIALROUTE_DEPLOY_NOTIFIER_PORT=$((base + 14)) \
+    TRIALROUTE_DEPLOY_AUTH_METRICS_PORT=$((base + 20)) TRIALROUTE_DEPLOY_INTAKE_METRICS_PORT=$((base + 21)) \
+    TRIALROUTE_DEPLOY_ELIGIBILITY_METRICS_PORT=$((base + 22)) \
+    TRIALROUTE_DEPLOY_SITE_ROUTER_METRICS_PORT=$((base + 23)) \
+    TRIALROUTE_DEPLOY_NOTIFIER_METRICS_PORT=$((base + 24)) \
+    TRIALROUTE_DEPLOY_SMTP_PORT=$((base + 25)) TRIALROUTE_DEPLOY_MAIL_PORT=$((base + 26))
+}
+
+ports_in_use() {  # the stack's ports that something already listens on
+  local var
+  for var in "${!TRIALROUTE_DEPLOY_@}"; do
+    [[ $var == *_PORT ]] && port_open "${!var}" && echo "${!var} ($var)"
+  done
+  return 0
+}
+
+choose_ports() {  # TRIALROUTE_DEPLOY_PORT_BASE if set, else the first of a few bases that is all free
+  local candidate busy
+  for candidate in ${TRIALROUTE_DEPLOY_PORT_BASE:-26400 26500 26600 26700 26800}; do
+    set_ports "$candidate"
+    busy="$(ports_in_use)"
+    [[ -z $busy ]] && return 0
+    log "ports of base $candidate in use: $(echo $busy)"
+  done
+  fail "no free ports: set TRIALROUTE_DEPLOY_PORT_BASE (the stack uses it through +26)"
+}
 
 STARTED=$SECONDS
 DOCKERD_PID=""
@@ -119,10 +140,15 @@ link_tree() { rm -rf "$2" && mkdir -p "$(dirname "$2")" && { cp -al "$1" "$2" 2>
 build_images() {
   deploy/local/images/base.sh "$BASE_IMAGE"
   scripts/bootstrap.sh  # .venv: pip for the wheelhouse, pytest for the smoke test
-  log "wheelhouse $WHEELS (runtime, local and build lock files, hash-checked)"
-  nice .venv/bin/python -m pip wheel -q --disable-pip-version-check --require-hashes --only-binary=:all: \
-    -r requirements/local.txt -r requirements/build.txt -w "$WHEELS" >"$RUN/wheels.log" 2>&1 \
-    || { tail -n 20 "$RUN/wheels.log" >&2; fail "pip wheel (log $RUN/wheels.log)"; }
+  local stamp="$WHEELS/.locks.sha1" want  # again only when a lock file changed
+  want="$(cat requirements/local.txt requirements/build.txt | sha1sum | cut -c1-40)"
+  if [[ $(cat "$stamp" 2>/dev/null) != "$want" ]]; then
+    log "wheelhouse $WHEELS (runtime, local and build lock files, hash-checked)"
+    nice .venv/bin/python -m pip wheel -q --disable-pip-version-check --require-hashes --only-binary=:all: \
+      -r requirements/local.txt -r requirements/build.txt -w "$WHEELS" >"$RUN/wheels.log" 2>&1 \
+      || { tail -n 20 "$RUN/wheels.log" >&2; fail "pip wheel (log $RUN/wheels.log)"; }
+    echo "$want" >"$stamp"
+  fi
   log "image $APP_IMAGE (deploy/Dockerfile on $BASE_IMAGE, no index)"
   build app -f deploy/Dockerfile --build-arg PYTHON_IMAGE="$BASE_IMAGE" --build-arg PIP_NO_INDEX=1 \
     -t "$APP_IMAGE" .
@@ -149,6 +175,8 @@ build_images() {
 containers() { "${COMPOSE[@]}" ps -q 2>/dev/null; }
 
 wait_ready() {  # every container running and healthy, or a one-shot job exited 0
+  # "unhealthy" is only waited on: on a loaded machine a slow start (the site router loads its postal
+  # code tables) outlasts the health check's start period, and the next passing check clears it.
   local t0=$SECONDS
   while :; do
     local pending=() state bad=""
@@ -160,10 +188,10 @@ wait_ready() {  # every container running and healthy, or a one-shot job exited 
         [[ $code == 0 ]] || bad+=" ${name#/} (exited $code)"
       elif [[ $status == running && $health == healthy ]]; then
         :
-      elif [[ $health == unhealthy || $status == exited || $status == dead ]]; then
-        bad+=" ${name#/} ($status${health:+, $health})"
+      elif [[ $status != running && $status != created ]]; then
+        bad+=" ${name#/} ($status, exit code $code)"
       else
-        pending+=("${name#/}")
+        pending+=("${name#/} ($health)")
       fi
     done < <(containers | xargs -r docker inspect -f \
       '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}}')
@@ -209,10 +237,7 @@ build_images
 compose_command
 
 "${COMPOSE[@]}" down -v --remove-orphans >"$RUN/down.log" 2>&1 || true  # a previous run's leftovers
-for var in "${!TRIALROUTE_DEPLOY_@}"; do
-  [[ $var == *_PORT ]] || continue
-  port_open "${!var}" && fail "port ${!var} ($var) is in use: set TRIALROUTE_DEPLOY_PORT_BASE"
-done
+choose_ports
 log "starting the stack (project $PROJECT, ports ${base}-$((base + 26)) on 127.0.0.1)"
 STACK_UP=1
 "${COMPOSE[@]}" up -d --no-build >"$RUN/up.log" 2>&1 || { cat "$RUN/up.log" >&2; fail "compose up"; }

@@ -240,7 +240,16 @@ compose_command
 choose_ports
 log "starting the stack (project $PROJECT, ports ${base}-$((base + 26)) on 127.0.0.1)"
 STACK_UP=1
-"${COMPOSE[@]}" up -d --no-build >"$RUN/up.log" 2>&1 || { cat "$RUN/up.log" >&2; fail "compose up"; }
+# Compose stops starting services when a dependency is "unhealthy", which on a loaded machine may only
+# be a slow start (the health check's start period is for a normal one): then `up` again, until the
+# deadline; any other failure of `up` is final.
+t0=$SECONDS
+until "${COMPOSE[@]}" up -d --no-build >"$RUN/up.log" 2>&1; do
+  grep -q "is unhealthy" "$RUN/up.log" || { cat "$RUN/up.log" >&2; fail "compose up"; }
+  ((SECONDS - t0 < TIMEOUT_S)) || { cat "$RUN/up.log" >&2; fail "compose up: not healthy within ${TIMEOUT_S}s"; }
+  log "$(grep -m1 "is unhealthy" "$RUN/up.log") (starting slowly?): up again in 10 s"
+  sleep 10
+done
 wait_ready
 log "every service healthy; running the smoke test (tests/deploy)"
 

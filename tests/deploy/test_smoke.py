@@ -29,12 +29,13 @@ SITE_ROUTER_URL = os.environ.get("TRIALROUTE_DEPLOY_SITE_ROUTER_URL", "http://12
 MAIL_URL = os.environ.get("TRIALROUTE_DEPLOY_MAIL_URL", "http://127.0.0.1:8025")
 # Pipeline steps are seconds apart, but the first referral after start-up waits for consumer groups to
 # settle and for the notifier's first token.
-WITHIN = float(os.environ.get("TRIALROUTE_DEPLOY_WITHIN_S", "180"))
+WITHIN = float(os.environ.get("TRIALROUTE_DEPLOY_WITHIN_S", "300"))
 
 
 @pytest.fixture
 async def web() -> Any:
-    async with httpx.AsyncClient(timeout=15) as client:
+    # Generous: on a loaded machine a token request (a password hash check) can take many seconds.
+    async with httpx.AsyncClient(timeout=60) as client:
         yield client
 
 

@@ -231,6 +231,8 @@ finish() {
 
 mkdir -p "$RUN"
 trap finish EXIT
+trap 'exit 130' INT  # so that finish sees a failure, cleans up and says so
+trap 'exit 143' TERM
 install_missing
 start_docker
 build_images

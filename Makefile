@@ -27,6 +27,7 @@ down:
 	deploy/local/down.sh
 
 # Build the image and the compose stack with local stand-ins, run the smoke test against it, stop it
-# (~N minutes; Docker engine, root; not part of `make test`): see deploy/README.md.
+# (~9 minutes once the images are cached, ~25 the first time; a Docker engine, root; not part of
+# `make test`): see deploy/README.md.
 test-deploy:
 	scripts/test-deploy.sh

@@ -1,5 +1,5 @@
 # Entry points; the scripts do the work (and can be run directly).
-.PHONY: bootstrap test run bench lint up down
+.PHONY: bootstrap test run bench lint up down test-deploy
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -25,3 +25,9 @@ up:
 
 down:
 	deploy/local/down.sh
+
+# Build the image and the compose stack with local stand-ins, run the smoke test against it, stop it
+# (~9 minutes once the images are cached, ~25 the first time; a Docker engine, root; not part of
+# `make test`): see deploy/README.md.
+test-deploy:
+	scripts/test-deploy.sh

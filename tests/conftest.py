@@ -24,6 +24,11 @@ from shared.settings import KafkaSettings
 
 pytest_plugins = ["tests.support.auth", "tests.support.browser"]
 
+# tests/deploy needs a deployed compose stack (scripts/test-deploy.sh, `make test-deploy`, sets this):
+# left out of every other run, `make test` and CI included, rather than failing or skipped there.
+if os.environ.get("TRIALROUTE_DEPLOY_SMOKE") != "1":
+    collect_ignore = ["deploy"]
+
 
 @dataclass(frozen=True)
 class Servers:

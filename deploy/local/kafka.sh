@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A single-node Kafka broker (KRaft: broker and controller in one JVM) for development and tests,
 # run straight from Maven-fetched jars: no Docker, no Kafka distribution to download.
-# Usage: deploy/local/kafka.sh start|stop|status|topics|bootstrap  (bootstrap prints host:port)
+# Usage: deploy/local/kafka.sh start|stop|status|topics|bootstrap|libs
+#   (bootstrap prints host:port; libs fetches the jars if needed and prints their directory)
 # Env: TRIALROUTE_KAFKA_PORT (29092; the controller listens on the next port),
 #      TRIALROUTE_KAFKA_VERSION (4.4.0), TRIALROUTE_CACHE_DIR (~/.cache/trialroute),
 #      TRIALROUTE_KAFKA_DIR (where the broker's files live; default .run/kafka: a second broker, say the
@@ -170,5 +171,6 @@ case "${1:-}" in
     running || fail "the broker is not running (deploy/local/kafka.sh start)" /dev/null
     kjava "$CONF/KafkaAdmin.java" list "$BOOTSTRAP" ;;
   bootstrap) echo "$BOOTSTRAP" ;;
-  *) echo "usage: $0 start|stop|status|topics|bootstrap" >&2; exit 2 ;;
+  libs) fetch >&2 && echo "$LIBS" ;;  # for the Kafka image of scripts/test-deploy.sh
+  *) echo "usage: $0 start|stop|status|topics|bootstrap|libs" >&2; exit 2 ;;
 esac

@@ -139,6 +139,7 @@ async def test_the_relay_sets_the_backlog_and_the_oldest_unsent_age(
     async with db.session() as session:
         for _ in range(3):
             add_event(session, builders.wrap(builders.withdrawn(), None, producer=service))
+    async with db.session() as session:  # the rows are written at the commit above
         await session.execute(
             update(OutboxRecord).values(created_at=datetime.now(UTC) - timedelta(minutes=10))
         )

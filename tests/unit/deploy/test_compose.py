@@ -195,10 +195,17 @@ def test_long_running_services_have_health_checks() -> None:
 
 def test_containers_run_read_only_with_writable_tmp_and_runtime_dir() -> None:
     runtime_dir = facts.dockerfile_env()["SITE_ROUTER_RUNTIME_DIR"]
+    (user,) = [
+        rest for instruction, rest in facts.dockerfile_stages()[-1].instructions if instruction == "USER"
+    ]
+    uid, gid = user.split(":")
     for name, service in APP.items():
         assert service["read_only"] is True, name
         assert "/tmp" in service["tmpfs"], name
-        assert any(runtime_dir.startswith(mount + "/") for mount in service["tmpfs"]), name
+        mounts = dict(m.partition(":")[::2] for m in service["tmpfs"])
+        (runtime_mount,) = [m for m in mounts if runtime_dir.startswith(m + "/")]
+        # A tmpfs is root's with mode 755 unless told: the image's user could not write the runtime dir.
+        assert set(mounts[runtime_mount].split(",")) >= {f"uid={uid}", f"gid={gid}"}, name
 
 
 def test_each_service_has_its_own_database_from_the_init_script() -> None:

@@ -1,0 +1,19 @@
+# A stand-in for the apache/kafka image where no registry is reachable (scripts/test-deploy.sh): Apache
+# Kafka in KRaft mode from the Maven Central jars deploy/local/kafka.sh fetches, on the local Debian base
+# with Debian's Java 17. It reads the same KAFKA_* variables and CLUSTER_ID as apache/kafka, and has its
+# /opt/kafka/bin/kafka-broker-api-versions.sh, so docker-compose.yml's kafka service runs unchanged.
+# Context: a directory with libs/ (the jars), log4j2.properties and the two scripts beside this file.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 1000 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin appuser \
+    && install -d -o appuser /var/lib/kafka/data /opt/kafka/bin /opt/kafka/config
+COPY libs/ /opt/kafka/libs/
+COPY log4j2.properties /opt/kafka/config/log4j2.properties
+COPY kafka-entrypoint.sh /opt/kafka/entrypoint.sh
+COPY kafka-broker-api-versions.sh /opt/kafka/bin/kafka-broker-api-versions.sh
+USER appuser
+WORKDIR /opt/kafka
+ENTRYPOINT ["/opt/kafka/entrypoint.sh"]

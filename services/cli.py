@@ -21,7 +21,7 @@ from shared.migrations import migrate as run_migrations
 from shared.observability import configure_logging
 from shared.settings import KafkaSettings
 
-SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier", "insights")
 
 app = typer.Typer(
     help="trialroute: referrals to the UCART123 trial, from clinic to study site.", no_args_is_help=True

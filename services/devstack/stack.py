@@ -24,13 +24,14 @@ from shared.kafka import ensure_topics
 from shared.migrations import migrate, service_migrations
 from shared.settings import KafkaSettings
 
-SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier", "insights")
 DEFAULT_PORTS = {
     "auth": 8000,
     "intake": 8001,
     "eligibility": 8002,
     "site_router": 8003,
     "notifier": 8004,
+    "insights": 8005,
     "mail_http": 8025,
     "smtp": 1025,
 }
@@ -58,7 +59,7 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
             ("intake", "eligibility", "notifier"),
             clinic_id=DEMO_CLINIC,
         ),
-        DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake")),
+        DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake", "insights")),
         DemoClient("notifier", (Scope.CONTACT_READ,), ("intake",)),
     ]
     clients += [
@@ -105,7 +106,7 @@ class Stack:
         self.processes: dict[str, ServiceProcess] = {}
 
     def start(self) -> None:
-        """Topics, mailbox, auth, demo clients and sites, then the four pipeline services."""
+        """Topics, mailbox, auth, demo clients and sites, then the pipeline services and insights."""
         asyncio.run(ensure_topics(self.config.kafka))
         asyncio.run(self._migrate())
         if self.config.with_mailbox:
@@ -126,7 +127,7 @@ class Stack:
         self._start_service("auth")
         self.credentials = asyncio.run(self.seed_clients())
         self._import_sites()
-        for service in ("intake", "eligibility", "site_router", "notifier"):
+        for service in ("intake", "eligibility", "site_router", "notifier", "insights"):
             self._start_service(service)
 
     def stop(self) -> None:

@@ -28,6 +28,7 @@ from shared.events import (
     ReferralInfoRequested,
     ReferralInfoRequestOpened,
     ReferralNotified,
+    ReferralProgressed,
     ReferralRouted,
     ReferralScreened,
     ReferralSiteDecided,
@@ -55,6 +56,7 @@ PRODUCERS: dict[type[EventData], str] = {
     ReferralWaitlisted: "site_router",
     ReferralUnroutable: "site_router",
     ReferralSiteDecided: "site_router",
+    ReferralProgressed: "site_router",
     ReferralNotified: "notifier",
     ReferralStatusChanged: "intake",
     ReferralInfoRequested: "site_router",
@@ -243,6 +245,19 @@ def unroutable(**changes: Any) -> ReferralUnroutable:
 def site_decided(decision: str = "accepted", **changes: Any) -> ReferralSiteDecided:
     values: dict[str, Any] = {"clinic_id": CLINIC, "site_code": site().code, "decision": decision}
     return ReferralSiteDecided(**(values | changes))
+
+
+def progressed(step: str = "contacted", **changes: Any) -> ReferralProgressed:
+    """A step the accepting site records after acceptance (``enrolled`` gets a subject id, the
+    outcomes that end it at the site a reason, unless given)."""
+    values: dict[str, Any] = {"clinic_id": CLINIC, "site_code": site().code, "step": step}
+    if step == "enrolled":
+        values["subject_id"] = "AMELI-01-0042"
+    if step in {"screen_failed", "not_enrolled"}:
+        values["reason"] = "did not meet the site's screening"
+    if step == "screening_scheduled":
+        values["screening_date"] = DAY + timedelta(days=7)
+    return ReferralProgressed(**(values | changes))
 
 
 def notified(role: str = "site", template: str = "site_new_referral") -> ReferralNotified:

@@ -152,23 +152,21 @@ class Queries:
             totals = (await session.execute(select(*aggregates).where(self._in(days)))).one()._mapping
             outcome = EXIT.label("outcome")
             outcomes: dict[str, int] = dict(
-                (await session.execute(select(outcome, func.count()).where(self._in(days)).group_by(outcome)))
-                .tuples()
-                .all()
-            )
-            criteria = (
                 (
                     await session.execute(
-                        select(col(CriterionFact.criterion_id), fails)
-                        .join(F, col(F.referral_id) == col(CriterionFact.referral_id))
-                        .where(self._in(days), col(CriterionFact.verdict).in_(domain.FAILING_VERDICTS))
-                        .group_by(col(CriterionFact.criterion_id))
-                        .order_by(fails.desc(), col(CriterionFact.criterion_id))
+                        select(outcome, func.count()).where(self._in(days)).group_by(outcome)
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
+            criteria = (
+                await session.execute(
+                    select(col(CriterionFact.criterion_id), fails)
+                    .join(F, col(F.referral_id) == col(CriterionFact.referral_id))
+                    .where(self._in(days), col(CriterionFact.verdict).in_(domain.FAILING_VERDICTS))
+                    .group_by(col(CriterionFact.criterion_id))
+                    .order_by(fails.desc(), col(CriterionFact.criterion_id))
+                )
+            ).all()
         reached = {"submitted": int(totals["submitted"])} | {s: int(totals[s]) for s in REACHED}
         exits = {name: int(outcomes.get(name, 0)) for name in domain.EXITS}
         titles = criterion_titles()
@@ -208,7 +206,7 @@ class Queries:
         )
         async with self.db.session() as session:
             rows = (await session.execute(rows_query)).all()
-            held = dict((await session.execute(held_query)).tuples().all())
+            held = dict((await session.execute(held_query)).all())
         return SiteBreakdown(
             from_=days.start,
             to=days.end,

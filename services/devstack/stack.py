@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ DEFAULT_PORTS = {
     "smtp": 1025,
 }
 SEED_SITES = Path(__file__).resolve().parent.parent / "site_router" / "seed" / "sites.json"
+INSIGHTS_WEB_CLIENT = "insights-web"
+"""The ops page's client at the issuer (authorization code + PKCE): people sign in to /insights/."""
 DEMO_CLINIC = "demo-clinic"
 DEMO_CLINIC_KEY_FILE = "demo-clinic.private-jwk.json"
 """In the run dir: the demo clinic's private key (a JWK), when it signs in with a key."""
@@ -102,6 +105,8 @@ class Stack:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
+        self.web_session_secret = secrets.token_urlsafe(32)
+        """Signs the page sessions of this run's services (a new one per run signs everyone out)."""
         self.credentials: dict[str, str] = {}
         self.processes: dict[str, ServiceProcess] = {}
 
@@ -158,6 +163,9 @@ class Stack:
         }
         if service == "auth":
             env["AUTH_ISSUER"] = c.url("auth")
+            env["AUTH_WEB_CLIENTS"] = json.dumps([insights_web_client(c.url("insights"))])
+        if service == "insights":  # the ops page signs people in through auth
+            env |= {"WEB_CLIENT_ID": INSIGHTS_WEB_CLIENT, "WEB_SESSION_SECRET": self.web_session_secret}
         if service == "notifier":
             env |= {
                 "NOTIFIER_CLIENT_ID": "notifier",
@@ -239,6 +247,16 @@ class Stack:
         assert process.process is not None
         if process.process.wait(timeout=120) != 0:
             raise RuntimeError(f"importing the study sites failed:\n{process.tail()}")
+
+
+def insights_web_client(insights_url: str) -> dict[str, object]:
+    """The ops page's client as auth registers it (``AUTH_WEB_CLIENTS``): its callback, ops only."""
+    return {
+        "client_id": INSIGHTS_WEB_CLIENT,
+        "redirect_uris": [f"{insights_url}/insights/callback"],
+        "audiences": ["insights"],
+        "scopes": [Scope.OPS.value],
+    }
 
 
 def site_codes() -> list[str]:

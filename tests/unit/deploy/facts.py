@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from services.cli import SERVICES, app
 from services.devstack.stack import Stack, StackConfig
 from shared.settings import KafkaSettings, OAuthSettings, ServiceSettings
+from shared.web import WebSignInSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -76,10 +77,17 @@ def shared_env() -> frozenset[str]:
     return frozenset(env_names(KafkaSettings) | env_names(OAuthSettings))
 
 
+WEB_PAGES = frozenset({"insights"})
+"""The services whose pages sign people in (``shared.web``): they read its ``WEB_*`` settings too."""
+
+
 @cache
 def service_env(service: str) -> frozenset[str]:
-    """Read by one service only (its own prefix)."""
-    return frozenset(env_names(settings_class(service)))
+    """Read by one service only (its own prefix, and ``WEB_*`` for a service with pages)."""
+    names = env_names(settings_class(service))
+    if service in WEB_PAGES:
+        names |= env_names(WebSignInSettings)
+    return frozenset(names)
 
 
 def env_read_by(service: str | None) -> set[str]:

@@ -76,6 +76,7 @@ def summary(config: StackConfig, credentials: dict[str, str]) -> str:
         ("site router API docs (sites, coordinators)", f"{config.url('site_router')}/docs"),
         ("notifier API docs (delivery log)", f"{config.url('notifier')}/docs"),
         ("insights API docs (the recruitment funnel, scope ops)", f"{config.url('insights')}/docs"),
+        ("recruitment funnel page (people with the role ops)", f"{config.url('insights')}/insights/"),
         ("study-site finder", f"{config.url('site_router')}/sites/finder"),
         ("mail preview", config.url("mail_http")),
         ("SMTP", f"127.0.0.1:{config.ports['smtp']}"),

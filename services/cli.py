@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from shared.app import Role
     from shared.migrations import Migrations
 
-SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier", "insights")
 
 app = typer.Typer(
     help="trialroute: referrals to the UCART123 trial, from clinic to study site.", no_args_is_help=True

@@ -333,7 +333,8 @@ async def new_revision(migrations: Migrations, message: str, *, url: str | URL |
     Review it before committing: autogenerate does not see renames, data moves or server defaults."""
     with tempfile.TemporaryDirectory() as scratch:
         target = url or f"sqlite+aiosqlite:///{Path(scratch) / 'scratch.db'}"
-        await migrate(target, migrations)
+        if migrations.script().get_heads():  # a new service's first revision starts from an empty store
+            await migrate(target, migrations)
         number = len(list(migrations.script().walk_revisions())) + 1
 
         def generate(connection: Connection) -> Path:

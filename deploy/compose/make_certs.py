@@ -29,6 +29,7 @@ SERVERS = {  # name -> the uid that must read its key
     "eligibility": APP_UID,
     "site_router": APP_UID,
     "notifier": APP_UID,
+    "insights": APP_UID,
     "kafka": 1000,  # apache/kafka's appuser
     "postgres": 999,  # the postgres image's postgres user
 }

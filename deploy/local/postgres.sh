@@ -11,7 +11,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PORT="${TRIALROUTE_PG_PORT:-25432}"
-DATABASES=(intake eligibility site_router notifier auth)
+DATABASES=(intake eligibility site_router notifier auth insights)
 PG_BIN="${PG_BIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}"
 [[ -x ${PG_BIN:-}/pg_ctl ]] || PG_BIN="$(dirname "$(command -v pg_ctl || echo /pg_ctl/not/found)")"
 

@@ -8,6 +8,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pg_url="$("$here/postgres.sh" url)"
 echo "export KAFKA_BOOTSTRAP_SERVERS=$("$here/kafka.sh" bootstrap)"
 echo "export TRIALROUTE_TEST_PG_URL=$pg_url"
-for svc in intake eligibility site_router notifier auth; do  # one database per service (CONVENTIONS.md)
+for svc in intake eligibility site_router notifier auth insights; do  # one database per service (CONVENTIONS.md)
   echo "export ${svc^^}_DATABASE_URL=${pg_url%/postgres}/$svc" | sed 's|postgresql://|postgresql+asyncpg://|'
 done

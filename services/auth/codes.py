@@ -213,6 +213,11 @@ class AuthorizationCode(AuthorizationCodeGrant):  # type: ignore[misc]  # authli
         """Nothing left to do: the code was taken from the store when it was presented."""
 
     def authenticate_user(self, authorization_code: IssuedCode) -> Person | None:
+        """The person, unless the code grants nothing: authlib would read an empty scope as "nothing
+        asked" and give the token every scope the client may have (a coordinator signing in to an ops
+        page would get ``ops``); no token then (``invalid_grant``)."""
+        if not authorization_code.scope.strip():
+            return None
         return anyio.from_thread.run(  # type: ignore[no-any-return]
             self.server.codes.person, authorization_code.user_id, authorization_code.auth_time
         )

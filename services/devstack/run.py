@@ -84,6 +84,8 @@ def summary(config: StackConfig, credentials: dict[str, str], people: Sequence[D
         ("eligibility API docs", f"{config.url('eligibility')}/docs"),
         ("site router API docs (sites, coordinators)", f"{config.url('site_router')}/docs"),
         ("notifier API docs (delivery log)", f"{config.url('notifier')}/docs"),
+        ("insights API docs (the recruitment funnel, scope ops)", f"{config.url('insights')}/docs"),
+        ("recruitment funnel page (people with the role ops)", f"{config.url('insights')}/insights/"),
         ("study-site finder", f"{config.url('site_router')}/sites/finder"),
         ("mail preview", config.url("mail_http")),
         ("SMTP", f"127.0.0.1:{config.ports['smtp']}"),

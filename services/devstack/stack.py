@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,17 +28,20 @@ from shared.kafka import ensure_topics
 from shared.migrations import migrate, service_migrations
 from shared.settings import KafkaSettings
 
-SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier", "insights")
 DEFAULT_PORTS = {
     "auth": 8000,
     "intake": 8001,
     "eligibility": 8002,
     "site_router": 8003,
     "notifier": 8004,
+    "insights": 8005,
     "mail_http": 8025,
     "smtp": 1025,
 }
 SEED_SITES = Path(__file__).resolve().parent.parent / "site_router" / "seed" / "sites.json"
+INSIGHTS_WEB_CLIENT = "insights-web"
+"""The ops page's client at the issuer (authorization code + PKCE): people sign in to /insights/."""
 DEMO_CLINIC = "demo-clinic"
 DEMO_CLINIC_KEY_FILE = "demo-clinic.private-jwk.json"
 """In the run dir: the demo clinic's private key (a JWK), when it signs in with a key."""
@@ -92,7 +96,7 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
             ("intake", "eligibility", "notifier"),
             clinic_id=DEMO_CLINIC,
         ),
-        DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake")),
+        DemoClient("ops", (Scope.OPS, Scope.SITES_ADMIN), ("notifier", "site_router", "intake", "insights")),
         DemoClient("notifier", (Scope.CONTACT_READ,), ("intake",)),
     ]
     clients += [
@@ -141,7 +145,7 @@ class Stack:
         self.processes: dict[str, ServiceProcess] = {}
 
     def start(self) -> None:
-        """Topics, mailbox, auth, demo clients and sites, then the four pipeline services."""
+        """Topics, mailbox, auth, demo clients and sites, then the pipeline services and insights."""
         asyncio.run(ensure_topics(self.config.kafka))
         asyncio.run(self._migrate())
         if self.config.with_mailbox:
@@ -163,7 +167,7 @@ class Stack:
         self.credentials = asyncio.run(self.seed_clients())
         self.people = asyncio.run(self.seed_people())
         self._import_sites()
-        for service in ("intake", "eligibility", "site_router", "notifier"):
+        for service in ("intake", "eligibility", "site_router", "notifier", "insights"):
             self._start_service(service)
 
     def stop(self) -> None:
@@ -197,6 +201,9 @@ class Stack:
             env["AUTH_WEB_CLIENTS"] = json.dumps(self.web_clients())
         if service in PORTAL_CLIENTS:
             env["WEB_CLIENT_ID"] = PORTAL_CLIENTS[service]
+        if service == "insights":  # the ops page signs people in through auth
+            env["WEB_CLIENT_ID"] = INSIGHTS_WEB_CLIENT
+        if "WEB_CLIENT_ID" in env:
             # every service on 127.0.0.1: cookies do not tell ports apart, so each its own name
             env["WEB_COOKIE_NAME"] = f"trialroute_{service}"
             env["WEB_SESSION_SECRET"] = self.web_secrets.setdefault(service, token_urlsafe(32))
@@ -227,7 +234,7 @@ class Stack:
                     "scopes": [Scope.SITE_REFERRALS.value, Scope.OPS.value],
                 }
             )
-        return clients
+        return [*clients, insights_web_client(c.url("insights"))]
 
     async def seed_people(self) -> list[DemoPerson]:
         """The demo people, each with the demo password (the same at every start)."""
@@ -316,6 +323,16 @@ class Stack:
         assert process.process is not None
         if process.process.wait(timeout=120) != 0:
             raise RuntimeError(f"importing the study sites failed:\n{process.tail()}")
+
+
+def insights_web_client(insights_url: str) -> dict[str, object]:
+    """The ops page's client as auth registers it (``AUTH_WEB_CLIENTS``): its callback, ops only."""
+    return {
+        "client_id": INSIGHTS_WEB_CLIENT,
+        "redirect_uris": [f"{insights_url}/insights/callback"],
+        "audiences": ["insights"],
+        "scopes": [Scope.OPS.value],
+    }
 
 
 def site_codes() -> list[str]:

@@ -38,7 +38,8 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-RESOURCE_SERVERS = tuple(s for s in SERVICES if s != "auth")
+RESOURCE_SERVERS = tuple(SERVICES)
+"""Every service checks bearer tokens on some route (auth: its people-accounts API, scope ops)."""
 SCHEME = bearer_scheme.scheme_name
 CLINIC_SCOPES = frozenset({Scope.REFERRALS_READ, Scope.REFERRALS_WRITE, Scope.ASSESSMENTS_READ})
 """Scopes whose data belongs to the clinic the token acts for."""

@@ -24,6 +24,8 @@ from services.auth import bootstrap as auth
 from services.auth.config import AuthSettings
 from services.eligibility import bootstrap as eligibility
 from services.eligibility.config import EligibilitySettings
+from services.insights import bootstrap as insights
+from services.insights.config import InsightsSettings
 from services.intake import bootstrap as intake
 from services.intake.config import IntakeSettings
 from services.notifier import bootstrap as notifier
@@ -58,6 +60,9 @@ APPS: dict[str, Callable[[str], FastAPI]] = {
     "notifier": lambda url: notifier.create_app(
         NotifierSettings(environment="test", database_url=url, client_secret=SecretStr("docs-secret")),
         frozenset({"api"}),
+    ),
+    "insights": lambda url: insights.create_app(
+        InsightsSettings(environment="test", database_url=url), frozenset({"api"})
     ),
 }
 
@@ -141,7 +146,7 @@ async def test_docs_page_and_files_come_from_the_service_itself(serve: Callable[
         assert (await http.get("/redoc")).status_code == 404  # it would load from a CDN
 
 
-@pytest.mark.parametrize("service", ["intake", "site_router", "eligibility", "notifier"])
+@pytest.mark.parametrize("service", ["intake", "site_router", "eligibility", "notifier", "insights"])
 async def test_the_document_says_how_to_sign_in_and_what_errors_look_like(
     service: str, serve: Callable[[str], Any]
 ) -> None:

@@ -33,7 +33,7 @@ TEST_ENV = {
 }
 
 
-CONSUMERS = ("intake", "eligibility", "site_router", "notifier")
+CONSUMERS = ("intake", "eligibility", "site_router", "notifier", "insights")
 """The services that consume events, each in a consumer group (``<SERVICE>_CONSUMER_GROUP``)."""
 
 

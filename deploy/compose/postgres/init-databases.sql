@@ -19,10 +19,14 @@ CREATE DATABASE site_router OWNER site_router;
 CREATE ROLE notifier LOGIN PASSWORD 'notifier-lab-password';
 CREATE DATABASE notifier OWNER notifier;
 
+CREATE ROLE insights LOGIN PASSWORD 'insights-lab-password';
+CREATE DATABASE insights OWNER insights;
+
 -- Other roles may not connect to these databases (PUBLIC has CONNECT by default).
-REVOKE CONNECT ON DATABASE auth, intake, eligibility, site_router, notifier FROM PUBLIC;
+REVOKE CONNECT ON DATABASE auth, intake, eligibility, site_router, notifier, insights FROM PUBLIC;
 GRANT CONNECT ON DATABASE auth TO auth;
 GRANT CONNECT ON DATABASE intake TO intake;
 GRANT CONNECT ON DATABASE eligibility TO eligibility;
 GRANT CONNECT ON DATABASE site_router TO site_router;
 GRANT CONNECT ON DATABASE notifier TO notifier;
+GRANT CONNECT ON DATABASE insights TO insights;

@@ -47,7 +47,7 @@ from shared.store import UTCDateTime
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier")
+SERVICES = ("auth", "intake", "eligibility", "site_router", "notifier", "insights")
 BACKENDS = ("postgresql", "sqlite")
 
 MakeUrl = Callable[[str], Awaitable[str]]
@@ -303,3 +303,20 @@ async def test_a_new_revision_is_written_from_what_the_models_add_and_then_agree
     assert await differences(url, changed) == []
     assert await migrate(url, changed, shipped.head()) == (shipped.head(),)
     assert await differences(url, shipped) == []
+
+
+async def test_a_new_service_s_first_revision_is_its_whole_schema(tmp_path: Path) -> None:
+    """A service with no revision yet (scripts/revision.sh NEW "initial schema"): the first revision
+    creates every table of its models, from an empty store."""
+    shipped = service_migrations("insights")
+    versions = tmp_path / "migrations"
+    versions.mkdir()
+    fresh = Migrations("probe_service", shipped.tables, versions)
+
+    path = await new_revision(fresh, "initial schema")
+
+    assert path.name == "m0001_initial_schema.py"
+    assert "down_revision: str | None = None" in path.read_text()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'probe.db'}"
+    assert await migrate(url, fresh) == ("0001",)
+    assert await differences(url, fresh) == []

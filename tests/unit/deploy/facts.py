@@ -83,10 +83,17 @@ def shared_env() -> frozenset[str]:
     )
 
 
+WEB_PAGES = frozenset({"insights"})
+"""The services whose pages sign people in (``shared.web``): they read its ``WEB_*`` settings too."""
+
+
 @cache
 def service_env(service: str) -> frozenset[str]:
-    """Read by one service only (its own prefix)."""
-    return frozenset(env_names(settings_class(service)))
+    """Read by one service only (its own prefix, and ``WEB_*`` for a service with pages)."""
+    names = env_names(settings_class(service))
+    if service in WEB_PAGES:
+        names |= env_names(WebSignInSettings)
+    return frozenset(names)
 
 
 def env_read_by(service: str | None) -> set[str]:

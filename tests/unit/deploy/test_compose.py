@@ -20,7 +20,7 @@ IMAGE = next(s["image"] for s in SERVICES.values() if "build" in s)
 APP = {name: s for name, s in SERVICES.items() if s.get("image") == IMAGE}
 ONE_SHOT = {name for name, s in APP.items() if s.get("restart") == "no"}
 LONG_RUNNING = {name for name, s in SERVICES.items() if name not in ONE_SHOT}
-PUBLISHING = {"auth", "intake", "site_router"}
+PUBLISHING = {"auth", "intake", "site_router", "insights"}
 SCALABLE = {"eligibility", "notifier"}
 
 

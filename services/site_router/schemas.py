@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.site_router.domain import SiteStatus
+from services.site_router.domain import QueueTab, SiteStatus, short_id
 from shared.criteria_fields import CRITERION_FIELDS
 
 SiteCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
@@ -229,3 +229,46 @@ class QuestionReceipt(BaseModel):
     site_code: str
     criteria: list[str]
     text: str | None
+
+
+# --- the coordinators' portal (what its pages show; never the patient's identity) --------------------------
+
+
+class PortalItem(QueueItem):
+    """A row of the portal's queue and the head of a referral's page: one site's assignment of it."""
+
+    site_code: str
+    site_name: str
+    opened_at: datetime | None
+    tab: QueueTab
+    step: str | None = Field(default=None, description="the latest step to enrolment, once accepted")
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.referral_id)
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    what: str
+    detail: str | None = None
+
+
+class PortalQueue(BaseModel):
+    """The signed-in coordinator's sites' referrals, oldest first, with how many each tab holds."""
+
+    site_codes: list[str]
+    items: list[PortalItem]
+
+    def in_tab(self, tab: QueueTab) -> list[PortalItem]:
+        return [item for item in self.items if item.tab == tab]
+
+    def counts(self) -> dict[QueueTab, int]:
+        return {tab: len(self.in_tab(tab)) for tab in QueueTab}
+
+
+class PortalReferral(BaseModel):
+    """One referral as its site's coordinator sees it: the pre-screen, the referrer, the timeline."""
+
+    item: PortalItem
+    timeline: list[TimelineEntry]

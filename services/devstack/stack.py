@@ -162,7 +162,7 @@ class Stack:
                 "NOTIFIER_CLIENT_ID": "notifier",
                 "NOTIFIER_CLIENT_SECRET": self.credentials.get("notifier", ""),
                 "NOTIFIER_INTAKE_URL": c.url("intake"),
-                "NOTIFIER_SITE_REFERRAL_URL": f"{c.url('site_router')}/v1/site/referrals",
+                "NOTIFIER_SITE_REFERRAL_URL": f"{c.url('site_router')}/portal/referrals/{{referral_id}}",
                 "NOTIFIER_SMTP_HOST": "127.0.0.1",
                 "NOTIFIER_SMTP_PORT": str(c.ports["smtp"]),
             }

@@ -28,9 +28,10 @@ class NotifierSettings(ServiceSettings):
 
     # What the emails say and link to.
     site_referral_url: str = Field(
-        default="http://127.0.0.1:8003/v1/site/referrals",
-        description="where a site coordinator reviews, accepts or declines a referral (site_router's "
-        "queue API, where accept/decline/close live); placeholders {referral_id} and {site_code} allowed",
+        default="http://127.0.0.1:8003/portal/referrals/{referral_id}",
+        description="where a site coordinator reviews, accepts or declines a referral: the referral's "
+        "page in site_router's portal (it asks them to sign in first); placeholders {referral_id} and "
+        "{site_code} allowed",
     )
     study_name: str = "UCART123 (AMELI-01)"
 

@@ -38,7 +38,7 @@ def context(**overrides: Any) -> dict[str, Any]:
         "decision": "needs_review",
         "decision_label": "needs review",
         "criteria_to_confirm": ["ecog", "organ_function"],
-        "note": "ECOG <2> not reported; organ function older than the screening window",
+        "note": "To confirm: ecog (ECOG <2> not reported). Pre-screened on the main criteria only.",
         "clinic_id": "clinic-a",
         "referrer": {"name": "Dr. <b>Smith</b>", "email": "asmith@clinic.example", "phone": None},
         "site_referral_url": "http://sites.example/v1/site/referrals/1",
@@ -90,8 +90,10 @@ def test_the_site_email_needs_no_patient_identity() -> None:
     rendered = TEMPLATES.render(Template.SITE_NEW_REFERRAL, "en", without_patient)
     assert "Maria" not in rendered.text + rendered.html
     assert "ecog, organ_function" in rendered.text and "4 km" in rendered.text
-    assert "To confirm: ECOG <2> not reported" in rendered.text
-    assert "To confirm: ECOG &lt;2&gt; not reported" in rendered.html
+    assert "To confirm: ecog (ECOG <2> not reported)" in rendered.text
+    assert "To confirm: ecog (ECOG &lt;2&gt; not reported)" in rendered.html
+    # The note says "To confirm:" itself (site_router's confirmation_note): the email must not repeat it.
+    assert "To confirm: To confirm" not in rendered.text + rendered.html
 
 
 def test_a_missing_variable_is_a_permanent_error_not_a_blank() -> None:

@@ -16,6 +16,7 @@ from services.site_router.deps import SiteRouterState
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
 from services.site_router.migrations import MIGRATIONS
+from services.site_router.portal.contact import PatientContacts
 from services.site_router.queries import Queries
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
@@ -67,6 +68,7 @@ def build(
             directory=directory,
             finder_limit=finder_limit,
             queries=Queries(db, settings, commands, directory),
+            contacts=PatientContacts(http, settings.intake_url),
         ),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[

@@ -75,6 +75,7 @@ def summary(config: StackConfig, credentials: dict[str, str]) -> str:
         ("eligibility API docs", f"{config.url('eligibility')}/docs"),
         ("site router API docs (sites, coordinators)", f"{config.url('site_router')}/docs"),
         ("notifier API docs (delivery log)", f"{config.url('notifier')}/docs"),
+        ("site coordinators' portal", f"{config.url('site_router')}/portal/"),
         ("study-site finder", f"{config.url('site_router')}/sites/finder"),
         ("mail preview", config.url("mail_http")),
         ("SMTP", f"127.0.0.1:{config.ports['smtp']}"),

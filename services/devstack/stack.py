@@ -168,6 +168,7 @@ class Stack:
             }
         if service == "site_router":
             env["SITE_ROUTER_RUNTIME_DIR"] = str((c.run_dir / "site_router").resolve())
+            env["SITE_ROUTER_INTAKE_URL"] = c.url("intake")  # the portal reads accepted patients' contact
         return env | c.service_env.get(service, {})
 
     async def _migrate(self) -> None:

@@ -73,6 +73,7 @@ class Scope(StrEnum):
     SITES_ADMIN = "sites:admin"
     OPS = "ops"
     CONTACT_READ = "contact:read"
+    SITE_CONTACT = "site:contact"
     ASSESSMENTS_READ = "assessments:read"
     WEBHOOKS_MANAGE = "webhooks:manage"
 
@@ -88,6 +89,8 @@ SCOPE_DESCRIPTIONS: dict[Scope, str] = {
     Scope.SITES_ADMIN: "Register sites and change their location, capacity and recruiting status",
     Scope.OPS: "Operations: dead letters, replays, delivery logs",
     Scope.CONTACT_READ: "Read a referral's patient contact details (the notifier, to send its emails)",
+    Scope.SITE_CONTACT: "Read the patient's name and contact details of a referral the token's site accepted "
+    "(a coordinator, through the portal); every read is audited",
     Scope.ASSESSMENTS_READ: "Read eligibility assessments",
     Scope.WEBHOOKS_MANAGE: "Manage the clinic's webhook endpoints; see and replay their deliveries",
 }

@@ -281,6 +281,7 @@ STATUS_EVENTS: tuple[type[EventData], ...] = (
     ReferralUnroutable,
     ReferralNotified,
     ReferralSiteDecided,
+    ReferralProgressed,
 )
 """The events that change where a referral stands, as the clinic sees it on its timeline."""
 

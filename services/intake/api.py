@@ -26,10 +26,12 @@ from services.intake.schemas import (
     AmendmentCreate,
     ChangePage,
     ContactList,
+    ContactReadPage,
     ReferralCreate,
     ReferralPage,
     ReferralPublic,
     ReferralReceipt,
+    SitePatientContact,
     WithdrawalCreate,
 )
 from shared.auth import Principal, Scope, require
@@ -53,6 +55,8 @@ IDEMPOTENCY_RULES = (
 Writer = Annotated[Principal, Depends(require(Scope.REFERRALS_WRITE))]
 Reader = Annotated[Principal, Depends(require(Scope.REFERRALS_READ))]
 ContactReader = Annotated[Principal, Depends(require(Scope.CONTACT_READ))]
+SiteContactReader = Annotated[Principal, Depends(require(Scope.SITE_CONTACT))]
+Ops = Annotated[Principal, Depends(require(Scope.OPS))]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -292,3 +296,47 @@ async def read_contacts(
     intake: IntakeStateDep,
 ) -> ContactList:
     return await intake.queries.contacts(principal, list(dict.fromkeys(referral_id)))
+
+
+@router.get(
+    "/v1/site/referrals/{referral_id}/contact",
+    tags=["site"],
+    summary="The patient's name and contact, for the site that accepted the referral (audited)",
+    description="Scope `site:contact`, a coordinator's token (`site_code` / `site_codes`). Answers only "
+    "when the referral's accepting site (the last `referral.site_decided` accepted on its timeline, not "
+    "let go since) is one of the token's sites and the referral is accepted or later (a step, its "
+    "outcome, or closed); before acceptance, for another site, after a decline or a withdrawal, or for an "
+    "unknown id: 404, alike. Phone and email are null unless the patient consented to contact. Every "
+    "read is recorded (client, subject, user, site, time, referral) in the transaction that reads it; ops "
+    "list them at `GET /v1/audit/contact-reads`. `Cache-Control: no-store`.",
+    responses=problems(401, 403, 404, 422),
+)
+async def read_site_contact(
+    referral_id: ReferralId, principal: SiteContactReader, intake: IntakeStateDep
+) -> SitePatientContact:
+    return await intake.queries.site_contact(principal, referral_id)
+
+
+@router.get(
+    "/v1/audit/contact-reads",
+    tags=["ops"],
+    summary="Who read which patient's contact details, when, for which site",
+    description="Scope `ops`. The audit log of contact reads (sites' coordinators and the notifier), oldest "
+    "first; filter by `referral_id` and by `since` (inclusive) / `until` (exclusive). Pages: pass "
+    "`next_cursor` as `cursor` (null on the last page).",
+    responses=problems(401, 403, 422),
+)
+async def list_contact_reads(
+    principal: Ops,
+    intake: IntakeStateDep,
+    referral_id: Annotated[uuid.UUID | None, Query(description="one referral's reads only")] = None,
+    since: Annotated[UtcInstant | None, Query(description="reads at or after (ISO 8601 with zone)")] = None,
+    until: Annotated[UtcInstant | None, Query(description="reads before (ISO 8601 with zone)")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="most items in one answer")] = 100,
+) -> ContactReadPage:
+    return await intake.queries.contact_reads(
+        referral_id=referral_id, since=since, until=until, cursor=cursor, limit=limit
+    )

@@ -52,6 +52,8 @@ TAGS = [
         "description": "the same referrals in HL7 FHIR R4: a Bundle in, a Task out (docs/fhir.md)",
     },
     {"name": "internal", "description": "service-to-service: the notifier reads contact details"},
+    {"name": "site", "description": "a site's coordinator: the patient's contact once their site accepted"},
+    {"name": "ops", "description": "operations: the audit log of contact reads"},
     {"name": "operations", "description": "health, readiness, metrics"},
 ]
 

@@ -22,6 +22,7 @@ from shared.events import (
     CriterionVerdict,
     EventData,
     ReferralNotified,
+    ReferralProgressed,
     ReferralRouted,
     ReferralScreened,
     ReferralSiteDecided,
@@ -44,13 +45,28 @@ class Status(StrEnum):
     NOTIFIED = "notified"
     ACCEPTED = "accepted"
     DECLINED = "declined"
+    CONTACTED = "contacted"
+    SCREENING_SCHEDULED = "screening_scheduled"
+    CONSENTED = "consented"
+    ENROLLED = "enrolled"
+    SCREEN_FAILED = "screen_failed"
+    NOT_ENROLLED = "not_enrolled"
     CLOSED = "closed"
     WITHDRAWN = "withdrawn"
 
 
-TERMINAL = frozenset({Status.WITHDRAWN, Status.CLOSED})
+IN_PROGRESS = frozenset({Status.CONTACTED, Status.SCREENING_SCHEDULED, Status.CONSENTED})
+"""The accepting site's steps before the outcome (``referral.progressed``): the site still holds it."""
+OUTCOMES = frozenset({Status.ENROLLED, Status.SCREEN_FAILED, Status.NOT_ENROLLED})
+"""The site's final outcome (``referral.progressed``): it ends the referral, as a close does."""
+AT_SITE = frozenset({Status.ACCEPTED, *IN_PROGRESS})
+"""Accepted and not yet ended: the site works it, the clinic can no longer change it."""
+TERMINAL = frozenset({Status.WITHDRAWN, Status.CLOSED, *OUTCOMES})
 """States nothing leaves; they also free the clinic reference for a new referral."""
-OPEN_EXCLUDED = tuple(s.value for s in TERMINAL)
+OPEN_EXCLUDED = tuple(sorted(s.value for s in TERMINAL))
+ACCEPTED_OR_LATER = frozenset({*AT_SITE, *OUTCOMES, Status.CLOSED})
+"""The states in which the accepting site may read the patient's contact (a close may also end a
+referral no site accepted: then there is no accepting site, see ``accepting_site``)."""
 
 
 def age_in_years(born: date, on: date) -> int:
@@ -79,8 +95,10 @@ def request_fingerprint(method: str, path: str, body: Any) -> str:
 
 def change_refusal(status: Status, action: str) -> str | None:
     """Why the clinic may not amend or withdraw a referral in ``status``; ``None`` when it may."""
-    if status is Status.ACCEPTED:
+    if status in AT_SITE:
         return f"the site accepted the referral; it can no longer be {action}; contact the site"
+    if status in OUTCOMES:
+        return f"the site recorded the referral's outcome ({status}); it can no longer be {action}"
     if status is Status.WITHDRAWN:
         return f"the referral was withdrawn; it can no longer be {action}"
     if status is Status.CLOSED:
@@ -114,8 +132,11 @@ def _accepts(current: Status | None, incoming: Status) -> bool:
     """Whether ``incoming`` may follow ``current`` (events are replayed in order of occurrence)."""
     if current in TERMINAL:
         return False
-    if current is Status.ACCEPTED:
-        return incoming is Status.CLOSED
+    if current in AT_SITE:
+        # The site's steps, its outcome, or a (legacy) close; site_router keeps their order.
+        return incoming in IN_PROGRESS or incoming in OUTCOMES or incoming is Status.CLOSED
+    if incoming in IN_PROGRESS or incoming in OUTCOMES:
+        return False  # only the accepting site records steps: without an acceptance, history only
     if incoming is Status.NOTIFIED:
         # Notifications follow routing and site decisions alike; only the first kind is a state.
         return current in (Status.ROUTED, Status.NOTIFIED)
@@ -196,7 +217,39 @@ def describe(data: EventData) -> Described:
         details = {"site_code": data.site_code, "decision": data.decision, "enrolled": data.enrolled}
         reason = data.reason or f"site {data.site_code} {data.decision}"
         return Described(Status(data.decision), reason, None, details)
+    if isinstance(data, ReferralProgressed):
+        return Described(
+            Status(data.step), progress_reason(data), None, {"progress": data.model_dump(mode="json")}
+        )
     raise TypeError(f"not a status event: {type(data).__name__}")
+
+
+def progress_reason(data: ReferralProgressed) -> str:
+    """A step in words for the clinic's timeline (the subject id is the study's pseudonym)."""
+    at = f"site {data.site_code}"
+    if data.step == "screening_scheduled":
+        return f"screening scheduled for {data.screening_date} at {at}"
+    if data.step == "enrolled":
+        return f"enrolled at {at}" + (f" (study subject {data.subject_id})" if data.subject_id else "")
+    if data.step in ("screen_failed", "not_enrolled"):
+        return f"{data.step.replace('_', ' ')} at {at}" + (f": {data.reason}" if data.reason else "")
+    return f"{data.step} by {at}"
+
+
+def accepting_site(facts: Iterable[tuple[str, dict[str, Any]]]) -> str | None:
+    """The site that accepted the referral and has not let it go, from its timeline's
+    ``referral.site_decided`` entries in order (event type, details): the last acceptance, unless that
+    site declined after it; a withdrawal ends it."""
+    site: str | None = None
+    for event_type, details in facts:
+        if event_type == "referral.withdrawn":
+            site = None
+        elif event_type == "referral.site_decided":
+            if details.get("decision") == "accepted":
+                site = details.get("site_code")
+            elif details.get("decision") == "declined" and details.get("site_code") == site:
+                site = None
+    return site
 
 
 def encode_cursor(updated_at: datetime, referral_id: uuid.UUID) -> str:
@@ -246,7 +299,7 @@ def decode_change_cursor(cursor: str) -> int:
     return int(number)
 
 
-REQUESTS_END = frozenset({Status.ACCEPTED, Status.WITHDRAWN, Status.CLOSED})
+REQUESTS_END = frozenset({*ACCEPTED_OR_LATER, Status.WITHDRAWN})
 """States in which the clinic can no longer amend: its open information requests are cancelled."""
 
 

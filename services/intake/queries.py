@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import uuid
 from collections.abc import Sequence
@@ -11,7 +13,9 @@ from datetime import datetime
 from services.intake import store
 from services.intake.config import IntakeSettings
 from services.intake.domain import (
+    ACCEPTED_OR_LATER,
     Status,
+    accepting_site,
     decode_change_cursor,
     decode_cursor,
     encode_change_cursor,
@@ -22,6 +26,8 @@ from services.intake.schemas import (
     ChangePage,
     ContactList,
     ContactPublic,
+    ContactRead,
+    ContactReadPage,
     DecisionPublic,
     InformationRequestPublic,
     NotificationPublic,
@@ -30,6 +36,7 @@ from services.intake.schemas import (
     ReferralPublic,
     ReferralSummary,
     ReferrerContact,
+    SitePatientContact,
     SitePublic,
     TimelineItem,
 )
@@ -129,6 +136,111 @@ class Queries:
             with referral_context(referral.id):
                 log.info("contact details read", extra={"client_id": principal.client_id})
         return ContactList(items=[_contact(referral) for referral in referrals])
+
+    async def site_contact(self, principal: Principal, referral_id: uuid.UUID) -> SitePatientContact:
+        """The patient's identity and contact for the coordinator of the site that accepted the referral
+        (its timeline's last acceptance, not let go since), once accepted or later. Anything else (before
+        acceptance, another site, declined, withdrawn, unknown) is a 404: existence does not leak. The
+        read is recorded in ``contact_access_log`` in the same transaction: no answer without its record."""
+        codes = principal.require_sites()
+        async with self.db.session() as session:
+            referral = await store.get_referral(session, referral_id)
+            entries = await store.timeline(session, referral_id) if referral is not None else []
+            site = accepting_site((e.event_type, e.details) for e in entries)
+            if (
+                referral is None
+                or site is None
+                or site not in codes
+                or Status(referral.status) not in ACCEPTED_OR_LATER
+            ):
+                raise NotFound("no such referral for this site")
+            session.add(
+                ContactAccess(
+                    referral_id=referral.id,
+                    client_id=principal.client_id,
+                    subject=principal.subject,
+                    user=principal.user,
+                    site_code=site,
+                )
+            )
+        with referral_context(referral.id):
+            log.info(
+                "contact details read by the site", extra={"client_id": principal.client_id, "site": site}
+            )
+        consent = referral.consent_to_contact
+        return SitePatientContact(
+            referral_id=referral.id,
+            status=Status(referral.status),
+            site_code=site,
+            given_name=referral.given_name,
+            family_name=referral.family_name,
+            date_of_birth=referral.date_of_birth,
+            sex=referral.sex,
+            phone=referral.phone if consent else None,
+            email=referral.email if consent else None,
+            postal_code=referral.postal_code,
+            country=referral.country,
+            preferred_language=referral.preferred_language,
+            consent_to_contact=consent,
+            referrer=ReferrerContact(name=referral.referrer_name, email=referral.referrer_email),
+        )
+
+    async def contact_reads(
+        self,
+        *,
+        referral_id: uuid.UUID | None,
+        since: datetime | None,
+        until: datetime | None,
+        cursor: str | None,
+        limit: int,
+    ) -> ContactReadPage:
+        """One page of the contact-read audit log (ops), oldest first."""
+        after = 0
+        if cursor:
+            try:
+                after = decode_read_cursor(cursor)
+            except ValueError:
+                raise Unprocessable(
+                    "1 invalid field(s)", errors=[{"field": "cursor", "reason": "not a cursor of this list"}]
+                ) from None
+        async with self.db.session() as session:
+            rows = await store.contact_reads(
+                session, referral_id=referral_id, since=since, until=until, after_id=after, limit=limit + 1
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            ContactRead(
+                id=r.id or 0,
+                referral_id=r.referral_id,
+                accessed_at=r.accessed_at,
+                client_id=r.client_id,
+                subject=r.subject,
+                user=r.user,
+                site_code=r.site_code,
+            )
+            for r in rows
+        ]
+        return ContactReadPage(items=items, next_cursor=encode_read_cursor(items[-1].id) if more else None)
+
+
+_READS = "reads:"
+
+
+def encode_read_cursor(last_id: int) -> str:
+    """An opaque position in the contact-read log: after entry ``last_id``."""
+    return base64.urlsafe_b64encode(f"{_READS}{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_read_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a cursor of this list") from exc
+    number = raw.removeprefix(_READS)
+    if not raw.startswith(_READS) or not number.isascii() or not number.isdigit() or len(number) > 18:
+        raise ValueError("not a cursor of this list")
+    return int(number)
 
 
 def _contact(referral: Referral) -> ContactPublic:

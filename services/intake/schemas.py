@@ -243,6 +243,54 @@ class ContactList(_View):
     items: list[ContactPublic]
 
 
+class SitePatientContact(_View):
+    """The patient as intake holds them, for the coordinator of the site that accepted the referral.
+    Phone and email are null when absent or when the patient did not consent to contact (reach them
+    through the referrer then). Every read is audited; never cache it."""
+
+    referral_id: uuid.UUID = Field(examples=[EXAMPLE_ID])
+    status: Status = Field(examples=["accepted"])
+    site_code: str = Field(description="the accepting site the read is for", examples=["WCM"])
+    given_name: str = Field(examples=["Maria"])
+    family_name: str = Field(examples=["Lopez"])
+    date_of_birth: date = Field(examples=["1968-03-14"])
+    sex: str | None = Field(examples=["female"])
+    phone: str | None = Field(examples=["+1 212 555 0199"])
+    email: str | None = Field(examples=["maria.lopez@example.com"])
+    postal_code: str = Field(
+        description="the address intake holds: postal code and country", examples=["10021"]
+    )
+    country: str = Field(examples=["US"])
+    preferred_language: str = Field(examples=["en"])
+    consent_to_contact: bool = Field(examples=[True])
+    referrer: ReferrerContact
+
+
+class ContactRead(_View):
+    """One read of a patient's contact details (the audit log)."""
+
+    id: int = Field(examples=[42])
+    referral_id: uuid.UUID = Field(examples=[EXAMPLE_ID])
+    accessed_at: datetime = Field(examples=["2026-11-12T09:30:00Z"])
+    client_id: str = Field(
+        description="the OAuth client that read it (the portal, the notifier)", examples=["site-portal"]
+    )
+    subject: str | None = Field(description="the token's subject", examples=["u-7f3a"])
+    user: str | None = Field(
+        description="the person's account, for a token issued to one", examples=["u-7f3a"]
+    )
+    site_code: str | None = Field(
+        description="the accepting site a coordinator read it for; null: the notifier", examples=["WCM"]
+    )
+
+
+class ContactReadPage(_View):
+    items: list[ContactRead]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last", examples=["cmVhZHM6NDI"]
+    )
+
+
 class FieldError(_View):
     field: str = Field(description="JSON path of the invalid field", examples=["patient.date_of_birth"])
     reason: str = Field(examples=["must not be after 2026-11-10"])

@@ -144,14 +144,18 @@ class IdempotencyKey(SQLModel, table=True):
 
 
 class ContactAccess(SQLModel, table=True):
-    """Every read of a patient's contact details: who, when, which referral."""
+    """Every read of a patient's contact details: who (client, token subject, the person's account),
+    when, which referral, and for which site (a coordinator's read; null for the notifier's)."""
 
     __tablename__ = "contact_access_log"
+    __table_args__ = (Index("ix_contact_access_log_accessed", "accessed_at", "id"),)
 
     id: int | None = bigint_pk()
     referral_id: uuid.UUID = Field(index=True)
     client_id: str
     subject: str | None = None
+    user: str | None = Field(default=None, description="the person's account, for a token issued to one")
+    site_code: str | None = Field(default=None, description="the accepting site a coordinator read it for")
     accessed_at: datetime = timestamp()
 
 
@@ -396,3 +400,24 @@ async def information_requests(
     for request in (await session.execute(query)).scalars():
         found[request.referral_id].append(request)
     return found
+
+
+async def contact_reads(
+    session: AsyncSession,
+    *,
+    referral_id: uuid.UUID | None,
+    since: datetime | None,
+    until: datetime | None,
+    after_id: int,
+    limit: int,
+) -> Sequence[ContactAccess]:
+    """The audit log of contact reads, oldest first (by id: the order they were recorded), after
+    ``after_id``; filtered by referral and by ``since <= accessed_at < until``."""
+    query = select(ContactAccess).where(col(ContactAccess.id) > after_id)
+    if referral_id is not None:
+        query = query.where(col(ContactAccess.referral_id) == referral_id)
+    if since is not None:
+        query = query.where(col(ContactAccess.accessed_at) >= since)
+    if until is not None:
+        query = query.where(col(ContactAccess.accessed_at) < until)
+    return (await session.execute(query.order_by(col(ContactAccess.id)).limit(limit))).scalars().all()

@@ -23,29 +23,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import date
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.site_router import SERVICE, routing, store
 from services.site_router.directory import SiteDirectory
-from services.site_router.domain import FINAL_REFERRAL_STATES, AssignmentState, ReferralState
+from services.site_router.domain import (
+    FINAL_REFERRAL_STATES,
+    AssignmentState,
+    ReferralState,
+    step_fields_refusal,
+    step_refusal,
+)
 from services.site_router.geo import Geocoder, GeoError, Location
 from shared.events import (
+    OUTCOME_STEPS,
+    EnrolmentStep,
     Envelope,
     ReferralInfoRequested,
+    ReferralProgressed,
     ReferralScreened,
     ReferralSiteDecided,
     ReferralWithdrawn,
     SiteDecision,
 )
 from shared.outbox import add_event
-from shared.problems import Conflict, NotFound
+from shared.problems import Conflict, NotFound, Unprocessable
 from shared.store import utcnow
 
 log = logging.getLogger(__name__)
 
 Decided = tuple[store.ReferralRecord, store.Assignment]
+
+Progressed = tuple[store.ReferralRecord, store.Assignment, list[store.ReferralStep]]
+
+SiteCodes = str | Collection[str]
+"""The caller's site, or the sites a coordinator works for: a referral is theirs when its site is one."""
+
+
+def _codes(site_codes: SiteCodes) -> frozenset[str]:
+    return frozenset({site_codes}) if isinstance(site_codes, str) else frozenset(site_codes)
 
 
 class Commands:
@@ -157,23 +176,24 @@ class Commands:
 
     # --- site decisions -------------------------------------------------------------------------------
 
-    async def accept(self, session: AsyncSession, site_code: str, referral_id: uuid.UUID) -> Decided:
-        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+    async def accept(self, session: AsyncSession, site_codes: SiteCodes, referral_id: uuid.UUID) -> Decided:
+        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
         if assignment.state == AssignmentState.ACCEPTED:
             return referral, assignment
         self._expect(assignment, AssignmentState.ROUTED)
         assignment.state = AssignmentState.ACCEPTED
-        assignment.decided_at = utcnow()
+        assignment.decided_at = assignment.accepted_at = utcnow()
         referral.state = ReferralState.ACCEPTED
-        self._decided(session, referral, site_code, "accepted")
+        self._decided(session, referral, assignment.site_code, "accepted")
         return referral, assignment
 
     async def decline(
-        self, session: AsyncSession, site_code: str, referral_id: uuid.UUID, reason: str
+        self, session: AsyncSession, site_codes: SiteCodes, referral_id: uuid.UUID, reason: str
     ) -> Decided:
         """Free the slot, send the referral to the next nearest site that has not declined it (or the
         waitlist, or unroutable once every site has), and give the slot to the waitlist."""
-        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
+        site_code = assignment.site_code
         if assignment.state == AssignmentState.DECLINED:
             return referral, assignment
         self._expect(assignment, AssignmentState.ROUTED)
@@ -187,13 +207,22 @@ class Commands:
     async def close(
         self,
         session: AsyncSession,
-        site_code: str,
+        site_codes: SiteCodes,
         referral_id: uuid.UUID,
         enrolled: bool,
         reason: str | None,
     ) -> Decided:
-        referral, assignment = await self._site_assignment(session, site_code, referral_id)
-        if assignment.state == AssignmentState.CLOSED and assignment.enrolled == enrolled:
+        """The legacy end of a referral (before ``progress``): ``referral.site_decided`` closed, with
+        ``enrolled`` as said and no step recorded. Kept for old clients; new ones record the outcome
+        with ``progress`` (which also says why, or the subject id). A referral whose outcome was
+        recorded by a step is final: closing it again is a 409."""
+        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
+        site_code = assignment.site_code
+        if (
+            assignment.state == AssignmentState.CLOSED
+            and assignment.enrolled == enrolled
+            and not assignment.step
+        ):
             return referral, assignment
         self._expect(assignment, AssignmentState.ROUTED, AssignmentState.ACCEPTED)
         await store.waitlist_lock(session)
@@ -211,36 +240,112 @@ class Commands:
     async def ask(
         self,
         session: AsyncSession,
-        site_code: str,
+        site_codes: SiteCodes,
         referral_id: uuid.UUID,
         criteria: list[str],
         text: str | None,
-    ) -> uuid.UUID:
+    ) -> tuple[uuid.UUID, str]:
         """Queue the site's question for the referring clinic (``referral.info_requested``; intake
         makes it an information request). Only while the referral is routed to this site and not yet
-        accepted: after that the clinic can no longer amend it. Returns the event's id."""
-        referral, assignment = await self._site_assignment(session, site_code, referral_id)
+        accepted: after that the clinic can no longer amend it. Returns the event's id and the site."""
+        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
         self._expect(assignment, AssignmentState.ROUTED)
         event = ReferralInfoRequested(
             clinic_id=referral.clinic_id,
-            site_code=site_code,
+            site_code=assignment.site_code,
             revision=referral.revision,
             criteria=list(dict.fromkeys(criteria)),
             text=text,
         )
         envelope = Envelope.wrap(event, producer=SERVICE, referral_id=referral_id)
         add_event(session, envelope)
-        return envelope.id
+        return envelope.id, assignment.site_code
+
+    async def progress(
+        self,
+        session: AsyncSession,
+        site_codes: SiteCodes,
+        referral_id: uuid.UUID,
+        step: EnrolmentStep,
+        *,
+        screening_date: date | None = None,
+        subject_id: str | None = None,
+        reason: str | None = None,
+        recorded_by: str | None = None,
+    ) -> Progressed:
+        """Record the accepting site's next step to enrolment (``referral.progressed``, same
+        transaction). The slot stays held until an outcome (enrolled, screen_failed, not_enrolled),
+        which ends the assignment, frees the slot and lets the waitlist take it, as ``close`` does.
+        Recording the step the referral already stands at, with the same fields, changes nothing (a
+        retry); the order and the fields each step needs are ``domain.step_refusal`` and
+        ``domain.step_fields_refusal``. Returns the referral, the assignment and its steps."""
+        given = {
+            name: value
+            for name, value in (
+                ("screening_date", screening_date),
+                ("subject_id", subject_id),
+                ("reason", reason),
+            )
+            if value is not None
+        }
+        bad_input = step_fields_refusal(step, given)
+        if bad_input is not None:
+            assert bad_input.field is not None
+            raise Unprocessable(
+                "1 invalid field(s)", errors=[{"field": bad_input.field, "reason": bad_input.reason}]
+            )
+        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
+        assert assignment.id is not None
+        steps = (await store.steps_of(session, [assignment.id]))[assignment.id]
+        if steps and assignment.step == step:
+            last = steps[-1]
+            if (last.screening_date, last.subject_id, last.reason) == (screening_date, subject_id, reason):
+                return referral, assignment, steps
+        refusal = step_refusal(assignment.state, assignment.step, step)
+        if refusal is not None:
+            raise Conflict(refusal.reason, state=assignment.state, step=assignment.step)
+        recorded = store.ReferralStep(
+            assignment_id=assignment.id,
+            referral_id=referral_id,
+            site_code=assignment.site_code,
+            step=step,
+            screening_date=screening_date,
+            subject_id=subject_id,
+            reason=reason,
+            recorded_by=recorded_by,
+        )
+        session.add(recorded)
+        assignment.step, assignment.step_at = step, utcnow()
+        event = ReferralProgressed(
+            clinic_id=referral.clinic_id,
+            site_code=assignment.site_code,
+            step=step,
+            screening_date=screening_date,
+            subject_id=subject_id,
+            reason=reason,
+        )
+        routing.publish(session, referral_id, event, None)
+        if step in OUTCOME_STEPS:
+            await store.waitlist_lock(session)
+            await routing.release(
+                session, assignment, AssignmentState.CLOSED, reason=reason, enrolled=step == "enrolled"
+            )
+            referral.state, referral.reason = ReferralState.CLOSED, reason or step
+            await routing.drain_waitlist(session, [assignment.site_code], None)
+        log.info("referral progressed", extra={"site": assignment.site_code, "step": step})
+        return referral, assignment, [*steps, recorded]
 
     async def _site_assignment(
-        self, session: AsyncSession, site_code: str, referral_id: uuid.UUID
+        self, session: AsyncSession, site_codes: SiteCodes, referral_id: uuid.UUID
     ) -> tuple[store.ReferralRecord, store.Assignment]:
-        """The referral and its latest assignment at this site; 404 when the site never had it."""
+        """The referral and its latest assignment at one of the caller's sites; 404 when none of them
+        ever had it (as for a referral that does not exist)."""
+        codes = _codes(site_codes)
         referral = await store.lock_referral(session, referral_id)
         history = await store.assignments_of(session, referral_id) if referral else []
-        mine = [a for a in history if a.site_code == site_code]
+        mine = [a for a in history if a.site_code in codes]
         if referral is None or not mine:
-            raise NotFound(f"no referral {referral_id} at site {site_code}")
+            raise NotFound(f"no referral {referral_id} at site {', '.join(sorted(codes))}")
         return referral, mine[-1]
 
     @staticmethod

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from shared.events import OUTCOME_STEPS
+
 EARTH_RADIUS_KM = 6371.0088
 """IUGG mean Earth radius; a sphere of this radius is within about 0.5% of the ellipsoid."""
 
@@ -348,3 +350,66 @@ def age_in_queue(seconds: float) -> str:
     if minutes < 48 * 60:
         return f"{minutes // 60} h"
     return f"{minutes // (24 * 60)} d"
+
+
+# --- the accepting site's steps to enrolment ----------------------------------------------------------
+
+PROGRESS_ORDER: tuple[str, ...] = ("contacted", "screening_scheduled", "consented", "enrolled")
+"""The steps after acceptance, in the one order a site records them (each after the one before)."""
+STEP_FIELDS: dict[str, str | None] = {
+    "contacted": None,
+    "screening_scheduled": "screening_date",
+    "consented": None,
+    "enrolled": "subject_id",
+    "screen_failed": "reason",
+    "not_enrolled": "reason",
+}
+"""The one field each step requires (None: none); the other step fields must then be absent."""
+OPTIONAL_FIELDS = frozenset({"screening_date", "subject_id", "reason"})
+
+
+@dataclass(frozen=True, slots=True)
+class StepRefusal:
+    """Why a step cannot be recorded: ``field`` set for bad input (422), else the state (409)."""
+
+    reason: str
+    field: str | None = None
+
+
+def step_fields_refusal(step: str, given: Collection[str]) -> StepRefusal | None:
+    """The step's required field is given, and no field of another step is: a subject id on
+    ``contacted`` would be stored against the wrong step."""
+    required = STEP_FIELDS[step]
+    if required is not None and required not in given:
+        return StepRefusal(f"required for the step {step}", required)
+    for name in sorted(set(given) & OPTIONAL_FIELDS):
+        if name != required:
+            return StepRefusal(f"not a field of the step {step}", name)
+    return None
+
+
+def step_refusal(assignment_state: str, current_step: str | None, step: str) -> StepRefusal | None:
+    """Whether ``step`` may follow where the assignment stands: only after the site accepted, each
+    progress step after the one before it (``screening_scheduled`` again to reschedule), an outcome
+    (screen_failed, not_enrolled) from any step after acceptance, ``enrolled`` after ``consented``;
+    nothing after an outcome."""
+    if current_step in OUTCOME_STEPS:
+        return StepRefusal(f"the referral's outcome is recorded ({current_step}); it is final")
+    if assignment_state != AssignmentState.ACCEPTED:
+        if assignment_state == AssignmentState.ROUTED:
+            return StepRefusal("the site has not accepted the referral yet: accept it first")
+        return StepRefusal(f"the referral is {assignment_state} at this site")
+    if step in ("screen_failed", "not_enrolled"):
+        return None
+    at = PROGRESS_ORDER.index(current_step) if current_step in PROGRESS_ORDER else -1
+    wanted = PROGRESS_ORDER.index(step)
+    if wanted == at + 1 or (step == current_step == "screening_scheduled"):
+        return None
+    expected = PROGRESS_ORDER[at + 1] if at + 1 < len(PROGRESS_ORDER) else None
+    return StepRefusal(f"{step} cannot follow {current_step or 'acceptance'}; next is {expected}")
+
+
+def next_steps(assignment_state: str, current_step: str | None) -> list[str]:
+    """The steps a coordinator may record now (what the portal offers), in order."""
+    steps = [*PROGRESS_ORDER, "screen_failed", "not_enrolled"]
+    return [s for s in steps if step_refusal(assignment_state, current_step, s) is None]

@@ -19,6 +19,7 @@ from services.site_router.domain import (
     AssignmentState,
     confirmation_note,
     criteria_to_confirm,
+    next_steps,
     postal_area,
     queue_tab,
 )
@@ -32,10 +33,13 @@ from services.site_router.schemas import (
     PortalReferral,
     QueueItem,
     ReferrerOut,
+    SiteBrief,
     SitePublic,
     SiteQueue,
+    SiteReferral,
+    StepOut,
     StudyCentreContact,
-    TimelineEntry,
+    TimelineEvent,
 )
 from shared.db import Database
 from shared.events import ReferralScreened
@@ -76,34 +80,64 @@ class Queries:
             postal_code=location.postal_code, country=location.country, place=location.place_name, sites=sites
         )
 
-    async def site_queue(self, site_code: str, states: Collection[str], limit: int, offset: int) -> SiteQueue:
-        """The site's referrals in these states, oldest first; ``limit`` capped by the settings."""
+    async def site_queue(
+        self, site_codes: Collection[str], states: Collection[str], limit: int, offset: int
+    ) -> SiteQueue:
+        """The sites' referrals in these states, oldest first, each with its steps; ``limit`` capped by
+        the settings."""
+        codes = sorted(set(site_codes))
         async with self.db.session() as session:
             limit = min(limit, self.settings.queue_limit_max)
-            rows = await store.site_queue(session, site_code, states, limit, offset)
-        return SiteQueue(site_code=site_code, referrals=[queue_item(a, r) for a, r in rows])
+            rows = await store.site_queue(session, codes, states, limit, offset)
+            steps = await store.steps_of(session, [a.id for a, _ in rows if a.id is not None])
+        return SiteQueue(
+            site_code=codes[0] if len(codes) == 1 else None,
+            site_codes=codes,
+            referrals=[queue_item(a, r, steps.get(a.id or 0, ())) for a, r in rows],
+        )
 
-    async def portal_queue(self, site_codes: Collection[str]) -> PortalQueue:
-        """The portal's queue of a coordinator's sites: every open referral and the most recent closed
-        ones (``queue_limit_max``), oldest first."""
-        async with self.db.session() as session:
-            rows = await store.sites_queue(session, site_codes, self.settings.queue_limit_max)
-            names = await _site_names(session, site_codes)
-        return PortalQueue(site_codes=sorted(site_codes), items=[portal_item(a, r, names) for a, r in rows])
-
-    async def portal_referral(self, site_codes: Collection[str], referral_id: uuid.UUID) -> PortalReferral:
-        """One referral as the coordinator's sites hold it (the latest of their assignments of it) and
-        its timeline there; NotFound when none of their sites ever held it (other sites' routings and
-        decisions are not theirs to see)."""
+    async def referral_for_site(self, site_codes: Collection[str], referral_id: uuid.UUID) -> SiteReferral:
+        """One referral's page for a coordinator: its latest assignment at one of their sites, the
+        pre-screen, referrer and clinic, and the timeline at their sites (another site's decisions are
+        not theirs to see). 404 when none of their sites ever had it, as for an unknown id."""
+        codes = set(site_codes)
         async with self.db.session() as session:
             referral = await session.get(store.ReferralRecord, referral_id)
             history = await store.assignments_of(session, referral_id) if referral else []
-            mine = [a for a in history if a.site_code in site_codes]
+            mine = [a for a in history if a.site_code in codes]
             if referral is None or not mine:
-                raise NotFound(f"no referral {referral_id} at your sites")
+                raise NotFound(f"no referral {referral_id} at site {', '.join(sorted(codes))}")
+            steps = await store.steps_of(session, [a.id for a in mine if a.id is not None])
+            current = mine[-1]
+            site = await store.get_site(session, current.site_code)
+        item = queue_item(current, referral, steps.get(current.id or 0, ()))
+        screened = ReferralScreened.model_validate(referral.screening) if referral.screening else None
+        return SiteReferral(
+            **item.model_dump(),
+            site=SiteBrief(code=site.code, name=site.name, city=site.city) if site else None,
+            ruleset=screened.ruleset if screened else None,
+            score=screened.score if screened else None,
+            next_steps=next_steps(current.state, current.step),
+            timeline=_timeline(mine, steps),
+        )
+
+    async def portal_queue(self, site_codes: Collection[str]) -> PortalQueue:
+        """The portal's queue of a coordinator's sites: every open referral (they hold slots, so the
+        sites' capacity bounds them) and the most recent closed ones (``queue_limit_max``), oldest first."""
+        async with self.db.session() as session:
+            rows = await store.sites_queue(session, site_codes, self.settings.queue_limit_max)
+            steps = await store.steps_of(session, [a.id for a, _ in rows if a.id is not None])
             names = await _site_names(session, site_codes)
+        items = [portal_item(queue_item(a, r, steps.get(a.id or 0, ())), names) for a, r in rows]
+        return PortalQueue(site_codes=sorted(site_codes), site_names=names, items=items)
+
+    async def portal_referral(self, site_codes: Collection[str], referral_id: uuid.UUID) -> PortalReferral:
+        """``referral_for_site`` with the portal's tab and the site's name; NotFound likewise."""
+        view = await self.referral_for_site(site_codes, referral_id)
         return PortalReferral(
-            item=portal_item(mine[-1], referral, names), timeline=timeline(mine, names, len(site_codes) > 1)
+            **view.model_dump(),
+            site_name=view.site.name if view.site else view.site_code,
+            tab=queue_tab(view.status, opened=view.opened_at is not None),
         )
 
     async def sites_of(self, site_codes: Collection[str]) -> list[SitePublic]:
@@ -130,63 +164,73 @@ async def _site_names(session: AsyncSession, site_codes: Collection[str]) -> dic
     return {s.code: s.name for s in await store.list_sites(session) if s.code in site_codes}
 
 
-def portal_item(
-    assignment: store.Assignment, referral: store.ReferralRecord, site_names: dict[str, str]
-) -> PortalItem:
+def portal_item(item: QueueItem, site_names: dict[str, str]) -> PortalItem:
     return PortalItem(
-        **queue_item(assignment, referral).model_dump(),
-        site_code=assignment.site_code,
-        site_name=site_names.get(assignment.site_code, assignment.site_code),
-        opened_at=assignment.opened_at,
-        tab=queue_tab(assignment.state, opened=assignment.opened_at is not None),
+        **item.model_dump(),
+        site_name=site_names.get(item.site_code, item.site_code),
+        tab=queue_tab(item.status, opened=item.opened_at is not None),
     )
 
 
-def timeline(
-    assignments: Sequence[store.Assignment], site_names: dict[str, str], name_sites: bool
-) -> list[TimelineEntry]:
-    """What happened to the referral at these sites, oldest first: routings, first opening, decisions."""
-    entries = []
+def _timeline(
+    assignments: Sequence[store.Assignment], steps: dict[int, list[store.ReferralStep]]
+) -> list[TimelineEvent]:
+    """Decisions and steps at the caller's sites, in order of time."""
+    events: list[TimelineEvent] = []
     for a in assignments:
-        where = f" to {site_names.get(a.site_code, a.site_code)}" if name_sites else ""
-        choice = f", choice {a.rank} (nearer sites were full or declined)" if a.rank > 1 else ""
-        entries.append(
-            TimelineEntry(at=a.routed_at, what=f"Routed{where}", detail=f"{a.distance_km:.0f} km{choice}")
+        events.append(
+            TimelineEvent(at=a.routed_at, site_code=a.site_code, event="routed", detail=f"choice {a.rank}")
         )
         if a.opened_at is not None:
-            entries.append(TimelineEntry(at=a.opened_at, what="Opened by the site"))
-        if a.decided_at is not None:
-            entries.append(
-                TimelineEntry(at=a.decided_at, what=_ENDED.get(a.state, a.state), detail=_ended_detail(a))
+            events.append(TimelineEvent(at=a.opened_at, site_code=a.site_code, event="opened"))
+        if a.accepted_at is not None:
+            events.append(TimelineEvent(at=a.accepted_at, site_code=a.site_code, event="accepted"))
+        for step in steps.get(a.id or 0, ()):
+            detail = (
+                step.reason
+                or step.subject_id
+                or (step.screening_date.isoformat() if step.screening_date else None)
             )
-    return sorted(entries, key=lambda e: e.at)
+            events.append(
+                TimelineEvent(at=step.recorded_at, site_code=a.site_code, event=step.step, detail=detail)
+            )
+        ended = a.state not in (AssignmentState.ROUTED, AssignmentState.ACCEPTED)
+        if ended and a.decided_at is not None and not (a.state == AssignmentState.CLOSED and a.step):
+            # An outcome step already says how it closed; a legacy close or a decline says it here.
+            events.append(
+                TimelineEvent(at=a.decided_at, site_code=a.site_code, event=a.state, detail=a.reason)
+            )
+    return sorted(events, key=lambda e: e.at)
 
 
-_ENDED: dict[str, str] = {
-    AssignmentState.ROUTED: "Routed",
-    AssignmentState.ACCEPTED: "Accepted",
-    AssignmentState.DECLINED: "Declined",
-    AssignmentState.CLOSED: "Closed",
-    AssignmentState.RELEASED: "Released (no longer routable)",
-    AssignmentState.WITHDRAWN: "Withdrawn by the referring clinic",
-}
-
-
-def _ended_detail(a: store.Assignment) -> str | None:
-    if a.state == AssignmentState.CLOSED and a.enrolled is not None:
-        outcome = "enrolled" if a.enrolled else "not enrolled"
-        return f"{outcome}: {a.reason}" if a.reason else outcome
-    return a.reason
-
-
-def queue_item(assignment: store.Assignment, referral: store.ReferralRecord) -> QueueItem:
-    """A referral as its site sees it: screening, referrer and status, never the patient's identity."""
+def queue_item(
+    assignment: store.Assignment,
+    referral: store.ReferralRecord,
+    steps: Sequence[store.ReferralStep] = (),
+) -> QueueItem:
+    """A referral as its site sees it: screening, referrer, status and steps, never the patient's
+    identity."""
     screened = ReferralScreened.model_validate(referral.screening) if referral.screening else None
     verdicts = [(c.id, c.verdict, c.reason) for c in screened.criteria] if screened else []
     return QueueItem(
         referral_id=referral.referral_id,
+        site_code=assignment.site_code,
         status=assignment.state,
+        step=assignment.step,
+        step_at=assignment.step_at,
+        steps=[
+            StepOut(
+                step=s.step,
+                at=s.recorded_at,
+                screening_date=s.screening_date,
+                subject_id=s.subject_id,
+                reason=s.reason,
+            )
+            for s in steps
+        ],
         routed_at=assignment.routed_at,
+        opened_at=assignment.opened_at,
+        accepted_at=assignment.accepted_at,
         decided_at=assignment.decided_at,
         rank=assignment.rank,
         distance_km=assignment.distance_km,

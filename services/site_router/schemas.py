@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
 
 from services.site_router.domain import QueueTab, SiteStatus, short_id
 from shared.criteria_fields import CRITERION_FIELDS
+from shared.events import EnrolmentStep
 
 SiteCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -129,12 +130,34 @@ class ReferrerOut(BaseModel):
     phone: str | None = None
 
 
+class StepOut(BaseModel):
+    """One step the site recorded after accepting (the subject id is the study's pseudonym)."""
+
+    step: str
+    at: datetime
+    screening_date: date | None = None
+    subject_id: str | None = None
+    reason: str | None = None
+
+
 class QueueItem(BaseModel):
     """A referral in a site's queue: what the site needs to decide, never the patient's identity."""
 
     referral_id: uuid.UUID
+    site_code: str = Field(description="the site it is routed to (a coordinator may work for several)")
     status: str = Field(description="routed (awaiting the site's decision), accepted, declined, closed, ...")
+    step: str | None = Field(
+        default=None,
+        description="the last step recorded after acceptance: contacted, screening_scheduled, consented, "
+        "or an outcome (enrolled, screen_failed, not_enrolled); null before any",
+    )
+    step_at: datetime | None = None
+    steps: list[StepOut] = Field(default_factory=list, description="every step recorded, oldest first")
     routed_at: datetime
+    opened_at: datetime | None = Field(
+        default=None, description="when a coordinator of the site first opened it in the portal"
+    )
+    accepted_at: datetime | None = None
     decided_at: datetime | None
     rank: int
     distance_km: float
@@ -154,8 +177,70 @@ class QueueItem(BaseModel):
 
 
 class SiteQueue(BaseModel):
-    site_code: str
+    site_code: str | None = Field(
+        description="the one site listed (the caller's only site, or the `site` asked for); null for several"
+    )
+    site_codes: list[str] = Field(description="the sites whose referrals are listed")
     referrals: list[QueueItem]
+
+
+class TimelineEvent(BaseModel):
+    """One decision or step on a referral at the caller's site(s), for the referral's page."""
+
+    at: datetime
+    site_code: str
+    event: str = Field(
+        description="routed, accepted, declined, closed, released, withdrawn, or a step (contacted, ...)"
+    )
+    detail: str | None = Field(default=None, description="a reason, the screening date, the subject id")
+
+
+class SiteBrief(BaseModel):
+    code: str
+    name: str
+    city: str
+
+
+class SiteReferral(QueueItem):
+    """One referral's page data for a coordinator: the assignment, the pre-screen criterion by criterion
+    with reasons, the referrer and clinic, the timeline of decisions and steps at the caller's sites,
+    and what may be recorded next. Never the patient's identity (intake's contact endpoint has it, for
+    the accepting site only)."""
+
+    site: SiteBrief | None
+    ruleset: str | None = Field(description="the eligibility rule set that pre-screened it")
+    score: float | None
+    next_steps: list[str] = Field(description="the steps the coordinator may record now, in order")
+    timeline: list[TimelineEvent]
+
+
+SubjectId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class ProgressRequest(BaseModel):
+    """A step after acceptance. Each step needs its one field and takes no other: screening_scheduled
+    the screening_date, enrolled the subject_id (the study's subject or randomisation id, never patient
+    identity), screen_failed and not_enrolled the reason."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"step": "contacted"},
+                {"step": "screening_scheduled", "screening_date": "2026-12-14"},
+                {"step": "consented"},
+                {"step": "enrolled", "subject_id": "UCART123-0042"},
+                {"step": "screen_failed", "reason": "blast count above the protocol's limit"},
+                {"step": "not_enrolled", "reason": "the patient chose another treatment"},
+            ]
+        },
+    )
+
+    step: EnrolmentStep
+    screening_date: date | None = None
+    subject_id: SubjectId | None = None
+    reason: Reason | None = None
 
 
 class DeclineRequest(BaseModel):
@@ -235,29 +320,21 @@ class QuestionReceipt(BaseModel):
 
 
 class PortalItem(QueueItem):
-    """A row of the portal's queue and the head of a referral's page: one site's assignment of it."""
+    """A row of the portal's queue: one site's assignment of a referral, in its tab."""
 
-    site_code: str
     site_name: str
-    opened_at: datetime | None
     tab: QueueTab
-    step: str | None = Field(default=None, description="the latest step to enrolment, once accepted")
 
     @property
     def short_id(self) -> str:
         return short_id(self.referral_id)
 
 
-class TimelineEntry(BaseModel):
-    at: datetime
-    what: str
-    detail: str | None = None
-
-
 class PortalQueue(BaseModel):
     """The signed-in coordinator's sites' referrals, oldest first, with how many each tab holds."""
 
     site_codes: list[str]
+    site_names: dict[str, str]
     items: list[PortalItem]
 
     def in_tab(self, tab: QueueTab) -> list[PortalItem]:
@@ -267,8 +344,12 @@ class PortalQueue(BaseModel):
         return {tab: len(self.in_tab(tab)) for tab in QueueTab}
 
 
-class PortalReferral(BaseModel):
-    """One referral as its site's coordinator sees it: the pre-screen, the referrer, the timeline."""
+class PortalReferral(SiteReferral):
+    """One referral's page in the portal: the site API's view of it, in the portal's tab."""
 
-    item: PortalItem
-    timeline: list[TimelineEntry]
+    site_name: str
+    tab: QueueTab
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.referral_id)

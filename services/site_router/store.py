@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Column, Index, delete, select, text, update
+from sqlalchemy import JSON, CheckConstraint, Column, ForeignKey, Index, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
@@ -38,7 +38,7 @@ from services.site_router.domain import ACTIVE_ASSIGNMENT_STATES, AssignmentStat
 from shared.consumer import ProcessedEvent
 from shared.outbox import OutboxRecord
 from shared.ratelimit import RateHit
-from shared.store import bigint_pk, tables, timestamp, utcnow
+from shared.store import BIGINT, bigint_pk, tables, timestamp, utcnow
 
 _WAITLIST_LOCK_KEY = 0x5172_0001
 """PostgreSQL advisory lock id of the waitlist (any constant unique within this database)."""
@@ -118,6 +118,37 @@ class Assignment(SQLModel, table=True):
     opened_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     """When a coordinator of the site first opened it in the portal: "new" until then."""
 
+    accepted_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+    step: str | None = Field(default=None, description="the last step recorded after acceptance")
+    step_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+
+
+class ReferralStep(SQLModel, table=True):
+    """One step the accepting site recorded on the way to enrolment (``referral.progressed``). The
+    subject id is the study's pseudonym; nothing here identifies the patient."""
+
+    __tablename__ = "referral_step"
+    __table_args__ = (
+        CheckConstraint(
+            "step IN ('contacted', 'screening_scheduled', 'consented', 'enrolled', 'screen_failed', "
+            "'not_enrolled')",
+            name="ck_referral_step_step",
+        ),
+    )
+
+    id: int | None = bigint_pk()
+    assignment_id: int = Field(
+        sa_column=Column(BIGINT, ForeignKey("assignment.id"), nullable=False, index=True)
+    )
+    referral_id: uuid.UUID = Field(index=True)
+    site_code: str
+    step: str
+    screening_date: date | None = None
+    subject_id: str | None = Field(default=None, max_length=64)
+    reason: str | None = Field(default=None, max_length=500)
+    recorded_by: str | None = Field(default=None, description="the coordinator's user or client id")
+    recorded_at: datetime = timestamp()
+
 
 class WaitlistEntry(SQLModel, table=True):
     """A referral waiting for a free slot; the id orders the queue (first in, first out)."""
@@ -129,7 +160,9 @@ class WaitlistEntry(SQLModel, table=True):
     queued_at: datetime = timestamp()
 
 
-TABLES = tables(Site, ReferralRecord, Assignment, WaitlistEntry, OutboxRecord, ProcessedEvent, RateHit)
+TABLES = tables(
+    Site, ReferralRecord, Assignment, ReferralStep, WaitlistEntry, OutboxRecord, ProcessedEvent, RateHit
+)
 """``RateHit``: the public site finder's requests per address (``shared.ratelimit``)."""
 
 _NO_SYNC = {"synchronize_session": False}
@@ -294,12 +327,12 @@ def declined_codes(assignments: Sequence[Assignment]) -> set[str]:
 
 
 async def site_queue(
-    session: AsyncSession, site_code: str, states: Collection[str], limit: int, offset: int
+    session: AsyncSession, site_codes: Collection[str], states: Collection[str], limit: int, offset: int
 ) -> Sequence[tuple[Assignment, ReferralRecord]]:
     query = (
         select(Assignment, ReferralRecord)
         .join(ReferralRecord, col(ReferralRecord.referral_id) == col(Assignment.referral_id))
-        .where(col(Assignment.site_code) == site_code, col(Assignment.state).in_(list(states)))
+        .where(col(Assignment.site_code).in_(list(site_codes)), col(Assignment.state).in_(list(states)))
         .order_by(col(Assignment.routed_at), col(Assignment.id))
         .limit(limit)
         .offset(offset)
@@ -343,6 +376,21 @@ async def mark_opened(session: AsyncSession, site_code: str, referral_id: uuid.U
         .values(opened_at=utcnow())
         .execution_options(**_NO_SYNC)
     )
+
+
+async def steps_of(session: AsyncSession, assignment_ids: Collection[int]) -> dict[int, list[ReferralStep]]:
+    """The steps recorded on these assignments, oldest first, by assignment id."""
+    found: dict[int, list[ReferralStep]] = {i: [] for i in assignment_ids}
+    if not assignment_ids:
+        return found
+    query = (
+        select(ReferralStep)
+        .where(col(ReferralStep.assignment_id).in_(list(assignment_ids)))
+        .order_by(col(ReferralStep.id))
+    )
+    for row in (await session.execute(query)).scalars().all():
+        found[row.assignment_id].append(row)
+    return found
 
 
 # --- waitlist -------------------------------------------------------------------------------------------

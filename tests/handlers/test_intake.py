@@ -300,3 +300,69 @@ async def test_a_redelivered_event_is_not_numbered_or_published_twice(harness: H
     assert len(await harness.published("referral.status_changed")) == 1
     async with harness.db.session() as session:
         assert [e.seq for e in await store.changes(session, CLINIC, after=0, limit=100)] == [1, 2]
+
+
+async def test_the_sites_steps_to_enrolment_go_on_the_timeline_and_the_outcome_ends_the_referral(
+    harness: HandlerHarness,
+) -> None:
+    rid = await received(harness)
+    await harness.deliver(
+        envelope(rid, events.routed(), minutes(1)),
+        envelope(rid, events.site_decided("accepted"), minutes(2)),
+        envelope(rid, events.progressed("contacted"), minutes(3)),
+        envelope(rid, events.progressed("screening_scheduled"), minutes(4)),
+    )
+    seen = await view(harness, rid)
+    assert (seen.status, seen.status_at) == ("screening_scheduled", minutes(4))
+    assert seen.timeline[-1].reason == "screening scheduled for 2026-12-14 at site US-NY-01"
+    assert seen.timeline[-1].details["progress"]["screening_date"] == "2026-12-14"
+    assert seen.site is not None and seen.site["code"] == "US-NY-01", "the site stays the accepting one"
+
+    await harness.deliver(
+        envelope(rid, events.progressed("consented"), minutes(5)),
+        envelope(rid, events.progressed("enrolled"), minutes(6)),
+    )
+    await harness.deliver(envelope(rid, events.progressed("not_enrolled"), minutes(7)))  # after the outcome
+    await harness.deliver(envelope(rid, events.waitlisted(), minutes(8)))
+    seen = await view(harness, rid)
+    assert seen.statuses == [
+        "received", "routed", "accepted", "contacted", "screening_scheduled", "consented", "enrolled",
+        "not_enrolled", "waitlisted",
+    ]  # fmt: skip
+    assert (seen.status, seen.status_at) == ("enrolled", minutes(6)), "an outcome is final"
+    assert seen.timeline[6].reason == "enrolled at site US-NY-01 (study subject UCART123-0042)"
+    changes = await harness.published("referral.status_changed")
+    assert [(c.data["entry_status"], c.data["status"]) for c in changes][-3:] == [
+        ("enrolled", "enrolled"),
+        ("not_enrolled", "enrolled"),
+        ("waitlisted", "enrolled"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ("screen_failed", "screen failed at site US-NY-01: blast count above the protocol's limit"),
+        ("not_enrolled", "not enrolled at site US-NY-01: the patient chose another treatment"),
+    ],
+)
+async def test_a_negative_outcome_after_any_step_ends_the_referral(
+    harness: HandlerHarness, outcome: str, reason: str
+) -> None:
+    rid = await received(harness)
+    await harness.deliver(
+        envelope(rid, events.routed(), minutes(1)),
+        envelope(rid, events.site_decided("accepted"), minutes(2)),
+        envelope(rid, events.progressed(outcome), minutes(3)),
+    )
+    seen = await view(harness, rid)
+    assert seen.status == outcome and seen.timeline[-1].reason == reason
+
+
+async def test_a_step_without_acceptance_is_history_only(harness: HandlerHarness) -> None:
+    rid = await received(harness)
+    await harness.deliver(
+        envelope(rid, events.routed(), minutes(1)), envelope(rid, events.progressed("contacted"), minutes(2))
+    )
+    seen = await view(harness, rid)
+    assert seen.status == "routed" and seen.statuses[-1] == "contacted"

@@ -28,6 +28,7 @@ from shared.events import (
     ReferralInfoRequested,
     ReferralInfoRequestOpened,
     ReferralNotified,
+    ReferralProgressed,
     ReferralRouted,
     ReferralScreened,
     ReferralSiteDecided,
@@ -55,6 +56,7 @@ PRODUCERS: dict[type[EventData], str] = {
     ReferralWaitlisted: "site_router",
     ReferralUnroutable: "site_router",
     ReferralSiteDecided: "site_router",
+    ReferralProgressed: "site_router",
     ReferralNotified: "notifier",
     ReferralStatusChanged: "intake",
     ReferralInfoRequested: "site_router",
@@ -243,6 +245,18 @@ def unroutable(**changes: Any) -> ReferralUnroutable:
 def site_decided(decision: str = "accepted", **changes: Any) -> ReferralSiteDecided:
     values: dict[str, Any] = {"clinic_id": CLINIC, "site_code": site().code, "decision": decision}
     return ReferralSiteDecided(**(values | changes))
+
+
+def progressed(step: str = "contacted", **changes: Any) -> ReferralProgressed:
+    """A step of the accepting site; the field the step needs is filled in unless given."""
+    needs: dict[str, Any] = {
+        "screening_scheduled": {"screening_date": date(2026, 12, 14)},
+        "enrolled": {"subject_id": "UCART123-0042"},
+        "screen_failed": {"reason": "blast count above the protocol's limit"},
+        "not_enrolled": {"reason": "the patient chose another treatment"},
+    }.get(step, {})
+    values: dict[str, Any] = {"clinic_id": CLINIC, "site_code": site().code, "step": step, **needs}
+    return ReferralProgressed(**(values | changes))
 
 
 def notified(role: str = "site", template: str = "site_new_referral") -> ReferralNotified:

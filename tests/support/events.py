@@ -10,7 +10,15 @@ from typing import Any
 
 from shared.events import Envelope, EventData, ReferralSiteDecided, ReferralWithdrawn, SiteRef
 from tests.integration.intake import events as intake_events
-from tests.integration.intake.events import CLINIC, SITE, routed, screened, unroutable, waitlisted
+from tests.integration.intake.events import (
+    CLINIC,
+    SITE,
+    progressed,
+    routed,
+    screened,
+    unroutable,
+    waitlisted,
+)
 from tests.support import builders
 from tests.support.builders import DAY, REFERRER, clinical, notified
 
@@ -22,6 +30,7 @@ __all__ = [
     "clinical",
     "envelope",
     "notified",
+    "progressed",
     "routed",
     "screened",
     "site",

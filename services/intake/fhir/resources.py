@@ -29,11 +29,21 @@ TASK_STATUS: dict[Status, str] = {
     Status.NOTIFIED: "in-progress",
     Status.ACCEPTED: "accepted",
     Status.DECLINED: "in-progress",
+    Status.CONTACTED: "in-progress",
+    Status.SCREENING_SCHEDULED: "in-progress",
+    Status.CONSENTED: "in-progress",
+    Status.ENROLLED: "completed",
+    Status.SCREEN_FAILED: "completed",
+    Status.NOT_ENROLLED: "completed",
     Status.CLOSED: "completed",
     Status.WITHDRAWN: "cancelled",
 }
 """Task.status per state; the state itself is ``businessStatus``. A referral declined by a site is
-routed again (in progress); one held for review (screened needs_review, not routed) is on hold."""
+routed again (in progress); one held for review (screened needs_review, not routed) is on hold. The
+accepting site's steps (contacted, screening booked, consented) are the work in progress; each outcome
+(enrolled, screen failed, not enrolled) completes the referral: the site did what was asked, and
+``businessStatus`` and ``statusReason`` say how it ended (``failed`` is for a task that could not be
+carried out, not for a patient who did not qualify)."""
 
 
 def task_status(status: Status, decision: str | None = None) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from shared.events import (
     Envelope,
     EventData,
+    ReferralProgressed,
     ReferralRouted,
     ReferralScreened,
     ReferralSiteDecided,
@@ -44,6 +45,10 @@ def unroutable(reason: str = "unknown postal code 99999 in US") -> ReferralUnrou
 
 def site_decided(decision: str, reason: str | None = None) -> ReferralSiteDecided:
     return builders.site_decided(decision, clinic_id=CLINIC, site_code=SITE.code, reason=reason)
+
+
+def progressed(step: str, **changes: Any) -> ReferralProgressed:
+    return builders.progressed(step, clinic_id=CLINIC, site_code=SITE.code, **changes)
 
 
 def envelope(referral_id: str | uuid.UUID, data: EventData, at: datetime) -> Envelope:

@@ -25,6 +25,8 @@ OPERATIONS = {
         {"401", "403", "404", "409", "422"},
     ),
     ("get", "/internal/v1/contacts"): ("contact:read", {"401", "403", "422"}),
+    ("get", "/v1/site/referrals/{referral_id}/contact"): ("site:contact", {"401", "403", "404", "422"}),
+    ("get", "/v1/audit/contact-reads"): ("ops", {"401", "403", "422"}),
 }
 
 

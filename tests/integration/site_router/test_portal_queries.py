@@ -31,6 +31,7 @@ async def test_the_queue_sorts_a_coordinators_sites_referrals_into_tabs_oldest_f
     queries = queries_of(kit)
 
     queue = await queries.portal_queue({"WCM"})
+    assert queue.site_names == {"WCM": "Weill Cornell Medicine"}
     assert [i.referral_id for i in queue.in_tab(QueueTab.NEW)] == [first, second, third]
     assert queue.counts() == {
         QueueTab.NEW: 3,
@@ -77,31 +78,32 @@ async def test_a_referral_page_shows_its_sites_story_and_nothing_of_other_sites(
     await kit.decline("WCM", referral, "no bed this month")
 
     at_wcm = await queries.portal_referral({"WCM"}, referral)
-    assert (at_wcm.item.status, at_wcm.item.tab, at_wcm.item.site_code) == (
+    assert (at_wcm.status, at_wcm.tab, at_wcm.site_code, at_wcm.site_name) == (
         "declined",
         QueueTab.CLOSED,
         "WCM",
+        "Weill Cornell Medicine",
     )
-    assert [(e.what, e.detail) for e in at_wcm.timeline] == [
-        ("Routed", "1 km"),
-        ("Opened by the site", None),
-        ("Declined", "no bed this month"),
+    assert at_wcm.short_id == str(referral)[:8]
+    assert [(e.event, e.detail) for e in at_wcm.timeline] == [
+        ("routed", "choice 1"),
+        ("opened", None),
+        ("declined", "no bed this month"),
     ]
-    assert [c.id for c in at_wcm.item.criteria] == ["age", "ecog"]
-    assert at_wcm.item.referrer is not None and at_wcm.item.referrer.phone == "+1 212 555 0100"
+    assert [c.id for c in at_wcm.criteria] == ["age", "ecog"]
+    assert at_wcm.referrer is not None and at_wcm.referrer.phone == "+1 212 555 0100"
 
     at_dfci = await queries.portal_referral({"DFCI"}, referral)
-    assert (at_dfci.item.status, at_dfci.item.tab, at_dfci.item.rank) == ("routed", QueueTab.NEW, 2)
-    assert [e.what for e in at_dfci.timeline] == ["Routed"]  # WCM's decline is not DFCI's to see
-    assert at_dfci.timeline[0].detail is not None and "choice 2" in at_dfci.timeline[0].detail
+    assert (at_dfci.status, at_dfci.tab, at_dfci.rank) == ("routed", QueueTab.NEW, 2)
+    assert [e.event for e in at_dfci.timeline] == ["routed"]  # WCM's decline is not DFCI's to see
 
     both = await queries.portal_referral({"WCM", "DFCI"}, referral)
-    assert both.item.site_code == "DFCI"  # the latest routing among the coordinator's sites
-    assert [e.what for e in both.timeline] == [
-        "Routed to Weill Cornell Medicine",
-        "Opened by the site",
-        "Declined",
-        "Routed to Dana-Farber Cancer Institute",
+    assert both.site_code == "DFCI"  # the latest routing among the coordinator's sites
+    assert [(e.event, e.site_code) for e in both.timeline] == [
+        ("routed", "WCM"),
+        ("opened", "WCM"),
+        ("declined", "WCM"),
+        ("routed", "DFCI"),
     ]
 
     for sites, wanted in [({"MCC"}, referral), ({"WCM"}, uuid.uuid4())]:

@@ -231,3 +231,30 @@ def test_the_cursor_times_at_the_edges_of_utc() -> None:
 
 def _b64(value: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def test_the_accepting_site_is_the_last_acceptance_not_let_go_since():
+    from services.intake.domain import accepting_site
+
+    decided = "referral.site_decided"
+    accepted = [("referral.routed", {}), (decided, {"decision": "accepted", "site_code": "WCM"})]
+    assert accepting_site(accepted) == "WCM"
+    assert accepting_site([*accepted, (decided, {"decision": "closed", "site_code": "WCM"})]) == "WCM"
+    assert accepting_site([(decided, {"decision": "declined", "site_code": "WCM"})]) is None
+    assert accepting_site([*accepted, (decided, {"decision": "declined", "site_code": "WCM"})]) is None
+    assert accepting_site([*accepted, ("referral.withdrawn", {})]) is None
+    assert accepting_site([]) is None
+
+
+def test_steps_and_outcomes_refuse_the_clinics_changes_and_map_to_fhir():
+    from services.intake.domain import Status, change_refusal
+    from services.intake.fhir.resources import task_status
+
+    assert "site accepted" in (change_refusal(Status.CONSENTED, "amended") or "")
+    assert "outcome (enrolled)" in (change_refusal(Status.ENROLLED, "withdrawn") or "")
+    assert [task_status(s) for s in (Status.CONTACTED, Status.SCREENING_SCHEDULED, Status.CONSENTED)] == [
+        "in-progress"
+    ] * 3
+    assert {task_status(s) for s in (Status.ENROLLED, Status.SCREEN_FAILED, Status.NOT_ENROLLED)} == {
+        "completed"
+    }

@@ -1,8 +1,8 @@
 """assignment opened_at: when the site first opened a routed referral in the portal
 
-Revision ID: 0003
-Revises: 0002
-Created: 2026-12-07 19:19:45.935638
+Revision ID: 0004
+Revises: 0003
+Created: 2026-12-07 19:40:10.135730
 """
 
 from collections.abc import Sequence
@@ -12,8 +12,8 @@ from alembic import op
 
 from shared.store import UTCDateTime
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from services.auth.cli import app as clients_app
+from services.auth.cli import users_app
 from services.eligibility.cli import app as screen_app
 from services.site_router.cli import app as sites_app
 from shared.app import ALL_ROLES, Role
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(screen_app)
 app.add_typer(clients_app, name="clients", help="OAuth2 clients and signing keys (auth service).")
 app.add_typer(sites_app, name="sites", help="Study sites (site router).")
+app.add_typer(users_app, name="users", help="People's accounts: coordinators and ops (auth service).")
 dead_letters_app = typer.Typer(help="Dead letters: records no consumer could handle.", no_args_is_help=True)
 app.add_typer(dead_letters_app, name="dead-letters")
 

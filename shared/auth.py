@@ -253,7 +253,7 @@ class TokenValidator:
     async def _fetch(self) -> dict[str, RSAKey]:
         response = await self.http.get(self.oauth.resolved_jwks_url, timeout=5.0)
         response.raise_for_status()
-        return _signing_keys(response.json())
+        return signing_keys(response.json())
 
 
 _REGISTRY = jws.JWSRegistry(algorithms=[ALGORITHM], strict_check_header=False)
@@ -267,7 +267,7 @@ def _unverified_header(token: str) -> dict[str, Any]:
         raise Unauthorized("the token is not a well-formed JWT") from exc
 
 
-def _signing_keys(jwks: Any) -> dict[str, RSAKey]:
+def signing_keys(jwks: Any) -> dict[str, RSAKey]:
     """The JWKS's RSA signature keys by ``kid``; encryption keys and other key types are skipped."""
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise ValueError("not a JWK set")

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.retry import is_transient
@@ -46,6 +46,11 @@ class ProblemError(Exception):
         self.errors = errors
         self.headers = headers
         self.extra = extra
+
+    def response(self, request: Request) -> Response | None:
+        """An answer of its own instead of problem+json (a page's redirect to sign-in, an HTML error
+        page: ``shared.web``); ``None``: problem+json."""
+        return None
 
 
 class Unauthorized(ProblemError):
@@ -138,8 +143,11 @@ def unexpected_problem(exc: BaseException, path: str) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+    async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
+        own = exc.response(request)
+        if own is not None:
+            return own
         return problem_response(
             exc.status,
             exc.title,

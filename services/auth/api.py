@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from services.auth.codes import CODE_GRANT, PKCE_METHOD
 from services.auth.config import AuthSettings
 from services.auth.deps import AuthStateDep
 from services.auth.tokens import ASSERTION_ALGORITHMS, AUTH_METHODS, GRANT_TYPE
@@ -26,7 +27,10 @@ _TOKEN_REQUEST = {
                 "type": "object",
                 "required": ["grant_type"],
                 "properties": {
-                    "grant_type": {"type": "string", "enum": [GRANT_TYPE]},
+                    "grant_type": {"type": "string", "enum": [GRANT_TYPE, CODE_GRANT]},
+                    "code": {"type": "string", "description": "authorization_code: the code, once"},
+                    "redirect_uri": {"type": "string", "description": "authorization_code: as sent"},
+                    "code_verifier": {"type": "string", "description": "authorization_code: PKCE"},
                     "scope": {"type": "string", "description": "space-separated; default: all allowed"},
                     "resource": {"type": "string", "description": "RFC 8707: the audience wanted"},
                     "audience": {"type": "string", "description": "same as resource (Auth0's name)"},
@@ -59,7 +63,7 @@ def _oauth_error(error: str, description: str) -> dict[str, Any]:
 
 @router.post(
     "/oauth/token",
-    summary="Issue an access token (client credentials grant)",
+    summary="Issue an access token (client credentials, or a portal's authorization code)",
     openapi_extra={"requestBody": _TOKEN_REQUEST},
     responses={
         200: {"description": "an RFC 9068 JWT access token: access_token, token_type, expires_in, scope"},
@@ -75,8 +79,10 @@ def _oauth_error(error: str, description: str) -> dict[str, Any]:
     },
 )
 async def issue_token(request: Request, auth: AuthStateDep) -> Response:
-    """Client authentication: a signed JWT (``private_key_jwt``, RFC 7523 as SMART Backend Services
-    profiles it: the way for clinics), or a secret: HTTP Basic (``client_secret_basic``) or form fields
+    """Machines: the client credentials grant. Portals: the authorization code grant with the PKCE
+    ``code_verifier`` (public portals send only ``client_id``). Client authentication: a signed JWT
+    (``private_key_jwt``, RFC 7523 as SMART Backend Services profiles it: the way for clinics), or a
+    secret: HTTP Basic (``client_secret_basic``) or form fields
     (``client_secret_post``)."""
     return await auth.token_server.token_response(request)
 
@@ -126,11 +132,14 @@ async def smart_configuration(auth: AuthStateDep) -> dict[str, Any]:
 def metadata(settings: AuthSettings) -> dict[str, Any]:
     return {
         "issuer": settings.issuer,
+        "authorization_endpoint": settings.authorization_url,
         "token_endpoint": settings.token_url,
         "jwks_uri": settings.jwks_url,
-        "grant_types_supported": [GRANT_TYPE],
-        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "grant_types_supported": [GRANT_TYPE, CODE_GRANT],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": [PKCE_METHOD],
+        "token_endpoint_auth_methods_supported": [*AUTH_METHODS, "none"],
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "scopes_supported": [s.value for s in Scope],
-        "response_types_supported": [],  # no authorization endpoint: machine clients only
     }

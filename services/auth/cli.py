@@ -1,4 +1,5 @@
-"""``trialroute clients ...``: register clients, rotate their secrets, rotate the signing key.
+"""``trialroute clients ...``: register clients, rotate their secrets, rotate the signing key;
+``trialroute users ...``: people's accounts.
 
 Reads ``AuthSettings`` from the environment (``AUTH_DATABASE_URL``, ``AUTH_KEY_ENCRYPTION_SECRET``...).
 Each command is a thin wrapper over a function taking a ``Database`` (``services.auth.registry``,
@@ -15,9 +16,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from services.auth import registry
+from services.auth import registry, users
 from services.auth.config import AuthSettings
-from services.auth.domain import RegistrationError
+from services.auth.domain import AccountError, RegistrationError, Role
 from services.auth.keys import rotate_signing_key
 from services.auth.migrations import MIGRATIONS
 from shared.auth import Scope
@@ -183,3 +184,100 @@ def rotate_key() -> None:
     once their last tokens have expired."""
     key = _run(rotate_signing_key)
     typer.echo(f"new signing key {key.kid}: published now, signs from {key.signs_from.isoformat()}")
+
+
+users_app = typer.Typer(
+    help="People's accounts (coordinators, ops): they sign in to the portals with them.", no_args_is_help=True
+)
+
+
+def _run_users(work: Callable[[Database, AuthSettings], Awaitable[T]]) -> T:
+    try:
+        return _run(work)
+    except users.UserExists as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except users.UserNotFound as exc:
+        typer.echo(f"error: no account {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except AccountError as exc:
+        typer.echo(f"error: {exc.field}: {exc.reason}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _show_link(link: users.PasswordLink, settings: AuthSettings) -> None:
+    typer.echo(f"user:  {link.user.email} ({link.user.id})")
+    typer.echo(f"set-password link (once, until {link.expires_at.isoformat(timespec='minutes')}):")
+    typer.echo(f"  {link.url(settings.public_base)}")
+    typer.echo("Give the link to the person only; it is shown this once and not stored.")
+
+
+@users_app.command("create")
+def create_user(
+    email: Annotated[str, typer.Option("--email", help="their sign-in")],
+    name: Annotated[str, typer.Option("--name", help="display name")],
+    role: Annotated[Role, typer.Option("--role")],
+    site: Annotated[
+        list[str] | None, typer.Option("--site", help="a site a coordinator works for (repeatable)")
+    ] = None,
+) -> None:
+    """Create an account; prints its one-time set-password link."""
+    settings = AuthSettings()
+    link = _run_users(
+        lambda db, s: users.create_user(
+            db,
+            email=email,
+            display_name=name,
+            role=role.value,
+            site_codes=site or [],
+            link_lifetime_s=s.password_link_lifetime_s,
+        )
+    )
+    _show_link(link, settings)
+
+
+@users_app.command("list")
+def list_users() -> None:
+    """List the accounts (never their passwords or TOTP secrets)."""
+    found = _run_users(lambda db, _: users.list_users(db))
+    for u in found:
+        state = "disabled" if u.disabled else "enabled"
+        sites = f"sites={','.join(u.site_codes)}" if u.site_codes else "-"
+        password = "password" if u.has_password else "no-password"
+        totp = "totp" if u.totp_confirmed else "no-totp"
+        typer.echo(
+            f"{u.email}\t{u.role.value}\t{state}\t{sites}\t{password}\t{totp}\t{u.display_name}\t{u.id}"
+        )
+    if not found:
+        typer.echo("no accounts")
+
+
+@users_app.command("disable")
+def disable_user(user: Annotated[str, typer.Argument(help="email or id")]) -> None:
+    """No more sign-ins; the account's sessions end now (tokens it holds run out within their lifetime)."""
+    done = _run_users(lambda db, _: users.set_disabled(db, user, True))
+    typer.echo(f"{done.email} disabled")
+
+
+@users_app.command("enable")
+def enable_user(user: Annotated[str, typer.Argument(help="email or id")]) -> None:
+    """Let a disabled account sign in again."""
+    done = _run_users(lambda db, _: users.set_disabled(db, user, False))
+    typer.echo(f"{done.email} enabled")
+
+
+@users_app.command("reset")
+def reset_user(
+    user: Annotated[str, typer.Argument(help="email or id")],
+    keep_totp: Annotated[
+        bool, typer.Option("--keep-totp", help="keep the authenticator app (only the password was lost)")
+    ] = False,
+) -> None:
+    """Forget the password (and the authenticator app), end the sessions; prints a new set-password link."""
+    settings = AuthSettings()
+    link = _run_users(
+        lambda db, s: users.reset(
+            db, user, link_lifetime_s=s.password_link_lifetime_s, reset_totp=not keep_totp
+        )
+    )
+    _show_link(link, settings)

@@ -3,7 +3,9 @@
 - which scopes and which audience a client gets in a token;
 - how a client proves who it is (a secret, or a key: a JWK Set URL or a registered JWK Set), and how
   long a signed client assertion may live;
-- when a signing key is published, signs, stops signing and is retired.
+- when a signing key is published, signs, stops signing and is retired;
+- people's accounts: roles and the scopes they carry, passwords good enough to set, where a sign-in
+  may send the browser back to.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -201,3 +204,91 @@ def plan_rotation(
         ending.append(replace(key, signs_until=stop, retire_at=retire))
     expired = [k.kid for k in keys if k.retire_at is not None and k.retire_at <= now]
     return Rotation(new_key=new_key, ending=ending, expired=expired)
+
+
+class Role(StrEnum):
+    """What a person does: a coordinator works for one or more sites; ops run the system."""
+
+    COORDINATOR = "coordinator"
+    OPS = "ops"
+
+
+ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
+    Role.COORDINATOR: (Scope.SITE_REFERRALS,),
+    Role.OPS: (Scope.OPS,),
+}
+"""The scopes a person's token carries (the portal client's own list narrows them further)."""
+
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 256
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{2,63}$")
+SITE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class AccountError(ValueError):
+    """An account the rules refuse (bad email, coordinator without a site...), with the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class User:
+    """A person's account as the rules and listings see it (never the hashes or the TOTP secret)."""
+
+    id: str
+    email: str
+    display_name: str
+    role: Role
+    site_codes: tuple[str, ...]
+    disabled: bool
+    has_password: bool
+    totp_confirmed: bool
+    created_at: datetime
+    updated_at: datetime
+
+    def scopes(self, client_scopes: Iterable[str]) -> list[str]:
+        allowed = set(client_scopes)
+        return [s.value for s in ROLE_SCOPES[self.role] if s.value in allowed]
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def check_account(email: str, display_name: str, role: str, site_codes: Sequence[str]) -> Role:
+    """The account's role, or ``AccountError`` naming the field the rules refuse."""
+    if not EMAIL.match(normalize_email(email)):
+        raise AccountError("email", "not an email address")
+    if not display_name.strip() or len(display_name) > 200:
+        raise AccountError("display_name", "1 to 200 characters")
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise AccountError("role", f"one of {', '.join(r.value for r in Role)}") from None
+    if chosen is Role.COORDINATOR and not site_codes:
+        raise AccountError("site_codes", "a coordinator works for at least one site")
+    if chosen is Role.OPS and site_codes:
+        raise AccountError("site_codes", "ops work for no site")
+    for code in site_codes:
+        if not SITE_CODE.match(code):
+            raise AccountError("site_codes", f"{code!r} is not a site code")
+    return chosen
+
+
+def password_problem(password: str, email: str) -> str | None:
+    """Why a new password is refused, or ``None``: NIST SP 800-63B's rules (a length, not the login;
+    no composition rules: any characters, spaces included)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"use at least {MIN_PASSWORD_LENGTH} characters"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"use at most {MAX_PASSWORD_LENGTH} characters"
+    lowered = password.strip().lower()
+    email = normalize_email(email)
+    if lowered in {email, email.split("@")[0]}:
+        return "do not use your email address"
+    if len(set(password)) < 3:
+        return "use more than one or two different characters"
+    return None

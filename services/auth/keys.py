@@ -13,13 +13,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from joserfc.jwk import KeyParameters, RSAKey
 
 from services.auth import store
 from services.auth.config import AuthSettings
 from services.auth.domain import KeySchedule, plan_rotation, published, signing_kid
-from shared.auth import ALGORITHM
+from shared.auth import ALGORITHM, TokenValidator, signing_keys
 from shared.db import Database
+from shared.settings import OAuthSettings
 
 _PARAMETERS: KeyParameters = {"use": "sig", "alg": ALGORITHM}
 
@@ -137,3 +139,18 @@ async def _add_key(
             )
         )
     return plan.new_key
+
+
+class OwnTokenValidator(TokenValidator):
+    """The auth service checks the tokens its own routes (``/v1/users``) receive against its key ring,
+    without fetching its own JWKS over HTTP; every other check is ``TokenValidator``'s."""
+
+    def __init__(
+        self, keyring: KeyRing, oauth: OAuthSettings, audience: str, http: httpx.AsyncClient
+    ) -> None:
+        super().__init__(oauth, audience, http, refetch_interval_s=0.0, clock=keyring.clock)
+        self.keyring = keyring
+
+    async def _fetch(self) -> dict[str, RSAKey]:
+        await self.keyring.refresh_if_stale()
+        return signing_keys(self.keyring.jwks())

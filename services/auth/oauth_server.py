@@ -10,6 +10,9 @@ answers through ``handle_response(status, body, headers)``. This adapter:
   ``query_client`` is not), and serves ``query_client`` from it for the duration of the request;
 - runs authlib's token endpoint in a worker thread, so argon2 verification and RSA signing never
   block the event loop;
+- serves the authorization endpoint in two steps, so that a sign-in page can come between them:
+  ``check_authorization`` validates the request (client, exact redirect URI, response type, scope, PKCE)
+  and ``issue_code`` answers it for the person who signed in;
 - turns authlib's answers into Starlette ``Response`` objects and its signals into callbacks
   (``connect``); the error an answer carries is kept on the request, for ``finish``, which runs
   asynchronously after authlib (the throttle counts failures in the database there).
@@ -106,6 +109,20 @@ class StarletteOAuth2Request(OAuth2Request):  # type: ignore[misc]  # authlib ha
         return compact.headers(), claims if isinstance(claims, dict) else {}
 
 
+class AuthorizationCheck:
+    """An authorization request checked: its grant (valid) or its error, and the client loaded."""
+
+    def __init__(self, request: StarletteOAuth2Request, loaded: dict[str, ClientMixin | None]) -> None:
+        self.request = request
+        self.loaded = loaded
+        self.grant: Any = None
+        self.error: OAuth2Error | None = None
+
+    @property
+    def client(self) -> ClientMixin | None:
+        return self.grant.request.client if self.grant is not None else None
+
+
 class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # authlib has no types: Any
     """An authlib authorization server answering Starlette requests; see the module docstring."""
 
@@ -125,6 +142,49 @@ class FastAPIAuthorizationServer(AuthorizationServer):  # type: ignore[misc]  # 
         response = await run_in_threadpool(self._create_token_response, oauth_request, loaded)
         await self.finish(oauth_request)
         return response
+
+    async def check_authorization(self, request: Request) -> AuthorizationCheck:
+        """Validate an authorization request (its query): what the sign-in page needs, or the error."""
+        oauth_request = StarletteOAuth2Request(request, request.query_params.multi_items())
+        client_id = oauth_request.payload.data.get("client_id")
+        loaded: dict[str, ClientMixin | None] = {}
+        if client_id and len(client_id) <= MAX_CLIENT_ID_LENGTH and "\x00" not in client_id:
+            loaded = {client_id: await self._load_client(client_id)}
+        check = AuthorizationCheck(oauth_request, loaded)
+        try:
+            check.grant = await run_in_threadpool(
+                self._in_context, loaded, self.get_consent_grant, oauth_request
+            )
+        except OAuth2Error as error:
+            check.error = error
+        return check
+
+    async def issue_code(self, check: AuthorizationCheck, person: Any) -> Response:
+        """Answer a valid authorization request for ``person``: a redirect with the code (and state)."""
+        assert check.grant is not None, "check_authorization found the request valid"
+        return await run_in_threadpool(
+            self._in_context,
+            check.loaded,
+            self.create_authorization_response,
+            check.request,
+            person,
+            check.grant,
+        )
+
+    def error_redirect(self, check: AuthorizationCheck) -> Response | None:
+        """The error sent back to the client, when its redirect URI is known good (RFC 6749
+        §4.1.2.1); ``None`` when it is not: the page must say it, never redirect."""
+        error = check.error
+        if error is None or not getattr(error, "redirect_uri", None):
+            return None
+        return self.handle_error_response(check.request, error)
+
+    def _in_context(self, loaded: dict[str, Any], work: Callable[..., Any], *args: Any) -> Any:
+        token = _loaded_clients.set(loaded)
+        try:
+            return work(*args)
+        finally:
+            _loaded_clients.reset(token)
 
     async def prepare(self, request: StarletteOAuth2Request) -> dict[str, ClientMixin | None]:
         """Asynchronous work before authlib's synchronous flow: load the client the request names.

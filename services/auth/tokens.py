@@ -20,6 +20,14 @@ from joserfc.jwk import KeySet
 
 from services.auth import store
 from services.auth.assertions import ClientKeys, SeenAssertions
+from services.auth.codes import (
+    AuthorizationCode,
+    CodeStore,
+    Person,
+    PortalClient,
+    S256Challenge,
+    person_claims,
+)
 from services.auth.config import AuthSettings
 from services.auth.credentials import verify_secret
 from services.auth.domain import (
@@ -177,20 +185,29 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]  # au
     def __init__(self, settings: AuthSettings, keyring: KeyRing) -> None:
         super().__init__(issuer=settings.issuer, alg=ALGORITHM, expires_generator=settings.token_lifetime_s)
         self.lifetime_s = settings.token_lifetime_s
+        self.user_lifetime_s = settings.user_token_lifetime_s
         self.keyring = keyring
 
     def get_jwks(self) -> KeySet:
         return KeySet([self.keyring.signing_key()])  # one key: joserfc puts its kid in the header
 
-    def get_audiences(self, client: RegisteredClient, user: Any, scope: str) -> str:
+    def get_audiences(
+        self, client: RegisteredClient | PortalClient, user: Any, scope: str
+    ) -> str | list[str]:
         assert client.audience is not None, "the grant chooses the audience"
         return client.audience
 
+    def get_auth_time(self, user: Any) -> int | None:
+        return int(user.auth_time.timestamp()) if isinstance(user, Person) else None
+
     def get_extra_claims(
-        self, client: RegisteredClient, grant_type: str, user: Any, scope: str
+        self, client: RegisteredClient | PortalClient, grant_type: str, user: Any, scope: str
     ) -> dict[str, Any]:
         now = int(time.time())
+        if isinstance(user, Person):  # a person, through a portal: who, and the sites they work for
+            return {"iat": now, "nbf": now, "exp": now + self.user_lifetime_s, **person_claims(user)}
         claims: dict[str, Any] = {"iat": now, "nbf": now, "exp": now + self.lifetime_s}
+        assert isinstance(client, RegisteredClient)
         if client.client and client.client.clinic_id:
             claims["clinic_id"] = client.client.clinic_id
         if client.client and client.client.site_code:
@@ -199,8 +216,9 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]  # au
 
 
 class TokenServer(FastAPIAuthorizationServer):
-    """The auth service's authorization server: client credentials only, RFC 9068 tokens, a brake
-    on secret guessing."""
+    """The auth service's authorization server: client credentials for machines, the authorization
+    code grant with PKCE (S256) for people through the portals, RFC 9068 tokens, a brake on secret
+    guessing."""
 
     def __init__(
         self,
@@ -215,16 +233,25 @@ class TokenServer(FastAPIAuthorizationServer):
         self.keyring = keyring
         self.throttle = throttle
         self.client_keys = client_keys
+        self.settings = settings
+        self.codes = CodeStore(db, settings)
         self.register_grant(ClientCredentials)
+        self.register_grant(AuthorizationCode, [S256Challenge()])
         self.register_client_auth_method(KEY_METHOD, PrivateKeyJWT(settings, SeenAssertions(db)))
         self.register_token_generator("default", AccessTokenGenerator(settings, keyring))
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Nothing to store: the JWTs are self-contained and short-lived (no revocation list)."""
         client = request.client
-        log.info("token issued", extra={"client_id": client.get_client_id(), "audience": client.audience})
+        extra = {"client_id": client.get_client_id(), "audience": client.audience}
+        if isinstance(request.user, Person):
+            extra["user"] = request.user.user.id
+        log.info("token issued", extra=extra)
 
-    async def _load(self, client_id: str) -> RegisteredClient:
+    async def _load(self, client_id: str) -> RegisteredClient | PortalClient:
+        portal = self.settings.web_client(client_id)
+        if portal is not None:
+            return PortalClient(portal)
         async with self.db.session() as session:
             row = await store.get_client(session, client_id)
         return RegisteredClient(client_id, row.to_client() if row else None)

@@ -6,9 +6,18 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from services.devstack.stack import DEMO_CLINIC, DEMO_CLINIC_KEY_FILE, SERVICES, Stack, StackConfig
+from services.devstack.stack import (
+    DEMO_CLINIC,
+    DEMO_CLINIC_KEY_FILE,
+    DEMO_PASSWORD,
+    SERVICES,
+    DemoPerson,
+    Stack,
+    StackConfig,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
@@ -29,7 +38,7 @@ def run_system(run_dir: Path) -> None:
     stack = Stack(config)
     try:
         stack.start()
-        print(summary(config, stack.credentials), flush=True)
+        print(summary(config, stack.credentials, stack.people), flush=True)
         _wait_for_interrupt(stack)
     finally:
         print("\nstopping…", flush=True)
@@ -68,7 +77,7 @@ def _wait_for_interrupt(stack: Stack) -> None:
         return
 
 
-def summary(config: StackConfig, credentials: dict[str, str]) -> str:
+def summary(config: StackConfig, credentials: dict[str, str], people: Sequence[DemoPerson] = ()) -> str:
     rows = [
         ("auth (OAuth2 token endpoint, JWKS)", f"{config.url('auth')}/docs"),
         ("intake API docs (clinics)", f"{config.url('intake')}/docs"),
@@ -92,6 +101,15 @@ def summary(config: StackConfig, credentials: dict[str, str]) -> str:
             f"  {DEMO_CLINIC.ljust(width)}  signs in with its key, as clinics do (SMART Backend Services "
             f"private_key_jwt, ES384): private key in {key_file}"
         ]
+    if people:
+        lines += [
+            "",
+            f"Demo people (password {DEMO_PASSWORD!r}; TOTP off in development): sign in at the portal "
+            f"{config.url('site_router')}/portal, or see your account at {config.url('auth')}/account",
+        ]
+        for person in people:
+            sites = f" of {', '.join(person.site_codes)}" if person.site_codes else ""
+            lines.append(f"  {person.email.ljust(width)}  {person.role}{sites}")
     lines += [
         "",
         "Get a token:  curl -u ops:SECRET -d grant_type=client_credentials -d audience=intake "

@@ -13,10 +13,13 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any
 
 from joserfc.jwk import ECKey
 
 from services.auth.registry import ClientExists, create_client, create_key_client, rotate_secret, set_keys
+from services.auth.users import seed_user
 from services.devstack.processes import ServiceProcess, trialroute_argv
 from shared.auth import Scope
 from shared.db import Database
@@ -38,6 +41,35 @@ SEED_SITES = Path(__file__).resolve().parent.parent / "site_router" / "seed" / "
 DEMO_CLINIC = "demo-clinic"
 DEMO_CLINIC_KEY_FILE = "demo-clinic.private-jwk.json"
 """In the run dir: the demo clinic's private key (a JWK), when it signs in with a key."""
+DEMO_PASSWORD = "ucart123-demo-password"  # noqa: S105 (a demo's, printed at start-up)
+"""Every demo person's password (local system only; TOTP is off there unless AUTH_TOTP_REQUIRED)."""
+PORTAL_CLIENTS = {"site_router": "site-portal"}
+"""The portal client whose pages each service serves (``WEB_CLIENT_ID``); others: ``ops-console``."""
+PAGE_PREFIXES = {"site-portal": "/portal", "ops-console": "/ops"}
+"""Where each portal's sign-in routes live in its service (``sign_in_router(WebSignIn(prefix=...))``)."""
+PAGE_SERVICES = ("intake", "eligibility", "site_router", "notifier")
+
+
+@dataclass(frozen=True)
+class DemoPerson:
+    email: str
+    display_name: str
+    role: str
+    site_codes: tuple[str, ...] = ()
+
+
+def demo_people(site_codes: list[str]) -> list[DemoPerson]:
+    """A coordinator per demo site, and an ops person."""
+    people = [
+        DemoPerson(
+            f"coordinator.{code.lower()}@demo.trialroute.example",
+            f"{code} Coordinator",
+            "coordinator",
+            (code,),
+        )
+        for code in site_codes
+    ]
+    return [*people, DemoPerson("ops@demo.trialroute.example", "Ops Demo", "ops")]
 
 
 @dataclass(frozen=True)
@@ -102,6 +134,8 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.credentials: dict[str, str] = {}
+        self.people: list[DemoPerson] = []
+        self.web_secrets: dict[str, str] = {}
         self.processes: dict[str, ServiceProcess] = {}
 
     def start(self) -> None:
@@ -125,6 +159,7 @@ class Stack:
             )
         self._start_service("auth")
         self.credentials = asyncio.run(self.seed_clients())
+        self.people = asyncio.run(self.seed_people())
         self._import_sites()
         for service in ("intake", "eligibility", "site_router", "notifier"):
             self._start_service(service)
@@ -157,6 +192,12 @@ class Stack:
         }
         if service == "auth":
             env["AUTH_ISSUER"] = c.url("auth")
+            env["AUTH_WEB_CLIENTS"] = json.dumps(self.web_clients())
+        if service in PAGE_SERVICES:
+            env["WEB_CLIENT_ID"] = PORTAL_CLIENTS.get(service, "ops-console")
+            # every service on 127.0.0.1: cookies do not tell ports apart, so each its own name
+            env["WEB_COOKIE_NAME"] = f"trialroute_{service}"
+            env["WEB_SESSION_SECRET"] = self.web_secrets.setdefault(service, token_urlsafe(32))
         if service == "notifier":
             env |= {
                 "NOTIFIER_CLIENT_ID": "notifier",
@@ -170,6 +211,41 @@ class Stack:
             env["SITE_ROUTER_RUNTIME_DIR"] = str((c.run_dir / "site_router").resolve())
             env["SITE_ROUTER_INTAKE_URL"] = c.url("intake")  # the portal reads accepted patients' contact
         return env | c.service_env.get(service, {})
+
+    def web_clients(self) -> list[dict[str, Any]]:
+        """The portals (public clients, PKCE), each with the exact callback URLs of its pages."""
+        c = self.config
+        clients: list[dict[str, Any]] = []
+        for client_id, prefix in PAGE_PREFIXES.items():
+            served_by = [s for s in PAGE_SERVICES if PORTAL_CLIENTS.get(s, "ops-console") == client_id]
+            clients.append(
+                {
+                    "client_id": client_id,
+                    "redirect_uris": [f"{c.url(s)}{prefix}/callback" for s in served_by],
+                    "audiences": [*PAGE_SERVICES],
+                    "scopes": [Scope.SITE_REFERRALS.value, Scope.OPS.value],
+                }
+            )
+        return clients
+
+    async def seed_people(self) -> list[DemoPerson]:
+        """The demo people, each with the demo password (the same at every start)."""
+        db = Database(self.config.database_url("auth"))
+        people = demo_people(site_codes())
+        try:
+            for person in people:
+                await seed_user(
+                    db,
+                    email=person.email,
+                    display_name=person.display_name,
+                    role=person.role,
+                    site_codes=person.site_codes,
+                    password=DEMO_PASSWORD,
+                    link_lifetime_s=3600,
+                )
+        finally:
+            await db.dispose()
+        return people
 
     async def _migrate(self) -> None:
         """Every store at its code's revision before anything starts: a deployment's migrate step."""

@@ -138,9 +138,10 @@ async def test_metadata_and_smart_configuration_advertise_private_key_jwt(
         assert document["token_endpoint"] == auth.token_url
         assert "private_key_jwt" in document["token_endpoint_auth_methods_supported"]
         assert document["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384", "RS256"]
-        assert document["grant_types_supported"] == ["client_credentials"]
+        assert document["grant_types_supported"][0] == "client_credentials"
         assert "referrals:write" in document["scopes_supported"]
     assert smart["capabilities"] == ["client-confidential-asymmetric"]
+    assert smart["grant_types_supported"] == ["client_credentials"]  # backend services: no people
 
 
 # Refusals: each one an RFC 6749 invalid_client, 401

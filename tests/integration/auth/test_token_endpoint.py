@@ -142,7 +142,7 @@ async def test_discovery_documents_point_at_the_keys(auth: RunningAuth, http: ht
     assert rfc8414 == oidc
     assert rfc8414["issuer"] == auth.url
     assert rfc8414["token_endpoint"] == f"{auth.url}/oauth/token"
-    assert rfc8414["grant_types_supported"] == ["client_credentials"]
+    assert rfc8414["grant_types_supported"] == ["client_credentials", "authorization_code"]  # people
     assert set(rfc8414["scopes_supported"]) == {s.value for s in Scope}
 
     response = await http.get(rfc8414["jwks_uri"])

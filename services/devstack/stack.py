@@ -223,7 +223,8 @@ class Stack:
                     "client_id": client_id,
                     "redirect_uris": [f"{c.url(s)}{prefix}/callback" for s in served_by],
                     "audiences": [*PAGE_SERVICES],
-                    "scopes": [Scope.SITE_REFERRALS.value, Scope.OPS.value],
+                    # site:contact: the portal reads an accepted referral's patient contact from intake
+                    "scopes": [Scope.SITE_REFERRALS.value, Scope.SITE_CONTACT.value, Scope.OPS.value],
                 }
             )
         return clients

@@ -19,9 +19,12 @@ log = logging.getLogger(__name__)
 _LABELS = {
     "given_name": "Given name",
     "family_name": "Family name",
-    "name": "Name",
-    "email": "Email",
+    "date_of_birth": "Date of birth",
+    "sex": "Sex",
     "phone": "Phone",
+    "email": "Email",
+    "postal_code": "Postal code",
+    "country": "Country",
     "preferred_language": "Preferred language",
 }
 """The contact fields shown, in this order, with their labels (others intake may add are not shown)."""
@@ -52,7 +55,8 @@ class PatientContacts:
 
 
 def labelled(body: Any) -> list[tuple[str, str]]:
-    """The known contact fields of intake's answer (flat, or under ``patient``), labelled, in order."""
+    """The known contact fields of intake's answer (flat, or under ``patient``), labelled, in order;
+    absent or null ones (phone and email without consent to contact) are left out."""
     fields = body.get("patient", body) if isinstance(body, dict) else {}
     if not isinstance(fields, dict):
         return []

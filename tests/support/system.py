@@ -52,9 +52,15 @@ def consumer_group(stack: Stack, service: str) -> str:
 
 
 @contextmanager
-def running_system(pg_admin_url: str, kafka_bootstrap: str, run_dir: Path) -> Iterator[Stack]:
+def running_system(
+    pg_admin_url: str,
+    kafka_bootstrap: str,
+    run_dir: Path,
+    extra_env: Mapping[str, Mapping[str, str]] | None = None,
+) -> Iterator[Stack]:
     """Databases, topics, processes: created, started, and removed again afterwards. Consumer groups
-    are the run's own too; they are left empty (aiokafka cannot delete them) for the broker to expire."""
+    are the run's own too; they are left empty (aiokafka cannot delete them) for the broker to expire.
+    ``extra_env``: more environment per service (a system with TOTP required, say)."""
     run = uuid.uuid4().hex[:8]
     names = {s: f"e2e_{s}_{uuid.uuid4().hex[:8]}" for s in SERVICES}
     groups = own_consumer_groups(f"e2e{run}-")
@@ -68,7 +74,9 @@ def running_system(pg_admin_url: str, kafka_bootstrap: str, run_dir: Path) -> It
         },
         ports={name: free_port() for name in DEFAULT_PORTS},
         environment="test",
-        service_env={s: TEST_ENV.get(s, {}) | groups.get(s, {}) for s in SERVICES},
+        service_env={
+            s: TEST_ENV.get(s, {}) | groups.get(s, {}) | dict((extra_env or {}).get(s, {})) for s in SERVICES
+        },
     )
     stack = Stack(config)
     try:

@@ -52,7 +52,14 @@ EVENT_LABELS = {
     "withdrawn": "Withdrawn by the referring clinic",
     **STEP_LABELS,
 }
-VERDICT_LABELS = {"met": "Met", "not_met": "Not met", "unknown": "To confirm"}
+VERDICT_LABELS = {
+    "met": "Met",
+    "not_met": "Not met",
+    "unknown": "To confirm",
+    "absent": "Absent (exclusion)",
+    "present": "Present (exclusion)",
+    "not_applicable": "Not applicable",
+}
 STATUS_LABELS = {"recruiting": "Open", "paused": "Paused", "closed": "Closed by the trial"}
 
 

@@ -1,4 +1,5 @@
-"""Client secrets: generated once, shown once, stored only as argon2id hashes.
+"""Client secrets: generated once, shown once, stored only as argon2id hashes; and the box that keeps
+people's TOTP keys encrypted at rest.
 
 Verification costs tens of milliseconds and tens of MiB on purpose (it is what makes a stolen hash
 expensive to attack); callers run it off the event loop.
@@ -6,11 +7,15 @@ expensive to attack); callers run it off the event loop.
 
 from __future__ import annotations
 
+import base64
 import functools
 import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _hasher = PasswordHasher()  # argon2id with the library's RFC 9106 "low memory" defaults
 
@@ -37,3 +42,30 @@ def verify_secret(secret_hash: str | None, secret: str) -> bool:
         return _hasher.verify(secret_hash or _decoy_hash(), secret) and secret_hash is not None
     except (VerificationError, InvalidHashError):
         return False
+
+
+class SecretBox:
+    """Small secrets kept readable by us alone at rest (the people's TOTP keys): cryptography's Fernet
+    (AES-128-CBC with HMAC-SHA256), its key derived with HKDF-SHA256 from ``AUTH_KEY_ENCRYPTION_SECRET``,
+    the secret that already protects the signing keys. A stolen database copy yields no TOTP keys."""
+
+    def __init__(self, secret: str) -> None:
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"trialroute auth totp").derive(
+            secret.encode("utf-8")
+        )
+        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
+
+    def seal(self, plain: str) -> str:
+        return self._fernet.encrypt(plain.encode("utf-8")).decode("ascii")
+
+    def open(self, sealed: str) -> str | None:
+        """The secret, or ``None`` if it was sealed with another key (the encryption secret changed)."""
+        try:
+            return self._fernet.decrypt(sealed.encode("ascii")).decode("utf-8")
+        except (InvalidToken, ValueError):
+            return None
+
+
+@functools.cache
+def secret_box(secret: str) -> SecretBox:
+    return SecretBox(secret)

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.auth import users
 from services.auth.codes import Person
+from services.auth.credentials import SecretBox, secret_box
 from services.auth.deps import AuthState, AuthStateDep
 from services.auth.domain import AccountError, Role, User
 from services.auth.sessions import SignInSession
@@ -41,6 +42,10 @@ def _page(
     response = render(request, template, status_code=status_code, csrf=token, **context)
     auth.sessions.set_csrf_cookie(response, token)
     return response
+
+
+def _box(auth: AuthState) -> SecretBox:
+    return secret_box(auth.settings.key_encryption_secret.get_secret_value())
 
 
 def _continue(authorize: str) -> str:
@@ -176,7 +181,7 @@ async def totp_check(
         return RedirectResponse(_continue(authorize), status_code=303)
     if (wait := await _throttled(request, auth, session.user.email)) is not None:
         return _too_many(request, auth, wait)
-    if not await users.check_totp(auth.db, session.user.id, code):
+    if not await users.check_totp(auth.db, session.user.id, code, _box(auth)):
         await _failed(request, auth, session.user.email)
         return _page(
             request,
@@ -186,8 +191,9 @@ async def totp_check(
             authorize=authorize,
             error="That code is not right. Try the current one.",
         )
-    await auth.sessions.advance(session, "done")
-    return RedirectResponse(_continue(authorize), status_code=303)
+    response = RedirectResponse(_continue(authorize), status_code=303)
+    await auth.sessions.advance(session, response, "done")
+    return response
 
 
 @router.get("/account/totp")
@@ -211,7 +217,7 @@ async def _enrol_page(
     error: str | None,
     status: int = 200,
 ) -> HTMLResponse:
-    secret = await users.start_enrolment(auth.db, session.user.id)
+    secret = await users.start_enrolment(auth.db, session.user.id, _box(auth))
     uri = users.provisioning_uri(secret, session.user.email)
     qr = segno.make(uri, error="m").svg_inline(scale=4, title="QR code for your authenticator app")
     return _page(
@@ -239,7 +245,7 @@ async def enrol_confirm(
         return RedirectResponse(_continue(authorize), status_code=303)
     if (wait := await _throttled(request, auth, session.user.email)) is not None:
         return _too_many(request, auth, wait)
-    if not await users.check_totp(auth.db, session.user.id, code, confirm=True):
+    if not await users.check_totp(auth.db, session.user.id, code, _box(auth), confirm=True):
         await _failed(request, auth, session.user.email)
         return await _enrol_page(
             request,
@@ -249,8 +255,9 @@ async def enrol_confirm(
             error="That code is not right. Try the current one.",
             status=401,
         )
-    await auth.sessions.advance(session, "done")
-    return RedirectResponse(_continue(authorize), status_code=303)
+    response = RedirectResponse(_continue(authorize), status_code=303)
+    await auth.sessions.advance(session, response, "done")
+    return response
 
 
 @router.get("/account")

@@ -81,11 +81,13 @@ class Sessions:
             row.last_seen_at = now
             return SignInSession(row.id_hash, user.to_user(), row.stage, row.created_at)
 
-    async def advance(self, current: SignInSession, stage: Stage) -> None:
+    async def advance(self, current: SignInSession, response: Response, stage: Stage) -> None:
+        """The next stage, under a new id (the old one, which a weaker step set, stops working)."""
         async with self.db.session() as session:
-            row = await session.get(store.WebSessionRow, current.id_hash)
-            if row is not None:
-                row.stage = stage
+            await session.execute(
+                delete(store.WebSessionRow).where(col(store.WebSessionRow.id_hash) == current.id_hash)
+            )
+        await self.start(response, current.user, stage)
 
     async def end(self, request: Request, response: Response) -> None:
         session_id = request.cookies.get(COOKIE)

@@ -93,7 +93,7 @@ class SigningKeyRow(SQLModel, table=True):
 
 class UserRow(SQLModel, table=True):
     """A person: a coordinator (of one or more sites) or ops. Signs in with a password (argon2id hash)
-    and, once enrolled, a TOTP code (RFC 6238)."""
+    and, once enrolled, a TOTP code (RFC 6238; the key encrypted with ``AUTH_KEY_ENCRYPTION_SECRET``)."""
 
     __tablename__ = "user_account"
     __table_args__ = (
@@ -108,7 +108,11 @@ class UserRow(SQLModel, table=True):
     site_codes: list[str] = Field(sa_column=Column(JSON, nullable=False))
     disabled: bool = False
     password_hash: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    totp_secret: str | None = Field(default=None, max_length=64, description="base32")
+    totp_secret: str | None = Field(
+        default=None,
+        sa_column=Column(Text, nullable=True),
+        description="base32, sealed (credentials.SecretBox)",
+    )
     totp_confirmed: bool = False
     totp_last_step: int | None = Field(default=None, description="the last TOTP step used: no replay")
     created_at: datetime = timestamp(now_by_default=False)

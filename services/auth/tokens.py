@@ -21,6 +21,7 @@ from joserfc.jwk import KeySet
 from services.auth import store
 from services.auth.assertions import ClientKeys, SeenAssertions
 from services.auth.codes import (
+    CODE_GRANT,
     AuthorizationCode,
     CodeStore,
     Person,
@@ -183,10 +184,14 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]  # au
     the tenant the client acts for."""
 
     def __init__(self, settings: AuthSettings, keyring: KeyRing) -> None:
-        super().__init__(issuer=settings.issuer, alg=ALGORITHM, expires_generator=settings.token_lifetime_s)
+        super().__init__(issuer=settings.issuer, alg=ALGORITHM, expires_generator=self._lifetime)
         self.lifetime_s = settings.token_lifetime_s
         self.user_lifetime_s = settings.user_token_lifetime_s
         self.keyring = keyring
+
+    def _lifetime(self, client: Any, grant_type: str) -> int:
+        """``expires_in`` of the answer: a person's token lives longer than a machine's."""
+        return self.user_lifetime_s if grant_type == CODE_GRANT else self.lifetime_s
 
     def get_jwks(self) -> KeySet:
         return KeySet([self.keyring.signing_key()])  # one key: joserfc puts its kid in the header

@@ -3,8 +3,9 @@ sign-in (password, TOTP, set-password links). Each runs its own transaction, lik
 
 Passwords are argon2id hashes (``credentials``), checked off the event loop; a set-password link is a
 random token of which only the SHA-256 is kept, used once, within ``AUTH_PASSWORD_LINK_LIFETIME_S``.
-TOTP is pyotp's (RFC 6238: SHA-1, 6 digits, 30 s steps, one step of clock skew either way); a step
-once used is refused again, so a code seen over a shoulder cannot be replayed within its window.
+TOTP is pyotp's (RFC 6238: SHA-1, 6 digits, 30 s steps, one step of clock skew either way), its keys
+sealed at rest (``credentials.SecretBox``); a step once used is refused again, so a code seen over a
+shoulder cannot be replayed within its window.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyotp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.auth import store
-from services.auth.credentials import hash_secret, verify_secret
+from services.auth.credentials import SecretBox, hash_secret, verify_secret
 from services.auth.domain import AccountError, User, check_account, normalize_email, password_problem
 from shared.db import Database
 
@@ -226,20 +227,22 @@ def _matching_step(secret: str, code: str, now: datetime) -> int | None:
     return None
 
 
-async def start_enrolment(db: Database, user_id: str) -> str:
-    """A new, unconfirmed TOTP secret for the account (replacing an unconfirmed one), returned to show.
-    A confirmed enrolment is kept: only ``reset`` removes it."""
+async def start_enrolment(db: Database, user_id: str, box: SecretBox) -> str:
+    """A new, unconfirmed TOTP secret for the account (replacing an unconfirmed one), returned to show;
+    kept sealed in ``box``. A confirmed enrolment is kept: only ``reset`` removes it."""
     async with db.session() as session:
         row = await _row(session, user_id)
         if row.totp_confirmed and row.totp_secret:
             raise AccountError("totp", "a TOTP authenticator is enrolled already")
-        if row.totp_secret is None:
-            row.totp_secret = new_totp_secret()
+        secret = box.open(row.totp_secret) if row.totp_secret is not None else None
+        if secret is None:
+            secret = new_totp_secret()
+            row.totp_secret = box.seal(secret)
             row.updated_at = _now()
-        return row.totp_secret
+        return secret
 
 
-async def check_totp(db: Database, user_id: str, code: str, *, confirm: bool = False) -> bool:
+async def check_totp(db: Database, user_id: str, code: str, box: SecretBox, *, confirm: bool = False) -> bool:
     """Whether ``code`` is the account's current TOTP code, not used before; ``confirm``: the code
     that confirms an enrolment (the secret it checks against is then the unconfirmed one)."""
     now = _now()
@@ -247,7 +250,8 @@ async def check_totp(db: Database, user_id: str, code: str, *, confirm: bool = F
         row = await store.get_user(session, user_id)
         if row is None or row.disabled or row.totp_secret is None or row.totp_confirmed == confirm:
             return False
-        step = _matching_step(row.totp_secret, code, now)
+        secret = box.open(row.totp_secret)
+        step = _matching_step(secret, code, now) if secret is not None else None
         if step is None or (row.totp_last_step is not None and step <= row.totp_last_step):
             return False
         row.totp_last_step = step

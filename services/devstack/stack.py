@@ -44,7 +44,9 @@ DEMO_CLINIC_KEY_FILE = "demo-clinic.private-jwk.json"
 DEMO_PASSWORD = "ucart123-demo-password"  # noqa: S105 (a demo's, printed at start-up)
 """Every demo person's password (local system only; TOTP is off there unless AUTH_TOTP_REQUIRED)."""
 PORTAL_CLIENTS = {"site_router": "site-portal"}
-"""The portal client whose pages each service serves (``WEB_CLIENT_ID``); others: ``ops-console``."""
+"""The portal client whose pages each service serves (``WEB_CLIENT_ID``): only the services that have
+pages for people get one (add a service here when it does; ``ops-console`` is registered for the others'
+``/ops/callback`` already)."""
 PAGE_PREFIXES = {"site-portal": "/portal", "ops-console": "/ops"}
 """Where each portal's sign-in routes live in its service (``sign_in_router(WebSignIn(prefix=...))``)."""
 PAGE_SERVICES = ("intake", "eligibility", "site_router", "notifier")
@@ -193,8 +195,8 @@ class Stack:
         if service == "auth":
             env["AUTH_ISSUER"] = c.url("auth")
             env["AUTH_WEB_CLIENTS"] = json.dumps(self.web_clients())
-        if service in PAGE_SERVICES:
-            env["WEB_CLIENT_ID"] = PORTAL_CLIENTS.get(service, "ops-console")
+        if service in PORTAL_CLIENTS:
+            env["WEB_CLIENT_ID"] = PORTAL_CLIENTS[service]
             # every service on 127.0.0.1: cookies do not tell ports apart, so each its own name
             env["WEB_COOKIE_NAME"] = f"trialroute_{service}"
             env["WEB_SESSION_SECRET"] = self.web_secrets.setdefault(service, token_urlsafe(32))

@@ -13,15 +13,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
+import pyotp
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse
 from pydantic import SecretStr
 
 from services.auth import users
 from services.auth.config import WebClient
+from services.auth.credentials import secret_box
 from shared.app import ServiceSpec
 from shared.app import create_app as create_service_app
 from shared.auth import Scope, TokenValidator
@@ -158,3 +161,13 @@ async def submit_signin(
         headers=headers,
         follow_redirects=True,
     )
+
+
+async def enrol(db: Database, person: Person, key_encryption_secret: str) -> pyotp.TOTP:
+    """The person with a confirmed authenticator, as if they had enrolled on the page (the code that
+    confirmed it is the previous step's, so the current one is still unused)."""
+    box = secret_box(key_encryption_secret)
+    totp = pyotp.TOTP(await users.start_enrolment(db, person.id, box))
+    earlier = totp.at(datetime.now(UTC) - timedelta(seconds=30))
+    assert await users.check_totp(db, person.id, earlier, box, confirm=True)
+    return totp

@@ -21,7 +21,15 @@ from services.auth import store, users
 from services.auth.cli import users_app
 from shared.auth import Scope
 from tests.integration.auth.helpers import KEK, RunningAuth, StartAuth
-from tests.support.people import Person, hidden, make_person, portal_client, serve_portal, submit_signin
+from tests.support.people import (
+    Person,
+    enrol,
+    hidden,
+    make_person,
+    portal_client,
+    serve_portal,
+    submit_signin,
+)
 from tests.support.servers import loopback_socket, url_of
 
 pytestmark = pytest.mark.integration
@@ -47,12 +55,10 @@ async def stack(start_auth: StartAuth, **auth: Any) -> AsyncIterator[Stack]:
 
 
 async def enrolled(s: Stack, person: Person) -> pyotp.TOTP:
-    """The person with a confirmed authenticator (as if they had enrolled on the page)."""
-    secret = await users.start_enrolment(s.auth.db, person.id)
-    totp = pyotp.TOTP(secret)
-    assert await users.check_totp(
-        s.auth.db, person.id, totp.at(datetime.now(UTC) - timedelta(seconds=30)), confirm=True
-    )
+    totp = await enrol(s.auth.db, person, KEK)
+    async with s.auth.db.session() as session:  # the key is not in the store as it is
+        row = await session.get(store.UserRow, person.id)
+        assert row is not None and row.totp_secret is not None and totp.secret not in row.totp_secret
     return totp
 
 

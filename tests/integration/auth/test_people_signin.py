@@ -216,6 +216,7 @@ async def test_code_flow_requires_pkce_s256_exact_redirect_and_single_use(start_
             )
             issued = await exchange(s, http, code, verifier)
             assert issued.status_code == 200, issued.text
+            assert issued.json()["expires_in"] == s.settings.user_token_lifetime_s
             token = claims(issued.json()["access_token"])
             replay = await exchange(s, http, code, verifier)
             assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
@@ -245,3 +246,25 @@ async def test_metadata_advertises_the_code_flow(start_auth: StartAuth) -> None:
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert set(meta["grant_types_supported"]) == {"client_credentials", "authorization_code"}
     assert "none" in meta["token_endpoint_auth_methods_supported"]
+
+
+async def test_sign_out_ends_the_portal_session_and_the_one_at_auth(start_auth: StartAuth) -> None:
+    async with stack(start_auth) as s, httpx.AsyncClient(timeout=15) as browser:
+        person = await make_person(s.db, "out@wcm.example")
+        page = await browser.get(f"{s.portal_url}/portal/page", follow_redirects=True)
+        signed = await submit_signin(browser, s.auth_url, page, person.email, person.password)
+        csrf = signed.text.split('name="csrf_token" value="')[1].split('"')[0]
+        forged = await browser.post(f"{s.portal_url}/portal/signout", data={"csrf_token": "forged"})
+        assert forged.status_code == 403
+        out = await browser.post(
+            f"{s.portal_url}/portal/signout", data={"csrf_token": csrf}, follow_redirects=True
+        )
+        assert str(out.url) == f"{s.portal_url}/portal/signedout" and "You have signed out" in out.text
+        again = await browser.get(f"{s.portal_url}/portal/page", follow_redirects=True)
+        assert 'action="/signin"' in again.text  # the password again: auth's session ended too
+        # a sign-out link cannot send the browser anywhere but the portal's own origin
+        elsewhere = await browser.get(
+            f"{s.auth_url}/oauth/signout",
+            params={"client_id": PORTAL_CLIENT, "post_logout_redirect_uri": "https://evil.example/"},
+        )
+        assert elsewhere.status_code == 200 and "location" not in elsewhere.headers

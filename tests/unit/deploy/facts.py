@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from services.cli import SERVICES, app
 from services.devstack.stack import Stack, StackConfig
 from shared.settings import KafkaSettings, OAuthSettings, ServiceSettings
+from shared.web.signin import WebSignInSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -72,8 +73,9 @@ def settings_class(service: str) -> type[ServiceSettings]:
 
 @cache
 def shared_env() -> frozenset[str]:
-    """Read by every service: Kafka and the token issuer."""
-    return frozenset(env_names(KafkaSettings) | env_names(OAuthSettings))
+    """Read by every service: Kafka and the token issuer; and by a service with pages for people, how
+    they sign in (``WEB_``)."""
+    return frozenset(env_names(KafkaSettings) | env_names(OAuthSettings) | env_names(WebSignInSettings))
 
 
 @cache

@@ -19,3 +19,17 @@ def test_the_summary_names_the_portal_and_the_site_email_links_to_it(tmp_path: P
         env["NOTIFIER_SITE_REFERRAL_URL"] == f"{config.url('site_router')}/portal/referrals/{{referral_id}}"
     )
     assert Stack(config).service_env("site_router")["SITE_ROUTER_INTAKE_URL"] == config.url("intake")
+
+
+def test_the_demo_sends_its_coordinators_to_the_portal_for_the_referrals_left_routed() -> None:
+    from services.devstack.demo import portal_hint
+
+    views = {
+        "ny": {"status": "notified", "site": {"code": "WCM"}},
+        "boston": {"status": "notified", "site": {"code": "DFCI"}},
+        "ecog 3": {"status": "not_routed", "site": None},
+    }
+    hint = portal_hint(views, "http://127.0.0.1:8003/portal/")
+    assert "http://127.0.0.1:8003/portal/" in hint
+    assert "coordinator.dfci@demo.trialroute.example, coordinator.wcm@demo.trialroute.example" in hint
+    assert portal_hint({"x": {"status": "not_routed", "site": None}}, "u") == ""

@@ -98,8 +98,8 @@ def demo_clients(site_codes: list[str]) -> list[DemoClient]:
     clients += [
         DemoClient(
             f"coordinator-{code.lower()}",
-            (Scope.SITE_REFERRALS, Scope.ASSESSMENTS_READ),
-            ("site_router", "eligibility"),
+            (Scope.SITE_REFERRALS, Scope.SITE_CONTACT, Scope.ASSESSMENTS_READ),
+            ("site_router", "eligibility", "intake"),
             site_code=code,
         )
         for code in site_codes
@@ -205,7 +205,7 @@ class Stack:
                 "NOTIFIER_CLIENT_ID": "notifier",
                 "NOTIFIER_CLIENT_SECRET": self.credentials.get("notifier", ""),
                 "NOTIFIER_INTAKE_URL": c.url("intake"),
-                "NOTIFIER_SITE_REFERRAL_URL": f"{c.url('site_router')}/portal/referrals/{{referral_id}}",
+                "NOTIFIER_PORTAL_URL": f"{c.url('site_router')}/portal",
                 "NOTIFIER_SMTP_HOST": "127.0.0.1",
                 "NOTIFIER_SMTP_PORT": str(c.ports["smtp"]),
             }

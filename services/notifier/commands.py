@@ -32,6 +32,7 @@ from shared.events import (
     Envelope,
     EventData,
     ReferralInfoRequestOpened,
+    ReferralProgressed,
     ReferralRouted,
     ReferralSiteDecided,
     ReferralStatusChanged,
@@ -59,6 +60,14 @@ async def record_site_decision(
 ) -> None:
     """The referrer hears of every site decision. The site's name is looked up at send time: this
     topic is not ordered with ``referral.routed``, so the routing may not be recorded yet."""
+    _record(session, envelope, data, None, message_id_domain)
+
+
+async def record_progress(
+    session: AsyncSession, envelope: Envelope, data: ReferralProgressed, *, message_id_domain: str
+) -> None:
+    """The referrer hears of the site's outcome (``domain.plan``: a step before it causes no email),
+    once per event (the event id and role are the notification's key)."""
     _record(session, envelope, data, None, message_id_domain)
 
 

@@ -27,11 +27,10 @@ class NotifierSettings(ServiceSettings):
     contact_timeout_s: float = Field(default=5.0, gt=0)
 
     # What the emails say and link to.
-    site_referral_url: str = Field(
-        default="http://127.0.0.1:8003/portal/referrals/{referral_id}",
-        description="where a site coordinator reviews, accepts or declines a referral: the referral's "
-        "page in site_router's portal (it asks them to sign in first); placeholders {referral_id} and "
-        "{site_code} allowed",
+    portal_url: str = Field(
+        default="http://127.0.0.1:8003/portal",
+        description="the site portal's public address (served by site_router): the site email links to "
+        "the referral's page, <portal_url>/referrals/<referral_id> (an id, never patient identity)",
     )
     study_name: str = "UCART123 (AMELI-01)"
 

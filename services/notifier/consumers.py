@@ -12,6 +12,7 @@ from services.notifier import commands
 from shared.events import (
     Envelope,
     ReferralInfoRequestOpened,
+    ReferralProgressed,
     ReferralRouted,
     ReferralSiteDecided,
     ReferralStatusChanged,
@@ -20,14 +21,17 @@ from shared.handlers import Handlers
 
 
 def handlers(message_id_domain: str) -> Handlers:
-    """Routings together (one read of the routings before them), site decisions and information
-    requests one by one; each status change as the webhook deliveries it causes."""
+    """Routings together (one read of the routings before them), site decisions, the site's steps and
+    information requests one by one; each status change as the webhook deliveries it causes."""
 
     async def on_routed(session: AsyncSession, items: list[tuple[Envelope, ReferralRouted]]) -> None:
         await commands.record_routings(session, items, message_id_domain=message_id_domain)
 
     async def on_site_decided(session: AsyncSession, envelope: Envelope, data: ReferralSiteDecided) -> None:
         await commands.record_site_decision(session, envelope, data, message_id_domain=message_id_domain)
+
+    async def on_progressed(session: AsyncSession, envelope: Envelope, data: ReferralProgressed) -> None:
+        await commands.record_progress(session, envelope, data, message_id_domain=message_id_domain)
 
     async def on_info_request(
         session: AsyncSession, envelope: Envelope, data: ReferralInfoRequestOpened
@@ -43,6 +47,7 @@ def handlers(message_id_domain: str) -> Handlers:
         Handlers()
         .together([ReferralRouted], on_routed)
         .on(ReferralSiteDecided, on_site_decided)
+        .on(ReferralProgressed, on_progressed)
         .on(ReferralInfoRequestOpened, on_info_request)
         .on(ReferralStatusChanged, on_status_changed)
     )

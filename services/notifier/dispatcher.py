@@ -50,6 +50,7 @@ from shared.events import (
     RecipientRole,
     ReferralInfoRequestOpened,
     ReferralNotified,
+    ReferralProgressed,
     ReferralRouted,
     ReferralSiteDecided,
     UnknownEventType,
@@ -228,7 +229,7 @@ class Dispatcher:
             preferred = contact.patient.preferred_language
         language = choose_language(preferred, self.templates.languages(row.template))
         context = render_context(self.settings, envelope, data, row, contact)
-        if isinstance(data, ReferralSiteDecided):
+        if isinstance(data, ReferralSiteDecided | ReferralProgressed):
             context["site_label"] = await self._site_name(row.referral_id, data.site_code)
         rendered = self.templates.render(row.template, language, context)
         message = build_message(
@@ -384,6 +385,20 @@ def notified_event(row: Notification, source: Envelope) -> Envelope:
     )
 
 
+OUTCOME_LABELS = {
+    "enrolled": "the patient was enrolled",
+    "screen_failed": "the patient did not pass the study's screening",
+    "not_enrolled": "the patient was not enrolled",
+}
+"""The site's outcome in words for the referrer's email (the subject id stays with the site and the clinic's
+timeline: the email needs none)."""
+
+
+def site_referral_url(settings: NotifierSettings, referral_id: uuid.UUID) -> str:
+    """The referral's page in the site portal: the id only in the URL, never patient identity."""
+    return f"{settings.portal_url.rstrip('/')}/referrals/{referral_id}"
+
+
 def render_context(
     settings: NotifierSettings,
     envelope: Envelope,
@@ -409,15 +424,22 @@ def render_context(
             note=data.note,
             clinic_id=data.clinic_id,
             referrer=data.referrer.model_dump(),
-            site_referral_url=settings.site_referral_url.format(
-                referral_id=envelope.referral_id, site_code=data.site.code
-            ),
+            site_referral_url=site_referral_url(settings, envelope.referral_id),
         )
     elif isinstance(data, ReferralSiteDecided):
         context.update(
             decision=data.decision,
             reason=data.reason,
             enrolled=data.enrolled,
+            site_code=data.site_code,
+            site_label=f"Site {data.site_code}",
+            referrer=None,
+        )
+    elif isinstance(data, ReferralProgressed):
+        context.update(
+            step=data.step,
+            step_label=OUTCOME_LABELS.get(data.step, data.step.replace("_", " ")),
+            reason=data.reason,
             site_code=data.site_code,
             site_label=f"Site {data.site_code}",
             referrer=None,

@@ -20,9 +20,11 @@ from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from shared.events import (
+    OUTCOME_STEPS,
     EventData,
     RecipientRole,
     ReferralInfoRequestOpened,
+    ReferralProgressed,
     ReferralRouted,
     ReferralSiteDecided,
 )
@@ -46,6 +48,7 @@ class Template(StrEnum):
     REFERRER_ROUTED = "referrer_routed"
     REFERRER_SITE_DECIDED = "referrer_site_decided"
     REFERRER_INFO_REQUESTED = "referrer_info_requested"
+    REFERRER_OUTCOME = "referrer_outcome"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,9 @@ def plan(data: EventData) -> list[Planned]:
     - ``referral.site_decided`` (accepted, declined or closed): the referrer only. The site made the
       decision itself; the patient hears from the site on acceptance, and of the next site through the
       ``referral.routed`` that follows a decline;
+    - ``referral.progressed``: the referrer at the site's outcome only (enrolled, screen_failed,
+      not_enrolled); the steps before it (contacted, screening booked, consented) are on the clinic's
+      timeline, not worth an email each;
     - ``referral.info_request_opened``: the referrer, who is asked for the facts.
     """
     if isinstance(data, ReferralRouted):
@@ -74,6 +80,8 @@ def plan(data: EventData) -> list[Planned]:
         ]
     if isinstance(data, ReferralSiteDecided):
         return [Planned("referrer", Template.REFERRER_SITE_DECIDED)]
+    if isinstance(data, ReferralProgressed):
+        return [Planned("referrer", Template.REFERRER_OUTCOME)] if data.step in OUTCOME_STEPS else []
     if isinstance(data, ReferralInfoRequestOpened):
         return [Planned("referrer", Template.REFERRER_INFO_REQUESTED)]
     return []
@@ -151,6 +159,7 @@ WebhookEventType = Literal[
     "referral.unroutable",
     "referral.notified",
     "referral.site_decided",
+    "referral.progressed",
 ]
 """What a delivery's ``type`` can be: the event that put the entry on the referral's timeline."""
 WEBHOOK_EVENT_TYPES: tuple[str, ...] = get_args(WebhookEventType)

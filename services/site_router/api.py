@@ -181,8 +181,7 @@ async def progress_referral(
 @router.post(
     "/v1/site/referrals/{referral_id}/close",
     tags=["site"],
-    summary="Close a referral (legacy: use progress)",
-    deprecated=True,
+    summary="Close a referral (legacy: record the outcome with progress)",
 )
 async def close_referral(
     referral_id: uuid.UUID,

@@ -85,8 +85,8 @@ OPS = Principal(
 def coordinator(site: str) -> Principal:
     return Principal(
         f"fuzz-coordinator-{site.lower()}",
-        frozenset({Scope.SITE_REFERRALS, Scope.ASSESSMENTS_READ}),
-        ("site_router", "eligibility"),
+        frozenset({Scope.SITE_REFERRALS, Scope.SITE_CONTACT, Scope.ASSESSMENTS_READ}),
+        ("site_router", "eligibility", "intake"),
         site_code=site,
     )
 

@@ -232,3 +232,62 @@ async def test_an_amended_needs_review_referral_is_screened_again_and_routed(
 def _to(message: dict[str, Any], body: dict[str, Any]) -> bool:
     wanted = {body["patient"]["email"], body["referrer"]["email"]}
     return bool(wanted & set(message["envelope_to"]))
+
+
+async def test_a_referral_is_worked_to_enrolment_and_the_referrer_hears_of_the_decision_and_outcome(
+    system: Stack, web: httpx.AsyncClient, clinic: Client, coordinators: dict[str, Client], ops: Client
+) -> None:
+    """Accept, the steps to enrolment and the outcome through the site API; the clinic sees each step,
+    the accepting site reads the patient's contact (audited), the slot is freed, and the referrer gets
+    exactly one email for the acceptance and one for the outcome."""
+    body = sample_referral()
+    rid = await submit(web, system, clinic, body)
+    site = (await until_status(web, system, clinic, rid, "routed", "notified"))["site"]
+    coordinator = coordinators[site["code"]]
+    other = next(c for code, c in coordinators.items() if code != site["code"])
+    contact = f"{system.config.url('intake')}/v1/site/referrals/{rid}/contact"
+    before = await web.get(contact, headers=await coordinator.headers(web, "intake"))
+    assert before.status_code == 404, "no identity before acceptance"
+    open_before = (await sites(web, system, ops))[site["code"]]["open_count"]
+
+    await site_action(web, system, coordinator, rid, "accept", {})
+    await until_status(web, system, clinic, rid, "accepted")
+    read = await web.get(contact, headers=await coordinator.headers(web, "intake"))
+    assert read.status_code == 200, read.text
+    assert read.json()["family_name"] == body["patient"]["family_name"]
+    assert (await web.get(contact, headers=await other.headers(web, "intake"))).status_code == 404
+
+    for step in (
+        {"step": "contacted"},
+        {"step": "screening_scheduled", "screening_date": "2026-12-14"},
+        {"step": "consented"},
+        {"step": "enrolled", "subject_id": "UCART123-0007"},
+    ):
+        await site_action(web, system, coordinator, rid, "progress", step)
+    done = await until_status(web, system, clinic, rid, "enrolled")
+    statuses = [item["status"] for item in done["timeline"] if item["event"] == "referral.progressed"]
+    assert statuses == ["contacted", "screening_scheduled", "consented", "enrolled"]
+    assert (await sites(web, system, ops))[site["code"]]["open_count"] == open_before - 1, "the slot is freed"
+
+    referrer = body["referrer"]["email"]
+
+    async def referrer_emails() -> list[dict[str, Any]] | None:
+        ours = [
+            m for m in await mail(web, system) if rid in str(m["subject"]) and referrer in m["envelope_to"]
+        ]
+        return ours if len(ours) >= 3 else None  # routed, accepted, outcome
+
+    messages = await eventually(referrer_emails, within=60, what="the referrer's three emails")
+    subjects = sorted(str(m["subject"]) for m in messages)
+    assert len(messages) == 3 and len({m["message_id"] for m in messages}) == 3
+    assert sum("accepted by" in s for s in subjects) == 1 and sum("outcome at" in s for s in subjects) == 1
+    audit = await web.get(
+        f"{system.config.url('intake')}/v1/audit/contact-reads",
+        params={"referral_id": rid},
+        headers=await ops.headers(web, "intake"),
+    )
+    assert audit.status_code == 200, audit.text
+    reads = audit.json()["items"]
+    by_sites = [(r["client_id"], r["site_code"]) for r in reads if r["site_code"] is not None]
+    assert by_sites == [(f"coordinator-{site['code'].lower()}", site["code"])]  # the refused reads: none
+    assert {r["client_id"] for r in reads if r["site_code"] is None} == {"notifier"}  # its emails' reads

@@ -199,3 +199,20 @@ async def test_a_status_change_becomes_one_pending_delivery_per_endpoint_of_the_
         "referral_id", "seq", "status", "entry_status", "revision", "entry_revision", "reason",
         "occurred_at", "recorded_at", "event_id",
     }  # fmt: skip
+
+
+async def test_the_sites_outcome_plans_the_referrers_email_once_and_its_steps_none(
+    harness: HandlerHarness,
+) -> None:
+    rid = uuid.uuid4()
+    steps = [envelope(rid, events.progressed(s)) for s in ("contacted", "screening_scheduled", "consented")]
+    outcome = envelope(rid, events.progressed("enrolled"))
+    await harness.deliver(*steps, outcome)
+    await harness.deliver(outcome)  # redelivered
+    rows = await notifications(harness, rid)
+    assert [(r.recipient_role, r.template, r.source_event_id) for r in rows] == [
+        ("referrer", "referrer_outcome", outcome.id)
+    ]
+    assert rows[0].source_topic == "referral.progressed" and rows[0].state == "pending"
+    assert rows[0].message_id == message_id(outcome.id, "referrer", DOMAIN)
+    assert harness.position("referral.progressed") == 5

@@ -187,7 +187,7 @@ def notifier_settings(
             "retry_max_s": 1.0,
             "max_attempts": 50,
             "dispatch_interval_s": 0.05,
-            "site_referral_url": "https://sites.trialroute.example/portal/referrals/{referral_id}",
+            "portal_url": "https://sites.trialroute.example/portal/",
             **overrides,
         }
         return NotifierSettings(**values)

@@ -55,6 +55,7 @@ async def test_a_routed_referral_emails_site_patient_and_referrer(stack: Stack) 
         assert "clinic-0001" in text
         assert REFERRER.name in text and REFERRER.email in text and str(REFERRER.phone) in text
         assert f"https://sites.trialroute.example/portal/referrals/{referral_id}" in text
+        assert "To confirm: To confirm" not in text
     everything = site.raw_text()
     for identity in PATIENT.values():
         assert identity not in everything, f"the site's email carries patient identity: {identity}"

@@ -46,6 +46,16 @@ def test_every_site_decision_emails_the_referrer_only(decision: str) -> None:
     assert plan(decided) == [Planned("referrer", Template.REFERRER_SITE_DECIDED)]
 
 
+@pytest.mark.parametrize("step", ["enrolled", "screen_failed", "not_enrolled"])
+def test_the_sites_outcome_emails_the_referrer_only(step: str) -> None:
+    assert plan(builders.progressed(step)) == [Planned("referrer", Template.REFERRER_OUTCOME)]
+
+
+@pytest.mark.parametrize("step", ["contacted", "screening_scheduled", "consented"])
+def test_the_steps_before_the_outcome_email_nobody(step: str) -> None:
+    assert plan(builders.progressed(step)) == []
+
+
 def test_other_events_email_nobody() -> None:
     assert plan(ReferralWithdrawn(clinic_id="clinic-a")) == []
 

@@ -38,10 +38,14 @@ def context(**overrides: Any) -> dict[str, Any]:
         "decision": "needs_review",
         "decision_label": "needs review",
         "criteria_to_confirm": ["ecog", "organ_function"],
-        "note": "To confirm: ecog (ECOG <2> not reported). Pre-screened on the main criteria only.",
+        # As site_router's domain.confirmation_note writes it: the label is part of the note.
+        "note": "To confirm: ECOG <2> not reported; organ function older than the screening window. "
+        "Pre-screened on the study's main public criteria only.",
         "clinic_id": "clinic-a",
         "referrer": {"name": "Dr. <b>Smith</b>", "email": "asmith@clinic.example", "phone": None},
-        "site_referral_url": "http://sites.example/v1/site/referrals/1",
+        "site_referral_url": "http://sites.example/portal/referrals/1",
+        "step": "screen_failed",
+        "step_label": "the patient did not pass the study's screening",
         "patient_given_name": "Maria",
         "reason": None,
         "enrolled": None,
@@ -90,10 +94,21 @@ def test_the_site_email_needs_no_patient_identity() -> None:
     rendered = TEMPLATES.render(Template.SITE_NEW_REFERRAL, "en", without_patient)
     assert "Maria" not in rendered.text + rendered.html
     assert "ecog, organ_function" in rendered.text and "4 km" in rendered.text
-    assert "To confirm: ecog (ECOG <2> not reported)" in rendered.text
-    assert "To confirm: ecog (ECOG &lt;2&gt; not reported)" in rendered.html
-    # The note says "To confirm:" itself (site_router's confirmation_note): the email must not repeat it.
-    assert "To confirm: To confirm" not in rendered.text + rendered.html
+    assert "To confirm: ECOG <2> not reported" in rendered.text
+    assert "To confirm: ECOG &lt;2&gt; not reported" in rendered.html
+    assert "To confirm: To confirm" not in rendered.text + rendered.html, "the label is the note's own"
+    assert "http://sites.example/portal/referrals/1" in rendered.text
+    assert 'href="http://sites.example/portal/referrals/1"' in rendered.html
+
+
+def test_the_referrer_hears_the_outcome_without_patient_identity() -> None:
+    outcome = context(reason="blasts <40%>", referrer={"name": "Dr. Ana Smith", "email": "a@c.example"})
+    del outcome["patient_given_name"]
+    rendered = TEMPLATES.render(Template.REFERRER_OUTCOME, "en", outcome)
+    assert rendered.subject == "Referral 6a1f2d9e-0000-4000-8000-000000000001: outcome at Weill Cornell"
+    assert "the patient did not pass the study's screening" in rendered.text
+    assert "Reason: blasts <40%>" in rendered.text and "blasts &lt;40%&gt;" in rendered.html
+    assert "Maria" not in rendered.text + rendered.html
 
 
 def test_a_missing_variable_is_a_permanent_error_not_a_blank() -> None:

@@ -15,9 +15,7 @@ def test_the_summary_names_the_portal_and_the_site_email_links_to_it(tmp_path: P
     assert any("portal" in line and line.rstrip().endswith(portal) for line in printed.splitlines())
 
     env = Stack(config).service_env("notifier")
-    assert (
-        env["NOTIFIER_SITE_REFERRAL_URL"] == f"{config.url('site_router')}/portal/referrals/{{referral_id}}"
-    )
+    assert env["NOTIFIER_PORTAL_URL"] == f"{config.url('site_router')}/portal"
     assert Stack(config).service_env("site_router")["SITE_ROUTER_INTAKE_URL"] == config.url("intake")
 
 

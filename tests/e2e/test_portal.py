@@ -212,10 +212,11 @@ async def test_a_coordinator_works_a_referral_from_the_email_to_enrolment_with_t
 
         async def contact_shown() -> bool:
             # intake learns of the acceptance from its event, within moments: until then the page says so
+            await expect(page.locator(".patient, #contact-pending").first).to_be_visible()
             if await page.locator(".patient").count():
                 return True
-            await expect(page.locator("#contact-pending")).to_be_visible()
-            await page.get_by_role("link", name="Reload the page").click()
+            async with page.expect_navigation():
+                await page.get_by_role("link", name="Reload the page").click()
             return False
 
         await eventually(contact_shown, within=30, what="the patient's contact on the page")

@@ -184,11 +184,13 @@ def demo(
     credentials: Annotated[Path, typer.Option(help="written by `trialroute run`")] = Path(
         ".run/demo-credentials.json"
     ),
+    portal_url: str = "http://127.0.0.1:8003/portal/",
 ) -> None:
-    """Against the running system: submit sample referrals as a clinic and watch them go through."""
+    """Against the running system: submit sample referrals as a clinic and watch them go through; the
+    routed ones stay in their sites' queues, for the demo coordinators to work in the portal."""
     from services.devstack.demo import run_demo
 
-    raise typer.Exit(run_demo(intake_url, auth_url, credentials))
+    raise typer.Exit(run_demo(intake_url, auth_url, credentials, portal_url=portal_url))
 
 
 @app.command()

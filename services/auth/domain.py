@@ -214,7 +214,7 @@ class Role(StrEnum):
 
 
 ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
-    Role.COORDINATOR: (Scope.SITE_REFERRALS,),
+    Role.COORDINATOR: (Scope.SITE_REFERRALS, Scope.SITE_CONTACT),
     Role.OPS: (Scope.OPS,),
 }
 """The scopes a person's token carries (the portal client's own list narrows them further)."""

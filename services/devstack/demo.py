@@ -104,7 +104,13 @@ def clinic_token(auth_url: str, credentials: Path) -> str:
         return str(response.raise_for_status().json()["access_token"])
 
 
-def run_demo(intake_url: str, auth_url: str, credentials: Path, timeout_s: float = 90) -> int:
+def run_demo(
+    intake_url: str,
+    auth_url: str,
+    credentials: Path,
+    timeout_s: float = 90,
+    portal_url: str = "http://127.0.0.1:8003/portal/",
+) -> int:
     token = clinic_token(auth_url, credentials)
     with httpx.Client(timeout=10) as http:
         http.headers["Authorization"] = f"Bearer {token}"
@@ -121,6 +127,7 @@ def run_demo(intake_url: str, auth_url: str, credentials: Path, timeout_s: float
         views = _follow(http, intake_url, ids, timeout_s)
     print()
     print(table(views))
+    print(portal_hint(views, portal_url))
     return 0 if all(v.get("status") in SETTLED for v in views.values()) else 1
 
 
@@ -149,6 +156,17 @@ def _settled(view: dict[str, Any]) -> bool:
     if view["status"] not in SETTLED:
         return False
     return view["status"] != "notified" or len(view.get("notifications", [])) >= 2
+
+
+def portal_hint(views: dict[str, dict[str, Any]], portal_url: str) -> str:
+    """Nobody decides the demo's referrals: the routed ones wait in their sites' portal queues."""
+    waiting = sorted(
+        {v["site"]["code"] for v in views.values() if v.get("site") and v["status"] == "notified"}
+    )
+    if not waiting:
+        return ""
+    who = ", ".join(f"coordinator.{code.lower()}@demo.trialroute.example" for code in waiting)
+    return f"\nThey wait in the sites' queues: sign in at {portal_url} as {who} to accept or decline them."
 
 
 def table(views: dict[str, dict[str, Any]]) -> str:

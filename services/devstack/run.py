@@ -86,6 +86,7 @@ def summary(config: StackConfig, credentials: dict[str, str], people: Sequence[D
         ("notifier API docs (delivery log)", f"{config.url('notifier')}/docs"),
         ("insights API docs (the recruitment funnel, scope ops)", f"{config.url('insights')}/docs"),
         ("recruitment funnel page (people with the role ops)", f"{config.url('insights')}/insights/"),
+        ("site coordinators' portal", f"{config.url('site_router')}/portal/"),
         ("study-site finder", f"{config.url('site_router')}/sites/finder"),
         ("mail preview", config.url("mail_http")),
         ("SMTP", f"127.0.0.1:{config.ports['smtp']}"),

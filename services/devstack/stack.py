@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -218,6 +217,7 @@ class Stack:
             }
         if service == "site_router":
             env["SITE_ROUTER_RUNTIME_DIR"] = str((c.run_dir / "site_router").resolve())
+            env["SITE_ROUTER_INTAKE_URL"] = c.url("intake")  # the portal reads accepted patients' contact
         return env | c.service_env.get(service, {})
 
     def web_clients(self) -> list[dict[str, Any]]:
@@ -231,7 +231,8 @@ class Stack:
                     "client_id": client_id,
                     "redirect_uris": [f"{c.url(s)}{prefix}/callback" for s in served_by],
                     "audiences": [*PAGE_SERVICES],
-                    "scopes": [Scope.SITE_REFERRALS.value, Scope.OPS.value],
+                    # site:contact: the portal reads an accepted referral's patient contact from intake
+                    "scopes": [Scope.SITE_REFERRALS.value, Scope.SITE_CONTACT.value, Scope.OPS.value],
                 }
             )
         return [*clients, insights_web_client(c.url("insights"))]

@@ -15,6 +15,8 @@ from services.site_router.deps import SiteRouterState
 from services.site_router.directory import SiteDirectory
 from services.site_router.geo import Geocoder
 from services.site_router.migrations import MIGRATIONS
+from services.site_router.portal import PORTAL, pages
+from services.site_router.portal.contact import PatientContacts
 from services.site_router.queries import Queries
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
@@ -24,6 +26,7 @@ from shared.messaging import event_loops
 from shared.migrations import prepare_store
 from shared.ratelimit import SlidingWindow, prune_loop
 from shared.tls import http_client
+from shared.web import WebSignIn, WebSignInSettings, sign_in_router
 
 
 def load_settings() -> SiteRouterSettings:
@@ -31,9 +34,15 @@ def load_settings() -> SiteRouterSettings:
 
 
 def build(
-    settings: SiteRouterSettings, roles: frozenset[Role] = ALL_ROLES, *, geocoder: Geocoder | None = None
+    settings: SiteRouterSettings,
+    roles: frozenset[Role] = ALL_ROLES,
+    *,
+    geocoder: Geocoder | None = None,
+    web: WebSignInSettings | None = None,
 ) -> ServiceSpec:
-    """Wire the service; pass ``geocoder`` to share one already-warm instance (tests, several apps)."""
+    """Wire the service; pass ``geocoder`` to share one already-warm instance (tests, several apps).
+    The coordinators' portal is served when its sign-in client is configured (``web``, default the
+    ``WEB_`` environment: ``WEB_CLIENT_ID``); without one, ``/portal`` does not exist."""
     db = Database(settings.database_url)
     http = http_client(settings.tls, timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
@@ -47,6 +56,12 @@ def build(
         *event_loops(SERVICE, db, settings, roles, consumers.handlers(commands)),
     ]
 
+    web = web or WebSignInSettings()
+    portal_routers = []
+    if web.client_id and "api" in roles:
+        sign_in = WebSignIn(settings, web, prefix=PORTAL, service_name="Site portal", home=f"{PORTAL}/")
+        portal_routers = [sign_in_router(sign_in), pages.router]
+
     async def warm_geocoder() -> None:
         """Load the postal-code tables before traffic, so no request or event pays for it."""
         await asyncio.to_thread(geocoder.warm, settings.warm_countries or None)
@@ -57,7 +72,7 @@ def build(
         description="Routes screened referrals to the nearest recruiting site with a free slot; site "
         "coordinators' queues and decisions; site administration; the public site finder.",
         # The finder's API route comes before the admin's /v1/sites/{code}, which would shadow it.
-        routers=[api.router, admin.router, finder_page.router] if "api" in roles else [],
+        routers=[api.router, admin.router, finder_page.router, *portal_routers] if "api" in roles else [],
         loops=loops,
         state=SiteRouterState(
             db=db,
@@ -67,6 +82,7 @@ def build(
             directory=directory,
             finder_limit=finder_limit,
             queries=Queries(db, settings, commands, directory),
+            contacts=PatientContacts(http, settings.intake_url),
         ),
         checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
         on_start=[
@@ -90,5 +106,6 @@ def create_app(
     roles: frozenset[Role] = ALL_ROLES,
     *,
     geocoder: Geocoder | None = None,
+    web: WebSignInSettings | None = None,
 ) -> FastAPI:
-    return shared.app.create_app(build(settings or load_settings(), roles, geocoder=geocoder))
+    return shared.app.create_app(build(settings or load_settings(), roles, geocoder=geocoder, web=web))

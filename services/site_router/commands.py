@@ -232,6 +232,11 @@ class Commands:
         await routing.drain_waitlist(session, [site_code], None)
         return referral, assignment
 
+    async def opened(self, session: AsyncSession, site_code: str, referral_id: uuid.UUID) -> None:
+        """A coordinator of the site opened its routed referral in the portal: it is no longer "new".
+        No event: nothing anyone else sees changes."""
+        await store.mark_opened(session, site_code, referral_id)
+
     async def ask(
         self,
         session: AsyncSession,

@@ -37,6 +37,10 @@ class SiteRouterSettings(ServiceSettings):
     )
     finder_max_limit: int = Field(default=20, ge=1, description="most sites one finder request returns")
     queue_limit_max: int = Field(default=500, ge=1, description="most referrals one queue page returns")
+    intake_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="intake's base URL: the portal reads an accepted referral's patient contact there",
+    )
     ctgov_default_capacity: int = Field(
         default=3,
         ge=0,

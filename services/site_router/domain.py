@@ -306,6 +306,52 @@ def declined_by_every_site(declined: Collection[str], site_codes: Collection[str
     return bool(site_codes) and set(site_codes) <= set(declined)
 
 
+# --- the coordinators' portal ----------------------------------------------------------------------------
+
+
+class QueueTab(StrEnum):
+    """The portal's queue tabs: where a referral stands in a coordinator's work."""
+
+    NEW = "new"
+    AWAITING = "awaiting"
+    IN_PROGRESS = "in_progress"
+    CLOSED = "closed"
+
+
+QUEUE_TAB_LABELS = {
+    QueueTab.NEW: "New",
+    QueueTab.AWAITING: "Awaiting decision",
+    QueueTab.IN_PROGRESS: "In progress",
+    QueueTab.CLOSED: "Closed",
+}
+
+
+def queue_tab(state: str, opened: bool) -> QueueTab:
+    """Routed and never opened by the site is new; opened and undecided awaits its decision; accepted is
+    in progress (the steps to enrolment); anything else (declined, closed, released, withdrawn) is closed."""
+    if state == AssignmentState.ROUTED:
+        return QueueTab.AWAITING if opened else QueueTab.NEW
+    if state == AssignmentState.ACCEPTED:
+        return QueueTab.IN_PROGRESS
+    return QueueTab.CLOSED
+
+
+def short_id(referral_id: object) -> str:
+    """The first 8 hex digits of a referral id: enough for a person to tell rows apart and say on the
+    phone; the page and the link always carry the whole id."""
+    return str(referral_id)[:8]
+
+
+def age_in_queue(seconds: float) -> str:
+    """How long a referral has waited, in the largest whole unit that says it (`45 min`, `5 h`, `3 d`)."""
+    minutes = max(0, int(seconds // 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // (24 * 60)} d"
+
+
 # --- the accepting site's steps to enrolment ----------------------------------------------------------
 
 PROGRESS_ORDER: tuple[str, ...] = ("contacted", "screening_scheduled", "consented", "enrolled")

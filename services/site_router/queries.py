@@ -1,4 +1,4 @@
-"""The site router's reads: the public finder, a site's queue, the site register.
+"""The site router's reads: the public finder, a site's queue, the coordinators' portal, the site register.
 
 The finder reads the in-memory site index (no store round trip per request); the rest read the store.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.site_router import store
 from services.site_router.commands import Commands
@@ -19,12 +21,16 @@ from services.site_router.domain import (
     criteria_to_confirm,
     next_steps,
     postal_area,
+    queue_tab,
 )
 from services.site_router.geo import GeoError, normalise_postal_code
 from services.site_router.schemas import (
     CriterionOut,
     NearbySite,
     NearbySites,
+    PortalItem,
+    PortalQueue,
+    PortalReferral,
     QueueItem,
     ReferrerOut,
     SiteBrief,
@@ -115,6 +121,31 @@ class Queries:
             timeline=_timeline(mine, steps),
         )
 
+    async def portal_queue(self, site_codes: Collection[str]) -> PortalQueue:
+        """The portal's queue of a coordinator's sites: every open referral (they hold slots, so the
+        sites' capacity bounds them) and the most recent closed ones (``queue_limit_max``), oldest first."""
+        async with self.db.session() as session:
+            rows = await store.sites_queue(session, site_codes, self.settings.queue_limit_max)
+            steps = await store.steps_of(session, [a.id for a, _ in rows if a.id is not None])
+            names = await _site_names(session, site_codes)
+        items = [portal_item(queue_item(a, r, steps.get(a.id or 0, ())), names) for a, r in rows]
+        return PortalQueue(site_codes=sorted(site_codes), site_names=names, items=items)
+
+    async def portal_referral(self, site_codes: Collection[str], referral_id: uuid.UUID) -> PortalReferral:
+        """``referral_for_site`` with the portal's tab and the site's name; NotFound likewise."""
+        view = await self.referral_for_site(site_codes, referral_id)
+        return PortalReferral(
+            **view.model_dump(),
+            site_name=view.site.name if view.site else view.site_code,
+            tab=queue_tab(view.status, opened=view.opened_at is not None),
+        )
+
+    async def sites_of(self, site_codes: Collection[str]) -> list[SitePublic]:
+        """The coordinator's own sites, by code (the portal's settings page)."""
+        async with self.db.session() as session:
+            rows = await store.list_sites(session)
+        return [SitePublic.model_validate(s) for s in rows if s.code in site_codes]
+
     async def sites(self) -> list[SitePublic]:
         """Every site, whatever its status, by code."""
         async with self.db.session() as session:
@@ -129,6 +160,18 @@ class Queries:
         return SitePublic.model_validate(site)
 
 
+async def _site_names(session: AsyncSession, site_codes: Collection[str]) -> dict[str, str]:
+    return {s.code: s.name for s in await store.list_sites(session) if s.code in site_codes}
+
+
+def portal_item(item: QueueItem, site_names: dict[str, str]) -> PortalItem:
+    return PortalItem(
+        **item.model_dump(),
+        site_name=site_names.get(item.site_code, item.site_code),
+        tab=queue_tab(item.status, opened=item.opened_at is not None),
+    )
+
+
 def _timeline(
     assignments: Sequence[store.Assignment], steps: dict[int, list[store.ReferralStep]]
 ) -> list[TimelineEvent]:
@@ -138,6 +181,8 @@ def _timeline(
         events.append(
             TimelineEvent(at=a.routed_at, site_code=a.site_code, event="routed", detail=f"choice {a.rank}")
         )
+        if a.opened_at is not None:
+            events.append(TimelineEvent(at=a.opened_at, site_code=a.site_code, event="opened"))
         if a.accepted_at is not None:
             events.append(TimelineEvent(at=a.accepted_at, site_code=a.site_code, event="accepted"))
         for step in steps.get(a.id or 0, ()):
@@ -184,6 +229,7 @@ def queue_item(
             for s in steps
         ],
         routed_at=assignment.routed_at,
+        opened_at=assignment.opened_at,
         accepted_at=assignment.accepted_at,
         decided_at=assignment.decided_at,
         rank=assignment.rank,

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.site_router.domain import SiteStatus
+from services.site_router.domain import QueueTab, SiteStatus, short_id
 from shared.criteria_fields import CRITERION_FIELDS
 from shared.events import EnrolmentStep
 
@@ -154,6 +154,9 @@ class QueueItem(BaseModel):
     step_at: datetime | None = None
     steps: list[StepOut] = Field(default_factory=list, description="every step recorded, oldest first")
     routed_at: datetime
+    opened_at: datetime | None = Field(
+        default=None, description="when a coordinator of the site first opened it in the portal"
+    )
     accepted_at: datetime | None = None
     decided_at: datetime | None
     rank: int
@@ -311,3 +314,42 @@ class QuestionReceipt(BaseModel):
     site_code: str
     criteria: list[str]
     text: str | None
+
+
+# --- the coordinators' portal (what its pages show; never the patient's identity) --------------------------
+
+
+class PortalItem(QueueItem):
+    """A row of the portal's queue: one site's assignment of a referral, in its tab."""
+
+    site_name: str
+    tab: QueueTab
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.referral_id)
+
+
+class PortalQueue(BaseModel):
+    """The signed-in coordinator's sites' referrals, oldest first, with how many each tab holds."""
+
+    site_codes: list[str]
+    site_names: dict[str, str]
+    items: list[PortalItem]
+
+    def in_tab(self, tab: QueueTab) -> list[PortalItem]:
+        return [item for item in self.items if item.tab == tab]
+
+    def counts(self) -> dict[QueueTab, int]:
+        return {tab: len(self.in_tab(tab)) for tab in QueueTab}
+
+
+class PortalReferral(SiteReferral):
+    """One referral's page in the portal: the site API's view of it, in the portal's tab."""
+
+    site_name: str
+    tab: QueueTab
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.referral_id)

@@ -115,6 +115,9 @@ class Assignment(SQLModel, table=True):
     enrolled: bool | None = None
     routed_at: datetime = timestamp()
     decided_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+    opened_at: datetime | None = timestamp(nullable=True, now_by_default=False)
+    """When a coordinator of the site first opened it in the portal: "new" until then."""
+
     accepted_at: datetime | None = timestamp(nullable=True, now_by_default=False)
     step: str | None = Field(default=None, description="the last step recorded after acceptance")
     step_at: datetime | None = timestamp(nullable=True, now_by_default=False)
@@ -335,6 +338,44 @@ async def site_queue(
         .offset(offset)
     )
     return [(a, r) for a, r in (await session.execute(query)).all()]
+
+
+async def sites_queue(
+    session: AsyncSession, site_codes: Collection[str], closed_limit: int
+) -> Sequence[tuple[Assignment, ReferralRecord]]:
+    """The portal's queue of several sites: every open assignment (they hold slots, so capacity bounds
+    them) and the ``closed_limit`` most recently routed others; oldest first."""
+    joined = select(Assignment, ReferralRecord).join(
+        ReferralRecord, col(ReferralRecord.referral_id) == col(Assignment.referral_id)
+    )
+    mine = col(Assignment.site_code).in_(list(site_codes))
+    is_open = col(Assignment.state).in_(list(ACTIVE_ASSIGNMENT_STATES))
+    open_rows = (await session.execute(joined.where(mine, is_open))).all()
+    closed_rows = (
+        await session.execute(
+            joined.where(mine, ~is_open)
+            .order_by(col(Assignment.routed_at).desc(), col(Assignment.id).desc())
+            .limit(closed_limit)
+        )
+    ).all()
+    rows = [(a, r) for a, r in [*open_rows, *closed_rows]]
+    return sorted(rows, key=lambda row: (row[0].routed_at, row[0].id or 0))
+
+
+async def mark_opened(session: AsyncSession, site_code: str, referral_id: uuid.UUID) -> None:
+    """Note the first time the site opened its routed referral (a conditional write, no lock waited for
+    beyond the one row)."""
+    await session.execute(
+        update(Assignment)
+        .where(
+            col(Assignment.referral_id) == referral_id,
+            col(Assignment.site_code) == site_code,
+            col(Assignment.state) == AssignmentState.ROUTED,
+            col(Assignment.opened_at).is_(None),
+        )
+        .values(opened_at=utcnow())
+        .execution_options(**_NO_SYNC)
+    )
 
 
 async def steps_of(session: AsyncSession, assignment_ids: Collection[int]) -> dict[int, list[ReferralStep]]:

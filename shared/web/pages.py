@@ -59,11 +59,13 @@ def render(
     *,
     status_code: int = 200,
     headers: dict[str, str] | None = None,
+    templates: Path | None = None,
     **context: Any,
 ) -> HTMLResponse:
     """The page ``template`` with ``context``, plus what the layout needs: ``css_url``, and for a
     signed-in person (``shared.web.signin.signed_in``) ``user`` and ``csrf_token``. Keeps their session
-    alive (its idle timer restarts)."""
+    alive (its idle timer restarts). ``templates``: a folder of the service's own to search instead of
+    its default one (a part of the service with pages of its own, e.g. site_router's ``portal/``)."""
     web_user = getattr(request.state, "web_user", None)
     base: dict[str, Any] = {
         "css_url": CSS_URL,
@@ -72,7 +74,7 @@ def render(
         "signout_url": getattr(request.state, "web_signout_url", None),
         "service_name": getattr(request.state, "web_service_name", None) or "trialroute",
     }
-    response = _templates(service_templates(request)).TemplateResponse(
+    response = _templates(templates or service_templates(request)).TemplateResponse(
         request, template, {**base, **context}, status_code=status_code, headers=headers
     )
     keep_session(request, response)

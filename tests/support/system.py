@@ -53,11 +53,16 @@ def consumer_group(stack: Stack, service: str) -> str:
 
 @contextmanager
 def running_system(
-    pg_admin_url: str, kafka_bootstrap: str, run_dir: Path, env: Mapping[str, str] | None = None
+    pg_admin_url: str,
+    kafka_bootstrap: str,
+    run_dir: Path,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[Stack]:
     """Databases, topics, processes: created, started, and removed again afterwards. Consumer groups
     are the run's own too; they are left empty (aiokafka cannot delete them) for the broker to expire.
-    ``env`` is given to every service (e.g. where to export traces)."""
+    ``env`` is given to every service (e.g. where to export traces); ``extra_env``: more environment per
+    service (a system with TOTP required, say)."""
     run = uuid.uuid4().hex[:8]
     names = {s: f"e2e_{s}_{uuid.uuid4().hex[:8]}" for s in SERVICES}
     groups = own_consumer_groups(f"e2e{run}-")
@@ -71,7 +76,10 @@ def running_system(
         },
         ports={name: free_port() for name in DEFAULT_PORTS},
         environment="test",
-        service_env={s: TEST_ENV.get(s, {}) | groups.get(s, {}) | dict(env or {}) for s in SERVICES},
+        service_env={
+            s: TEST_ENV.get(s, {}) | groups.get(s, {}) | dict(env or {}) | dict((extra_env or {}).get(s, {}))
+            for s in SERVICES
+        },
     )
     stack = Stack(config)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field

@@ -11,18 +11,15 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from services.auth import registry
-from services.auth.config import AuthSettings
-from services.auth.domain import RegistrationError
-from services.auth.keys import rotate_signing_key
-from services.auth.migrations import MIGRATIONS
 from shared.auth import Scope
-from shared.db import Database
-from shared.migrations import prepare_store
+
+if TYPE_CHECKING:  # imported when a command runs: every process imports this module (services/cli.py)
+    from services.auth.config import AuthSettings
+    from shared.db import Database
 
 app = typer.Typer(help="OAuth2 clients of the auth service, and its signing keys.", no_args_is_help=True)
 
@@ -30,6 +27,13 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[Database, AuthSettings], Awaitable[T]]) -> T:
+    from services.auth import registry
+    from services.auth.config import AuthSettings
+    from services.auth.domain import RegistrationError
+    from services.auth.migrations import MIGRATIONS
+    from shared.db import Database
+    from shared.migrations import prepare_store
+
     settings = AuthSettings()
 
     async def main() -> T:
@@ -102,6 +106,8 @@ def create(
 ) -> None:
     """Register a client. With --jwks-url or --jwks-file (the way for clinics: SMART Backend Services)
     it signs in with its own key and has no secret; without, it gets a secret, printed once."""
+    from services.auth import registry
+
     if jwks_url is None and jwks_file is None:
         secret = _run(
             lambda db, _: registry.create_client(
@@ -132,6 +138,8 @@ def create(
 @app.command("list")
 def list_() -> None:
     """List the clients (never their secrets)."""
+    from services.auth import registry
+
     clients = _run(lambda db, _: registry.list_clients(db))
     for c in clients:
         tenant = f"clinic={c.clinic_id}" if c.clinic_id else f"site={c.site_code}" if c.site_code else "-"
@@ -148,6 +156,8 @@ def list_() -> None:
 @app.command()
 def disable(client_id: Annotated[str, typer.Argument()]) -> None:
     """Refuse the client's next token requests (tokens it holds run out within their lifetime)."""
+    from services.auth import registry
+
     _run(lambda db, _: registry.set_enabled(db, client_id, False))
     typer.echo(f"{client_id} disabled")
 
@@ -155,6 +165,8 @@ def disable(client_id: Annotated[str, typer.Argument()]) -> None:
 @app.command()
 def enable(client_id: Annotated[str, typer.Argument()]) -> None:
     """Let a disabled client get tokens again."""
+    from services.auth import registry
+
     _run(lambda db, _: registry.set_enabled(db, client_id, True))
     typer.echo(f"{client_id} enabled")
 
@@ -162,6 +174,8 @@ def enable(client_id: Annotated[str, typer.Argument()]) -> None:
 @app.command("rotate-secret")
 def rotate_secret(client_id: Annotated[str, typer.Argument()]) -> None:
     """Give the client a new secret (the old one stops working now); prints it once."""
+    from services.auth import registry
+
     secret = _run(lambda db, _: registry.rotate_secret(db, client_id))
     _show_secret(client_id, secret)
 
@@ -171,6 +185,8 @@ def set_keys(
     client_id: Annotated[str, typer.Argument()], jwks_url: JwksUrl = None, jwks_file: JwksFile = None
 ) -> None:
     """Give a client new public keys; a client with a secret loses it: it signs in with its key now."""
+    from services.auth import registry
+
     _check_one_key_source(jwks_url, jwks_file)
     jwks = _read_jwks(jwks_file) if jwks_file is not None else None
     _run(lambda db, _: registry.set_keys(db, client_id, jwks_url=jwks_url, jwks=jwks))
@@ -181,5 +197,7 @@ def set_keys(
 def rotate_key() -> None:
     """Add a signing key: published now, signing after AUTH_KEY_PUBLISH_DELAY_S; old keys retire
     once their last tokens have expired."""
+    from services.auth.keys import rotate_signing_key
+
     key = _run(rotate_signing_key)
     typer.echo(f"new signing key {key.kid}: published now, signs from {key.signs_from.isoformat()}")

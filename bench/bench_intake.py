@@ -49,6 +49,7 @@ from services.devstack.processes import ServiceProcess, trialroute_argv
 from services.devstack.stack import Stack, StackConfig, free_port
 from shared.auth import Scope
 from shared.db import Database
+from shared.migrations import migrate, service_migrations
 from shared.settings import KafkaSettings
 from tests.support.builders import sample_referral
 
@@ -220,6 +221,9 @@ def servers(urls: dict[str, str], tag: str, *, profile: bool) -> Iterator[Server
     )
     env = Stack(config).service_env
     logs = run_dir / "logs"
+    # A deployment's migrate step: services refuse a store that is not at their code's revision.
+    for service in ("auth", "intake"):
+        asyncio.run(migrate(urls[service], service_migrations(service)))
     with ExitStack() as stack:
         auth = ServiceProcess(
             "auth",

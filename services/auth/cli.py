@@ -12,18 +12,17 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from services.auth import registry, users
-from services.auth.config import AuthSettings
-from services.auth.domain import AccountError, RegistrationError, Role
-from services.auth.keys import rotate_signing_key
-from services.auth.migrations import MIGRATIONS
+from services.auth.domain import Role
 from shared.auth import Scope
-from shared.db import Database
-from shared.migrations import prepare_store
+
+if TYPE_CHECKING:  # imported when a command runs: every process imports this module (services/cli.py)
+    from services.auth import users
+    from services.auth.config import AuthSettings
+    from shared.db import Database
 
 app = typer.Typer(help="OAuth2 clients of the auth service, and its signing keys.", no_args_is_help=True)
 
@@ -31,6 +30,13 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[Database, AuthSettings], Awaitable[T]]) -> T:
+    from services.auth import registry
+    from services.auth.config import AuthSettings
+    from services.auth.domain import RegistrationError
+    from services.auth.migrations import MIGRATIONS
+    from shared.db import Database
+    from shared.migrations import prepare_store
+
     settings = AuthSettings()
 
     async def main() -> T:
@@ -103,6 +109,8 @@ def create(
 ) -> None:
     """Register a client. With --jwks-url or --jwks-file (the way for clinics: SMART Backend Services)
     it signs in with its own key and has no secret; without, it gets a secret, printed once."""
+    from services.auth import registry
+
     if jwks_url is None and jwks_file is None:
         secret = _run(
             lambda db, _: registry.create_client(
@@ -133,6 +141,8 @@ def create(
 @app.command("list")
 def list_() -> None:
     """List the clients (never their secrets)."""
+    from services.auth import registry
+
     clients = _run(lambda db, _: registry.list_clients(db))
     for c in clients:
         tenant = f"clinic={c.clinic_id}" if c.clinic_id else f"site={c.site_code}" if c.site_code else "-"
@@ -149,6 +159,8 @@ def list_() -> None:
 @app.command()
 def disable(client_id: Annotated[str, typer.Argument()]) -> None:
     """Refuse the client's next token requests (tokens it holds run out within their lifetime)."""
+    from services.auth import registry
+
     _run(lambda db, _: registry.set_enabled(db, client_id, False))
     typer.echo(f"{client_id} disabled")
 
@@ -156,6 +168,8 @@ def disable(client_id: Annotated[str, typer.Argument()]) -> None:
 @app.command()
 def enable(client_id: Annotated[str, typer.Argument()]) -> None:
     """Let a disabled client get tokens again."""
+    from services.auth import registry
+
     _run(lambda db, _: registry.set_enabled(db, client_id, True))
     typer.echo(f"{client_id} enabled")
 
@@ -163,6 +177,8 @@ def enable(client_id: Annotated[str, typer.Argument()]) -> None:
 @app.command("rotate-secret")
 def rotate_secret(client_id: Annotated[str, typer.Argument()]) -> None:
     """Give the client a new secret (the old one stops working now); prints it once."""
+    from services.auth import registry
+
     secret = _run(lambda db, _: registry.rotate_secret(db, client_id))
     _show_secret(client_id, secret)
 
@@ -172,6 +188,8 @@ def set_keys(
     client_id: Annotated[str, typer.Argument()], jwks_url: JwksUrl = None, jwks_file: JwksFile = None
 ) -> None:
     """Give a client new public keys; a client with a secret loses it: it signs in with its key now."""
+    from services.auth import registry
+
     _check_one_key_source(jwks_url, jwks_file)
     jwks = _read_jwks(jwks_file) if jwks_file is not None else None
     _run(lambda db, _: registry.set_keys(db, client_id, jwks_url=jwks_url, jwks=jwks))
@@ -182,6 +200,8 @@ def set_keys(
 def rotate_key() -> None:
     """Add a signing key: published now, signing after AUTH_KEY_PUBLISH_DELAY_S; old keys retire
     once their last tokens have expired."""
+    from services.auth.keys import rotate_signing_key
+
     key = _run(rotate_signing_key)
     typer.echo(f"new signing key {key.kid}: published now, signs from {key.signs_from.isoformat()}")
 
@@ -192,6 +212,9 @@ users_app = typer.Typer(
 
 
 def _run_users(work: Callable[[Database, AuthSettings], Awaitable[T]]) -> T:
+    from services.auth import users
+    from services.auth.domain import AccountError
+
     try:
         return _run(work)
     except users.UserExists as exc:
@@ -222,6 +245,9 @@ def create_user(
     ] = None,
 ) -> None:
     """Create an account; prints its one-time set-password link."""
+    from services.auth import users
+    from services.auth.config import AuthSettings
+
     settings = AuthSettings()
     link = _run_users(
         lambda db, s: users.create_user(
@@ -239,6 +265,8 @@ def create_user(
 @users_app.command("list")
 def list_users() -> None:
     """List the accounts (never their passwords or TOTP secrets)."""
+    from services.auth import users
+
     found = _run_users(lambda db, _: users.list_users(db))
     for u in found:
         state = "disabled" if u.disabled else "enabled"
@@ -255,6 +283,8 @@ def list_users() -> None:
 @users_app.command("disable")
 def disable_user(user: Annotated[str, typer.Argument(help="email or id")]) -> None:
     """No more sign-ins; the account's sessions end now (tokens it holds run out within their lifetime)."""
+    from services.auth import users
+
     done = _run_users(lambda db, _: users.set_disabled(db, user, True))
     typer.echo(f"{done.email} disabled")
 
@@ -262,6 +292,8 @@ def disable_user(user: Annotated[str, typer.Argument(help="email or id")]) -> No
 @users_app.command("enable")
 def enable_user(user: Annotated[str, typer.Argument(help="email or id")]) -> None:
     """Let a disabled account sign in again."""
+    from services.auth import users
+
     done = _run_users(lambda db, _: users.set_disabled(db, user, False))
     typer.echo(f"{done.email} enabled")
 
@@ -274,6 +306,9 @@ def reset_user(
     ] = False,
 ) -> None:
     """Forget the password (and the authenticator app), end the sessions; prints a new set-password link."""
+    from services.auth import users
+    from services.auth.config import AuthSettings
+
     settings = AuthSettings()
     link = _run_users(
         lambda db, s: users.reset(

@@ -44,7 +44,7 @@ def portal_system(servers: Servers, tmp_path_factory: pytest.TempPathFactory) ->
     """The whole system with a second factor required of everyone who signs in."""
     run_dir: Path = tmp_path_factory.mktemp("portal-system")
     extra = {"auth": {"AUTH_TOTP_REQUIRED": "true"}}
-    with running_system(servers.pg_admin_url, servers.kafka_bootstrap, run_dir, extra) as stack:
+    with running_system(servers.pg_admin_url, servers.kafka_bootstrap, run_dir, extra_env=extra) as stack:
         yield stack
 
 

@@ -31,7 +31,7 @@ def receiver() -> Iterator[Receiver]:
 def traced(servers: Servers, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
     run_dir: Path = tmp_path_factory.mktemp("traced")
-    with running_system(servers.pg_admin_url, servers.kafka_bootstrap, run_dir, env) as stack:
+    with running_system(servers.pg_admin_url, servers.kafka_bootstrap, run_dir, env=env) as stack:
         yield stack
 
 

@@ -56,6 +56,7 @@ def running_system(
     pg_admin_url: str,
     kafka_bootstrap: str,
     run_dir: Path,
+    *,
     env: Mapping[str, str] | None = None,
     extra_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[Stack]:

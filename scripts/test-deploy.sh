@@ -9,7 +9,8 @@
 #   3. starts docker-compose.yml with deploy/local/docker-compose.local.yml (the stand-ins, the host
 #      network, loopback only) as a project of its own, from empty volumes, and waits until every
 #      service is healthy and every one-shot job has succeeded;
-#   4. runs tests/deploy (a referral from token to e-mails) against the published ports;
+#   4. runs tests/deploy (a referral from token to e-mails) against the published ports, over HTTPS
+#      trusting the lab CA (ca.crt, copied out of the stack's certs volume);
 #   5. stops the stack and removes its volumes; on any failure, prints every container's log first.
 # Exits non-zero on any failure. Never part of `make test` (minutes of image builds; it is for ops).
 # Usage: scripts/test-deploy.sh
@@ -164,6 +165,7 @@ build_images() {
   libs="$(deploy/local/kafka.sh libs)"
   link_tree "$libs" "$ctx/libs"
   cp deploy/local/images/kafka-entrypoint.sh deploy/local/images/kafka-broker-api-versions.sh \
+    deploy/local/images/kafka-storage.sh deploy/local/images/kafka-server-start.sh \
     deploy/kafka/log4j2.properties "$ctx/"
   build kafka --network host -f deploy/local/images/kafka.Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
     -t trialroute-kafka:local "$ctx"
@@ -261,9 +263,13 @@ log "every service healthy; running the smoke test (tests/deploy)"
 
 secret="$(clinic_secret)"
 [[ -n $secret ]] || fail "seed-clients printed no secret for demo-clinic"
-TRIALROUTE_DEPLOY_SMOKE=1 TRIALROUTE_DEPLOY_CLINIC_SECRET="$secret" \
-  TRIALROUTE_DEPLOY_AUTH_URL="http://127.0.0.1:$TRIALROUTE_DEPLOY_AUTH_PORT" \
-  TRIALROUTE_DEPLOY_INTAKE_URL="http://127.0.0.1:$TRIALROUTE_DEPLOY_INTAKE_PORT" \
-  TRIALROUTE_DEPLOY_SITE_ROUTER_URL="http://127.0.0.1:$TRIALROUTE_DEPLOY_SITE_ROUTER_PORT" \
+# The services serve HTTPS with the `certs` job's certificates: the smoke test trusts that lab CA, read
+# out of the stack's certs volume (no network: the engine has no bridge).
+docker run --rm --network none --entrypoint cat -v "${PROJECT}_certs:/certs:ro" "$APP_IMAGE" /certs/ca.crt \
+  >"$RUN/ca.crt" || fail "could not read ca.crt from the volume ${PROJECT}_certs"
+TRIALROUTE_DEPLOY_SMOKE=1 TRIALROUTE_DEPLOY_CLINIC_SECRET="$secret" TRIALROUTE_DEPLOY_CA_FILE="$RUN/ca.crt" \
+  TRIALROUTE_DEPLOY_AUTH_URL="https://127.0.0.1:$TRIALROUTE_DEPLOY_AUTH_PORT" \
+  TRIALROUTE_DEPLOY_INTAKE_URL="https://127.0.0.1:$TRIALROUTE_DEPLOY_INTAKE_PORT" \
+  TRIALROUTE_DEPLOY_SITE_ROUTER_URL="https://127.0.0.1:$TRIALROUTE_DEPLOY_SITE_ROUTER_PORT" \
   TRIALROUTE_DEPLOY_MAIL_URL="http://127.0.0.1:$TRIALROUTE_DEPLOY_MAIL_PORT" \
   nice .venv/bin/pytest tests/deploy -m deploy -p no:cacheprovider -q

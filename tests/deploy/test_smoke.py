@@ -2,16 +2,18 @@
 
 Run by scripts/test-deploy.sh (`make test-deploy`) against the compose stack it started; never by
 `make test` (tests/conftest.py leaves this folder out unless TRIALROUTE_DEPLOY_SMOKE=1). Only the
-published HTTP ports are used, as a clinic and an operator would. The URLs default to those
-docker-compose.yml publishes, so it also runs against a plain `docker compose up`:
+published ports are used, as a clinic and an operator would: HTTPS, trusting the lab CA the `certs` job
+made (TRIALROUTE_DEPLOY_CA_FILE; copy it out with `docker compose cp certs:/certs/ca.crt .`). The URLs
+default to those docker-compose.yml publishes, so it also runs against a plain `docker compose up`:
 
     TRIALROUTE_DEPLOY_SMOKE=1 TRIALROUTE_DEPLOY_CLINIC_SECRET=<from `docker compose logs seed-clients`> \\
-        .venv/bin/pytest tests/deploy -m deploy
+        TRIALROUTE_DEPLOY_CA_FILE=ca.crt .venv/bin/pytest tests/deploy -m deploy
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Any
 
 import httpx
@@ -23,10 +25,11 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.deploy
 
-AUTH_URL = os.environ.get("TRIALROUTE_DEPLOY_AUTH_URL", "http://127.0.0.1:8000")
-INTAKE_URL = os.environ.get("TRIALROUTE_DEPLOY_INTAKE_URL", "http://127.0.0.1:8001")
-SITE_ROUTER_URL = os.environ.get("TRIALROUTE_DEPLOY_SITE_ROUTER_URL", "http://127.0.0.1:8003")
-MAIL_URL = os.environ.get("TRIALROUTE_DEPLOY_MAIL_URL", "http://127.0.0.1:8025")
+AUTH_URL = os.environ.get("TRIALROUTE_DEPLOY_AUTH_URL", "https://127.0.0.1:8000")
+INTAKE_URL = os.environ.get("TRIALROUTE_DEPLOY_INTAKE_URL", "https://127.0.0.1:8001")
+SITE_ROUTER_URL = os.environ.get("TRIALROUTE_DEPLOY_SITE_ROUTER_URL", "https://127.0.0.1:8003")
+MAIL_URL = os.environ.get("TRIALROUTE_DEPLOY_MAIL_URL", "http://127.0.0.1:8025")  # the catcher's plain UI
+CA_FILE = os.environ.get("TRIALROUTE_DEPLOY_CA_FILE", "ca.crt")  # the lab CA of every certificate
 # Pipeline steps are seconds apart, but the first referral after start-up waits for consumer groups to
 # settle and for the notifier's first token.
 WITHIN = float(os.environ.get("TRIALROUTE_DEPLOY_WITHIN_S", "300"))
@@ -35,7 +38,8 @@ WITHIN = float(os.environ.get("TRIALROUTE_DEPLOY_WITHIN_S", "300"))
 @pytest.fixture
 async def web() -> Any:
     # Generous: on a loaded machine a token request (a password hash check) can take many seconds.
-    async with httpx.AsyncClient(timeout=60) as client:
+    trust = ssl.create_default_context(cafile=CA_FILE)  # verified, as a clinic would: no verify=False
+    async with httpx.AsyncClient(timeout=60, verify=trust) as client:
         yield client
 
 

@@ -5,6 +5,9 @@
 # when added at format time (`kafka-storage.sh format --add-scram`): KAFKA_SCRAM_USERS ("name:password
 # ..."), and `broker` (KAFKA_BROKER_PASSWORD) for the broker itself and the health check. Users are
 # added on the first start only: after changing them, `docker compose down -v`.
+# KAFKA_LISTENERS, KAFKA_ADVERTISED_LISTENERS and KAFKA_CONTROLLER_QUORUM_VOTERS, if set, replace the
+# addresses below (the local override, deploy/local/docker-compose.local.yml, puts them on loopback ports
+# of the host network); the listener names stay SASL_SSL and CONTROLLER.
 set -euo pipefail
 conf=/tmp/kafka
 mkdir -p "$conf"
@@ -12,10 +15,10 @@ jaas() { echo "org.apache.kafka.common.security.scram.ScramLoginModule required 
 cat >"$conf/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@localhost:9093
+controller.quorum.voters=${KAFKA_CONTROLLER_QUORUM_VOTERS:-1@localhost:9093}
 controller.listener.names=CONTROLLER
-listeners=SASL_SSL://:9092,CONTROLLER://localhost:9093
-advertised.listeners=SASL_SSL://kafka:9092
+listeners=${KAFKA_LISTENERS:-SASL_SSL://:9092,CONTROLLER://localhost:9093}
+advertised.listeners=${KAFKA_ADVERTISED_LISTENERS:-SASL_SSL://kafka:9092}
 inter.broker.listener.name=SASL_SSL
 listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512

@@ -77,12 +77,14 @@ def test_names_every_service_the_code_has(service: str) -> None:
     env = OVERRIDE[name]["environment"]
     port = env[f"{prefix}_PORT"]
     assert env[f"{prefix}_HOST"] == "127.0.0.1"
-    assert f"http://127.0.0.1:{port}/healthz" in " ".join(OVERRIDE[name]["healthcheck"]["test"])
+    check = " ".join(OVERRIDE[name]["healthcheck"]["test"])
+    assert f"https://127.0.0.1:{port}/healthz" in check and "cafile='/certs/ca.crt'" in check, "over TLS"
     assert f"{prefix}_METRICS_PORT" in env
     url = make_url(env[f"{prefix}_DATABASE_URL"])
     assert (url.host, url.port) == ("127.0.0.1", int(OVERRIDE["postgres"]["environment"]["PGPORT"]))
     base = make_url(BASE[name]["environment"][f"{prefix}_DATABASE_URL"])
     assert (url.username, url.password, url.database) == (base.username, base.password, base.database)
+    assert url.query == base.query, "the same TLS settings (sslmode=verify-full, the lab CA)"
     unknown = set(env) - facts.env_read_by(service)
     assert not unknown, f"{name} sets variables no settings class of its service reads: {sorted(unknown)}"
 
@@ -95,7 +97,8 @@ def test_listeners_are_loopback_and_have_distinct_ports() -> None:
     kafka = OVERRIDE["kafka"]["environment"]
     for listener in kafka["KAFKA_LISTENERS"].split(","):
         assert listener.split("://")[1].startswith("127.0.0.1:"), listener
-    assert OVERRIDE["postgres"]["command"] == ["postgres", "-c", "listen_addresses=127.0.0.1"]
+    postgres = OVERRIDE["postgres"]["command"]
+    assert postgres == [*BASE["postgres"]["command"], "-c", "listen_addresses=127.0.0.1"]  # TLS kept
     assert "0.0.0.0" not in _with_defaults(RAW)
 
 
@@ -107,16 +110,43 @@ def test_the_script_sets_every_port_variable_of_the_override() -> None:
 
 def test_the_services_reach_each_other_on_loopback() -> None:
     auth = OVERRIDE[SERVED["auth"]]["environment"]
-    kafka = OVERRIDE["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].split("://")[1]
+    protocol, kafka = OVERRIDE["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].split("://")
+    assert protocol == "SASL_SSL", "the only client listener of deploy/compose/kafka/start.sh"
     for service in facts.SERVICES:
         env = OVERRIDE[SERVED[service]]["environment"]
-        assert env["OAUTH_ISSUER"] == auth["AUTH_ISSUER"] == f"http://127.0.0.1:{auth['AUTH_PORT']}"
+        assert env["OAUTH_ISSUER"] == auth["AUTH_ISSUER"] == f"https://127.0.0.1:{auth['AUTH_PORT']}"
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == kafka
     notifier = OVERRIDE[SERVED["notifier"]]["environment"]
     mailbox = OVERRIDE["mailpit"]["command"]
     assert str(notifier["NOTIFIER_SMTP_PORT"]) == mailbox[mailbox.index("--smtp-port") + 1]
     intake_port = OVERRIDE[SERVED["intake"]]["environment"]["INTAKE_PORT"]
-    assert notifier["NOTIFIER_INTAKE_URL"] == f"http://127.0.0.1:{intake_port}"
+    assert notifier["NOTIFIER_INTAKE_URL"] == f"https://127.0.0.1:{intake_port}"
+
+
+def test_urls_people_open_are_the_loopback_ports() -> None:
+    """Sign-in and the portal (docs/sign-in.md): the browser is on the host, at the override's ports."""
+    auth = OVERRIDE[SERVED["auth"]]["environment"]
+    site_router = OVERRIDE[SERVED["site_router"]]["environment"]
+    auth_url, portal = f"https://127.0.0.1:{auth['AUTH_PORT']}", site_router["SITE_ROUTER_PUBLIC_URL"]
+    assert auth["AUTH_PUBLIC_URL"] == auth_url
+    assert portal == f"https://127.0.0.1:{site_router['SITE_ROUTER_PORT']}"
+    assert site_router["WEB_AUTHORIZATION_URL"] == f"{auth_url}/oauth/authorize"
+    clients = json.loads(auth["AUTH_WEB_CLIENTS"])
+    assert clients[0]["redirect_uris"] == [f"{portal}/portal/callback"]
+    assert OVERRIDE[SERVED["notifier"]]["environment"]["NOTIFIER_PORTAL_URL"] == f"{portal}/portal"
+
+
+def test_kafka_stand_in_runs_the_compose_start_script() -> None:
+    """deploy/compose/kafka/start.sh (SASL_SSL, SCRAM) calls apache/kafka's scripts: the stand-in has them,
+    and the override changes only its addresses, which the start script reads."""
+    assert "entrypoint" not in OVERRIDE["kafka"] and "/compose/kafka/start.sh" in BASE["kafka"]["entrypoint"]
+    start = (facts.ROOT / "deploy" / "compose" / "kafka" / "start.sh").read_text()
+    dockerfile = (IMAGES / "kafka.Dockerfile").read_text()
+    for tool in re.findall(r"/opt/kafka/bin/([\w-]+\.sh)", start):
+        assert (IMAGES / tool).is_file() and tool in dockerfile and tool in SCRIPT.read_text(), tool
+    for variable in OVERRIDE["kafka"]["environment"]:
+        assert f"${{{variable}:-" in start, variable
+    assert "--command-config /tmp/kafka/client.properties" in OVERRIDE["kafka"]["healthcheck"]["test"][1]
 
 
 def test_every_store_url_of_the_compose_file_is_moved() -> None:

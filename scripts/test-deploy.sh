@@ -37,12 +37,13 @@ set_ports() {  # set_ports BASE: the ports of deploy/local/docker-compose.local.
     TRIALROUTE_DEPLOY_KAFKA_PORT=$((base + 1)) TRIALROUTE_DEPLOY_KAFKA_CONTROLLER_PORT=$((base + 2)) \
     TRIALROUTE_DEPLOY_AUTH_PORT=$((base + 10)) TRIALROUTE_DEPLOY_INTAKE_PORT=$((base + 11)) \
     TRIALROUTE_DEPLOY_ELIGIBILITY_PORT=$((base + 12)) TRIALROUTE_DEPLOY_SITE_ROUTER_PORT=$((base + 13)) \
-    TRIALROUTE_DEPLOY_NOTIFIER_PORT=$((base + 14)) \
+    TRIALROUTE_DEPLOY_NOTIFIER_PORT=$((base + 14)) TRIALROUTE_DEPLOY_INSIGHTS_PORT=$((base + 15)) \
     TRIALROUTE_DEPLOY_AUTH_METRICS_PORT=$((base + 20)) TRIALROUTE_DEPLOY_INTAKE_METRICS_PORT=$((base + 21)) \
     TRIALROUTE_DEPLOY_ELIGIBILITY_METRICS_PORT=$((base + 22)) \
     TRIALROUTE_DEPLOY_SITE_ROUTER_METRICS_PORT=$((base + 23)) \
     TRIALROUTE_DEPLOY_NOTIFIER_METRICS_PORT=$((base + 24)) \
-    TRIALROUTE_DEPLOY_SMTP_PORT=$((base + 25)) TRIALROUTE_DEPLOY_MAIL_PORT=$((base + 26))
+    TRIALROUTE_DEPLOY_SMTP_PORT=$((base + 25)) TRIALROUTE_DEPLOY_MAIL_PORT=$((base + 26)) \
+    TRIALROUTE_DEPLOY_INSIGHTS_METRICS_PORT=$((base + 27))
 }
 
 ports_in_use() {  # the stack's ports that something already listens on
@@ -61,7 +62,7 @@ choose_ports() {  # TRIALROUTE_DEPLOY_PORT_BASE if set, else the first of a few 
     [[ -z $busy ]] && return 0
     log "ports of base $candidate in use: $(echo $busy)"
   done
-  fail "no free ports: set TRIALROUTE_DEPLOY_PORT_BASE (the stack uses it through +26)"
+  fail "no free ports: set TRIALROUTE_DEPLOY_PORT_BASE (the stack uses it through +27)"
 }
 
 STARTED=$SECONDS

@@ -246,7 +246,7 @@ compose_command
 
 "${COMPOSE[@]}" down -v --remove-orphans >"$RUN/down.log" 2>&1 || true  # a previous run's leftovers
 choose_ports
-log "starting the stack (project $PROJECT, ports ${base}-$((base + 26)) on 127.0.0.1)"
+log "starting the stack (project $PROJECT, ports ${base}-$((base + 27)) on 127.0.0.1)"
 STACK_UP=1
 # Compose stops starting services when a dependency is "unhealthy", which on a loaded machine may only
 # be a slow start (the health check's start period is for a normal one): then `up` again, until the

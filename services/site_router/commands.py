@@ -288,13 +288,14 @@ class Commands:
             )
             if value is not None
         }
+        # Whose referral first: another site's gets 404 whatever its body says, and learns nothing.
+        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
         bad_input = step_fields_refusal(step, given)
         if bad_input is not None:
             assert bad_input.field is not None
             raise Unprocessable(
                 "1 invalid field(s)", errors=[{"field": bad_input.field, "reason": bad_input.reason}]
             )
-        referral, assignment = await self._site_assignment(session, site_codes, referral_id)
         assert assignment.id is not None
         steps = (await store.steps_of(session, [assignment.id]))[assignment.id]
         if steps and assignment.step == step:

@@ -10,5 +10,6 @@ scripts/bootstrap.sh
 scripts/lint.sh
 [[ -x /usr/bin/chromium ]] || scripts/install-chromium.sh  # browser tests (Playwright drives it)
 scripts/install-promtool.sh >/dev/null  # alert rule tests (tests/unit/deploy/test_alerts.py)
+scripts/install-toxiproxy.sh >/dev/null  # network fault suite (tests/reliability/test_network_faults.py)
 
 exec scripts/with-servers.sh --pg-fast .venv/bin/pytest "$@"

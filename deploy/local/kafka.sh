@@ -6,7 +6,9 @@
 # Env: TRIALROUTE_KAFKA_PORT (29092; the controller listens on the next port),
 #      TRIALROUTE_KAFKA_VERSION (4.4.0), TRIALROUTE_CACHE_DIR (~/.cache/trialroute),
 #      TRIALROUTE_KAFKA_DIR (where the broker's files live; default .run/kafka: a second broker, say the
-#      TLS tests', needs its own).
+#      TLS tests', needs its own),
+#      TRIALROUTE_KAFKA_ADVERTISED_PORT (default: the port; the port on 127.0.0.1 the broker tells clients
+#      to connect to: a TCP proxy's in front of it, as the network fault suite runs it).
 #   SASL_SSL instead of PLAINTEXT on the client port (the controller's stays PLAINTEXT on loopback):
 #      TRIALROUTE_KAFKA_SSL_CERT, TRIALROUTE_KAFKA_SSL_KEY (PEM: the broker's certificate chain and its
 #      unencrypted PKCS#8 key), TRIALROUTE_KAFKA_SSL_CA (PEM: what the broker, connecting to itself, and
@@ -20,6 +22,7 @@ CONF="$ROOT/deploy/kafka"
 VERSION="${TRIALROUTE_KAFKA_VERSION:-4.4.0}"
 PORT="${TRIALROUTE_KAFKA_PORT:-29092}"
 CONTROLLER_PORT="${TRIALROUTE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+ADVERTISED_PORT="${TRIALROUTE_KAFKA_ADVERTISED_PORT:-$PORT}"
 BOOTSTRAP="127.0.0.1:$PORT"
 RUN="${TRIALROUTE_KAFKA_DIR:-$ROOT/.run/kafka}"
 DATA="$RUN/data" LOG="$RUN/kafka.log" PIDFILE="$RUN/kafka.pid" PROPS="$RUN/server.properties"
@@ -60,7 +63,8 @@ kjava() {  # run a Kafka main class or KafkaAdmin.java, logging at error level o
 jaas() { echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$SCRAM_USER\" password=\"$SCRAM_PASSWORD\";"; }
 
 render() {  # server.properties for this run, and the admin tool's client properties
-  sed -e "s|@KAFKA_PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@LOG_DIR@|$DATA|g" \
+  sed -e "s|@KAFKA_PORT@|$PORT|g" -e "s|@ADVERTISED_PORT@|$ADVERTISED_PORT|g" \
+    -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@LOG_DIR@|$DATA|g" \
     "$CONF/server.properties" >"$PROPS"
   : >"$ADMIN_PROPS"
   [[ $PROTOCOL == SASL_SSL ]] || return 0

@@ -4,6 +4,12 @@ PostgreSQL in production and tests, a SQLite file as the embedded default. SQLit
 timeout so that an API process, a consumer and a relay can share one file. A PostgreSQL URL takes
 libpq's TLS parameters (``?sslmode=verify-full&sslrootcert=/path/ca.crt``), which ``connect_options``
 turns into the SSL context asyncpg wants.
+
+PostgreSQL connections never wait forever: connecting is given ``CONNECT_TIMEOUT_S`` and each statement
+of a service ``COMMAND_TIMEOUT_S`` (asyncpg's client-side timeouts). A network that drops packets
+(a partition, a dead firewall state) leaves a connection open and silent, and without them a request,
+a consumer or a relay waiting on it would wait for good; with them it fails, the connection is thrown
+away and the work is retried.
 """
 
 from __future__ import annotations
@@ -26,10 +32,19 @@ from shared.retry import conflicts
 T = TypeVar("T")
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""Connecting to PostgreSQL (TCP, TLS, authentication), for every engine and listener."""
+COMMAND_TIMEOUT_S = 30.0
+"""One statement of a service's (not of a migration's, which may rightly take longer). Far above what
+any of their statements takes, lock waits included, and far below forever."""
+
+
 class Database:
     """An engine and its session factory; ``session()`` is one unit of work (one transaction)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, command_timeout_s: float = COMMAND_TIMEOUT_S
+    ) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         # hide_parameters: a failed statement's error names its SQL, never its values (names, birth dates,
@@ -41,6 +56,8 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         engine_url, kwargs["connect_args"] = connect_options(self.url)
+        if not self.is_sqlite:
+            kwargs["connect_args"]["command_timeout"] = command_timeout_s
         self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs)
         _ping_when_idle(self.engine)
         if self.is_sqlite:
@@ -90,20 +107,20 @@ def connect_options(url: str | URL) -> tuple[URL, dict[str, Any]]:
     ``sslmode`` falls back to files under ``~/.postgresql``: the parameters are taken off the URL and
     become one ``ssl.SSLContext`` (``verify-full``: hostname checked; ``verify-ca``: chain only;
     ``require``: encrypted, unverified, as in libpq without a root certificate). SQLite gets its busy
-    timeout."""
+    timeout; PostgreSQL its connect timeout (``CONNECT_TIMEOUT_S``)."""
     url = make_url(url)
     if url.get_backend_name() == "sqlite":
         return url, {"timeout": 30}
     query = dict(url.query)
     params = {name: query.pop(name) for name in _LIBPQ_TLS if name in query}
     if not params:
-        return url, {}
+        return url, {"timeout": CONNECT_TIMEOUT_S}
     clean = url.set(query=query)
     mode = str(params.get("sslmode", "prefer"))
     if mode not in SSL_MODES:
         raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, not {mode!r}")
     if mode in ("disable", "allow", "prefer"):
-        return clean, {"ssl": mode}
+        return clean, {"ssl": mode, "timeout": CONNECT_TIMEOUT_S}
     root = params.get("sslrootcert")
     context = ssl.create_default_context(cafile=str(root) if root else None)
     if mode == "require":
@@ -114,7 +131,7 @@ def connect_options(url: str | URL) -> tuple[URL, dict[str, Any]]:
     if "sslcert" in params:  # a client certificate, for servers that authenticate by certificate
         key = params.get("sslkey")
         context.load_cert_chain(str(params["sslcert"]), str(key) if key else None)
-    return clean, {"ssl": context}
+    return clean, {"ssl": context, "timeout": CONNECT_TIMEOUT_S}
 
 
 PING_IDLE_S = 0.5

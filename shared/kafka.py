@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -13,6 +14,7 @@ from aiokafka.helpers import create_ssl_context
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
 
 from shared.events import TOPICS, dead_letter_topic
+from shared.readiness import CachedCheck
 from shared.retry import quietly
 from shared.settings import KafkaSettings
 
@@ -173,3 +175,10 @@ async def ping(kafka: KafkaSettings, timeout_s: float = 3.0) -> None:
             await admin.list_topics()
     finally:
         await admin.close()
+
+
+def readiness(kafka: KafkaSettings, *, interval_s: float = 3.0) -> CachedCheck:
+    """The ``kafka`` readiness check: ``ping`` at most every ``interval_s``, a failure reported once two
+    pings in a row failed (``shared.readiness``), so probes cost the broker one metadata request per
+    interval per process, however often ``/readyz`` is asked."""
+    return CachedCheck(partial(ping, kafka, timeout_s=2.5), interval_s=interval_s)

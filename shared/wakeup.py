@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from shared.db import Database
+from shared.db import CONNECT_TIMEOUT_S, Database
 from shared.retry import always, until_stopped, wait_any
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class Wakeup:
         import asyncpg  # type: ignore[import-untyped]  # only processes that listen need it here
 
         dsn = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        connection = await asyncpg.connect(dsn)
+        connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _connection: lost.set())

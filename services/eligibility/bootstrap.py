@@ -22,7 +22,7 @@ from services.eligibility.queries import Queries
 from shared.app import ALL_ROLES, Check, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
-from shared.kafka import ping as kafka_ping
+from shared.kafka import readiness as kafka_readiness
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
 from shared.tls import http_client
@@ -39,7 +39,7 @@ def build(settings: EligibilitySettings, roles: frozenset[Role] = ALL_ROLES) -> 
     http = http_client(settings.tls, timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     loops = event_loops(SERVICE, db, settings, roles, EligibilityHandlers(ruleset, study).registry())
-    checks: dict[str, Check] = {"database": db.ping, "kafka": partial(kafka_ping, settings.kafka)}
+    checks: dict[str, Check] = {"database": db.ping, "kafka": kafka_readiness(settings.kafka)}
     if "api" in roles:
         checks["issuer"] = validator.check  # only the API validates tokens
     return ServiceSpec(

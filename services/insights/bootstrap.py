@@ -23,7 +23,7 @@ from services.insights.queries import Queries
 from shared.app import ALL_ROLES, Check, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
-from shared.kafka import ping as kafka_ping
+from shared.kafka import readiness as kafka_readiness
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
 from shared.web import WebSignIn, WebSignInSettings, sign_in_router
@@ -42,7 +42,7 @@ def build(
     http = httpx.AsyncClient(timeout=5)
     validator = TokenValidator(settings.oauth, settings.audience or SERVICE, http)
     loops = event_loops(SERVICE, db, settings, roles - {"relay"}, consumers.HANDLERS)
-    checks: dict[str, Check] = {"database": db.ping, "kafka": partial(kafka_ping, settings.kafka)}
+    checks: dict[str, Check] = {"database": db.ping, "kafka": kafka_readiness(settings.kafka)}
     if "api" in roles:
         checks["issuer"] = validator.check
     return ServiceSpec(

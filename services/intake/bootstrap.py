@@ -20,7 +20,7 @@ from shared import app as shared_app
 from shared.app import ALL_ROLES, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
-from shared.kafka import ping as kafka_ping
+from shared.kafka import readiness as kafka_readiness
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
 from shared.tls import http_client
@@ -76,7 +76,7 @@ def build(settings: IntakeSettings, roles: frozenset[Role] = ALL_ROLES) -> Servi
         description=DESCRIPTION,
         routers=[api.router, fhir_api.router] if "api" in roles else [],
         loops=loops,
-        checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
+        checks={"database": db.ping, "kafka": kafka_readiness(settings.kafka), "issuer": validator.check},
         on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[db.dispose, http.aclose],
         http_clients=[http],

@@ -23,12 +23,13 @@ from services.notifier.mail import Mailer, Templates
 from services.notifier.migrations import MIGRATIONS
 from services.notifier.queries import Queries
 from services.notifier.webhooks import WebhookDispatcher, WebhookSender
-from shared.app import ALL_ROLES, Hook, Loop, Role, ServiceSpec
+from shared.app import ALL_ROLES, Check, Hook, Loop, Role, ServiceSpec
 from shared.auth import ServiceTokenSource, TokenValidator
 from shared.db import Database
-from shared.kafka import ping as kafka_ping
+from shared.kafka import readiness as kafka_readiness
 from shared.messaging import consumer_group, event_loops
 from shared.migrations import prepare_store
+from shared.readiness import CachedCheck
 from shared.tls import client_context, http_client
 
 
@@ -60,6 +61,11 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
     loops = event_loops(SERVICE, db, settings, roles, handlers(settings.message_id_domain))
     on_stop: list[Hook] = []
     clients = [http]
+    checks: dict[str, Check] = {
+        "database": db.ping,
+        "kafka": kafka_readiness(settings.kafka),
+        "issuer": validator.check,
+    }
     if "consumer" in roles:
         contacts, tokens = contact_reader(settings)
         mailer = Mailer(settings)
@@ -76,6 +82,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
             db, settings, sender, consumer_name=f"{consumer_group(settings, SERVICE)}-webhooks"
         )
         loops += [Loop("dispatcher", dispatcher.run), Loop("webhooks", webhooks.run)]
+        checks["smtp"] = CachedCheck(mailer.probe)  # only the process that sends email needs the server
         on_stop += [mailer.aclose, contacts.aclose, tokens.aclose, sender.aclose]
         clients += [contacts.http, sender.http]
     return ServiceSpec(
@@ -87,7 +94,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
         routers=[api.router, api.webhooks_router] if "api" in roles else [],
         loops=loops,
         state=NotifierState(db=db, settings=settings, token_validator=validator, queries=Queries(db)),
-        checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
+        checks=checks,
         on_start=[partial(prepare_store, db, MIGRATIONS, settings)],
         on_stop=[*on_stop, db.dispose, http.aclose],
         http_clients=clients,

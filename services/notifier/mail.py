@@ -228,6 +228,24 @@ class Mailer:
         self.connections_opened += 1
         return client
 
+    async def probe(self) -> None:
+        """Raise unless the SMTP server greets a new connection and answers NOOP (the readiness check,
+        cached by ``shared.readiness``); no login, no message, the pool untouched."""
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            start_tls=False,  # the greeting and NOOP show the server answers; TLS is the sends' business
+            use_tls=s.smtp_use_tls,
+            timeout=s.smtp_timeout_s,
+        )
+        try:
+            await client.connect()
+            await client.noop()
+            await client.quit()
+        finally:
+            client.close()
+
     async def aclose(self) -> None:
         """Say QUIT on the idle connections (shutdown); a server that does not answer is hung up on."""
         idle, self._idle = self._idle, []

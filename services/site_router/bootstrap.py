@@ -21,7 +21,7 @@ from services.site_router.queries import Queries
 from shared.app import ALL_ROLES, Loop, Role, ServiceSpec
 from shared.auth import TokenValidator
 from shared.db import Database
-from shared.kafka import ping as kafka_ping
+from shared.kafka import readiness as kafka_readiness
 from shared.messaging import event_loops
 from shared.migrations import prepare_store
 from shared.ratelimit import SlidingWindow, prune_loop
@@ -84,7 +84,7 @@ def build(
             queries=Queries(db, settings, commands, directory),
             contacts=PatientContacts(http, settings.intake_url),
         ),
-        checks={"database": db.ping, "kafka": partial(kafka_ping, settings.kafka), "issuer": validator.check},
+        checks={"database": db.ping, "kafka": kafka_readiness(settings.kafka), "issuer": validator.check},
         on_start=[
             partial(prepare_store, db, MIGRATIONS, settings),
             partial(directory.reload, db),

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
+from sqlalchemy import event
 
 from services.auth.config import AuthSettings
 from services.intake.config import IntakeSettings
 from services.notifier.config import NotifierSettings
-from shared.db import connect_options
+from shared.db import CONNECT_TIMEOUT_S, Database, connect_options
 from shared.kafka import connection
 from shared.settings import KafkaSettings, ServiceSettings
 from shared.tls import server_options
@@ -129,13 +130,40 @@ def test_libpq_sslmode_becomes_an_ssl_context(
     context = args["ssl"]
     assert isinstance(context, ssl.SSLContext)
     assert (context.check_hostname, context.verify_mode) == (check_hostname, verify_mode)
+    assert args["timeout"] == CONNECT_TIMEOUT_S
 
 
 def test_urls_without_tls_parameters_are_left_alone() -> None:
     url, args = connect_options("postgresql+asyncpg://u@db/x?application_name=intake")
-    assert (url.query, args) == ({"application_name": "intake"}, {})
-    assert connect_options("postgresql+asyncpg://u@db/x?sslmode=disable")[1] == {"ssl": "disable"}
+    assert (url.query, args) == ({"application_name": "intake"}, {"timeout": CONNECT_TIMEOUT_S})
+    assert connect_options("postgresql+asyncpg://u@db/x?sslmode=disable")[1] == {
+        "ssl": "disable",
+        "timeout": CONNECT_TIMEOUT_S,
+    }
     assert connect_options("sqlite+aiosqlite:///x.db")[1] == {"timeout": 30}
+
+
+async def test_a_service_never_waits_forever_on_a_silent_postgresql_connection() -> None:
+    """A partition drops packets: the connection stays open and silent. Connecting and every statement
+    of a service have client-side timeouts, in what the engine hands asyncpg's ``connect``."""
+    db = Database("postgresql+asyncpg://u@db.invalid/x", command_timeout_s=12.5)
+    seen: dict[str, object] = {}
+
+    def capture(_dialect: object, _record: object, _cargs: object, cparams: dict[str, object]) -> None:
+        seen.update(cparams)
+        raise _Captured  # before any I/O
+
+    event.listen(db.engine.sync_engine, "do_connect", capture)
+    try:
+        with pytest.raises(_Captured):
+            await db.engine.connect()
+    finally:
+        await db.dispose()
+    assert (seen["timeout"], seen["command_timeout"]) == (CONNECT_TIMEOUT_S, 12.5)
+
+
+class _Captured(Exception):
+    pass
 
 
 def test_https_is_served_only_with_a_certificate_and_its_key() -> None:

@@ -59,11 +59,13 @@ def running_system(
     *,
     env: Mapping[str, str] | None = None,
     extra_env: Mapping[str, Mapping[str, str]] | None = None,
+    pg_ports: Mapping[str, int] | None = None,
 ) -> Iterator[Stack]:
     """Databases, topics, processes: created, started, and removed again afterwards. Consumer groups
     are the run's own too; they are left empty (aiokafka cannot delete them) for the broker to expire.
     ``env`` is given to every service (e.g. where to export traces); ``extra_env``: more environment per
-    service (a system with TOTP required, say)."""
+    service (a system with TOTP required, say); ``pg_ports``: the loopback port a service reaches its
+    database on, when not the server's own (a TCP proxy's in front of it, for the network faults)."""
     run = uuid.uuid4().hex[:8]
     names = {s: f"e2e_{s}_{uuid.uuid4().hex[:8]}" for s in SERVICES}
     groups = own_consumer_groups(f"e2e{run}-")
@@ -73,7 +75,10 @@ def running_system(
         run_dir=run_dir,
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"e2e{run}."),
         database_urls={
-            s: admin.set(database=n).render_as_string(hide_password=False) for s, n in names.items()
+            s: admin.set(database=n, port=(pg_ports or {}).get(s, admin.port)).render_as_string(
+                hide_password=False
+            )
+            for s, n in names.items()
         },
         ports={name: free_port() for name in DEFAULT_PORTS},
         environment="test",

@@ -32,6 +32,7 @@ from shared.deps import ServiceState
 from shared.docs import mount_docs
 from shared.observability import metrics
 from shared.problems import install_problem_handlers, problem_response, unexpected_problem
+from shared.readiness import CachedCheck
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class ServiceSpec:
     routers: Sequence[APIRouter] = ()
     loops: Sequence[Loop] = ()
     checks: dict[str, Check] = field(default_factory=dict)
+    """Readiness, by dependency name. Each runs as a ``shared.readiness.CachedCheck`` (a given one as it
+    is, any other probing at most every second): bounded load on the dependency, no flapping."""
     on_start: Sequence[Hook] = ()
     on_stop: Sequence[Hook] = ()
     max_body_bytes: int = 65_536
@@ -182,6 +185,10 @@ class _MetricsServer:
 
 def _ops_router(spec: ServiceSpec, *, metrics_here: bool) -> APIRouter:
     router = APIRouter(tags=["operations"])
+    checks = {
+        name: check if isinstance(check, CachedCheck) else CachedCheck(check, interval_s=1.0)
+        for name, check in spec.checks.items()
+    }
 
     @router.get("/healthz", summary="Alive: the process answers")
     async def healthz() -> dict[str, str]:
@@ -193,11 +200,11 @@ def _ops_router(spec: ServiceSpec, *, metrics_here: bool) -> APIRouter:
         responses={503: {"description": "a dependency is unreachable"}},
     )
     async def readyz() -> Response:
-        results = await asyncio.gather(*(_run_check(c) for c in spec.checks.values()))
-        checks = dict(zip(spec.checks, results, strict=True))
-        if all(v == "ok" for v in checks.values()):
-            return JSONResponse({"status": "ready", "checks": checks})
-        return problem_response(503, "Service unavailable", "a dependency is not reachable", checks=checks)
+        results = await asyncio.gather(*(_run_check(c) for c in checks.values()))
+        outcome = dict(zip(checks, results, strict=True))
+        if all(v == "ok" for v in outcome.values()):
+            return JSONResponse({"status": "ready", "checks": outcome})
+        return problem_response(503, "Service unavailable", "a dependency is not reachable", checks=outcome)
 
     if metrics_here:
 

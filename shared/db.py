@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import Table, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -87,8 +87,11 @@ class Database:
             await conn.run_sync(SQLModel.metadata.create_all, tables=list(tables))
 
     async def ping(self) -> None:
+        """One round trip on a pooled connection (no transaction around it): the readiness check, which
+        a slow link must not fail by multiplying its latency."""
         async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = REPO / ".run" / "netfaults"
 REFERRALS = 360
 RATE_PER_S = 4.0
-GAP_S = 3.0
+GAP_S = 2.0
 LATENCY_S = 10.0
 RESET_S = 1.0
 PARTITION_S = 20.0
@@ -189,18 +189,19 @@ class Readiness:
 async def poll_readiness(
     stack: Stack, seen: Readiness, *, seconds: float, began: float, until_ready: bool = False
 ) -> None:
-    """Ask every service of ``seen`` for ``/readyz`` once a second for ``seconds`` (or, ``until_ready``,
+    """Ask every service of ``seen`` for ``/readyz`` twice a second for ``seconds`` (or, ``until_ready``,
     until each has answered 200), recording what they said."""
     deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(timeout=5) as web:
 
         async def ask(service: str) -> None:
-            now = time.monotonic() - began
             try:
                 response = await web.get(f"{stack.config.url(service)}/readyz")
             except httpx.HTTPError as exc:
+                now = time.monotonic() - began
                 seen.unready_at.setdefault(service, f"{type(exc).__name__} at {now:.1f}s")
                 return
+            now = time.monotonic() - began  # when the answer came
             if response.status_code == 200:
                 if until_ready:
                     seen.ready_at.setdefault(service, now)
@@ -215,7 +216,7 @@ async def poll_readiness(
             if not pending:
                 return
             await asyncio.gather(*(ask(s) for s in pending))
-            await asyncio.sleep(1.0)  # the probing rate of an orchestrator, part of the scenario
+            await asyncio.sleep(0.5)  # the probing rate, part of the scenario
 
 
 def faults(stack: Stack, network: Network, observed: list[Readiness]) -> list[Fault]:

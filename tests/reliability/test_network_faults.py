@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ pytestmark = pytest.mark.reliability
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = REPO / ".run" / "netfaults"
-REFERRALS = 360
+REFERRALS = 320
 RATE_PER_S = 4.0
 GAP_S = 2.0
 LATENCY_S = 10.0
@@ -119,7 +118,6 @@ class OwnBroker:
 
     def __enter__(self) -> OwnBroker:
         self.run("stop")  # one a failed run left behind (the script stops only its own pid file's)
-        shutil.rmtree(self.directory / "data", ignore_errors=True)  # a fresh cluster each run
         try:
             self.run("start")
         except BaseException:

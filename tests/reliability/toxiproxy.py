@@ -53,12 +53,12 @@ class ToxiproxyServer:
 
     def __enter__(self) -> ToxiproxyServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("wb") as log:  # this run's only
             self.process = subprocess.Popen(
                 [str(self.binary), "-host", "127.0.0.1", "-port", str(self.api_port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "LOG_LEVEL": "warn"},
+                env={**os.environ, "LOG_LEVEL": "error"},  # not every closed link,
             )
         try:
             self._wait_answering()

@@ -44,8 +44,10 @@ GAP_S = 2.0
 LATENCY_S = 10.0
 RESET_S = 1.0
 PARTITION_S = 20.0
-RECOVERY_S = 60.0
-"""How long a service may take, after a partition heals, to be ready again by itself."""
+RECOVERY_S = 90.0
+"""How long a service may take, after a partition heals, to be ready again by itself (intake's API,
+with a queue of clients' retries ahead of its readiness probe for the pool, took 25 s on a loaded
+machine; the others a few seconds)."""
 KAFKA_USERS = ("intake", "eligibility", "site_router", "notifier", "insights")
 """The services with a ``kafka`` readiness check (auth never connects to the broker)."""
 

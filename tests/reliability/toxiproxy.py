@@ -5,10 +5,12 @@ A proxy listens on a loopback port and relays every connection to its upstream; 
 act on every connection through it, open or new, until removed:
 
 - ``latency`` (``latency`` ms, ``jitter`` ms): each chunk of data delayed;
-- ``reset_peer`` (``timeout`` ms, 0: at once): connections closed with a TCP RST;
+- ``reset_peer`` (``timeout`` ms, 0: at once): every connection closed (a TCP RST), new ones too;
 - ``timeout`` (``timeout`` ms, 0: never closed): data dropped on the floor while the connection stays
   open. On both streams, that is a partition as a client sees one: connects succeed (the proxy
   accepts), then nothing comes back, no error, no FIN. Only the client's own timeouts end the wait.
+  When the toxic is removed, the connections it held are closed (as a firewall that lost their state
+  would): clients reconnect.
 
 The API is small and stable; the Python clients on PyPI are unmaintained, so httpx talks to it directly.
 """

@@ -82,7 +82,7 @@ def build(settings: NotifierSettings, roles: frozenset[Role] = ALL_ROLES) -> Ser
             db, settings, sender, consumer_name=f"{consumer_group(settings, SERVICE)}-webhooks"
         )
         loops += [Loop("dispatcher", dispatcher.run), Loop("webhooks", webhooks.run)]
-        checks["smtp"] = CachedCheck(mailer.probe)  # only the process that sends email needs the server
+        checks["smtp"] = CachedCheck(mailer.probe, interval_s=3.0)  # only the process that sends email
         on_stop += [mailer.aclose, contacts.aclose, tokens.aclose, sender.aclose]
         clients += [contacts.http, sender.http]
     return ServiceSpec(

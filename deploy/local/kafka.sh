@@ -92,6 +92,23 @@ kjava() {  # run a Kafka main class or KafkaAdmin.java, logging at error level o
     -Dtrialroute.admin.config="$ADMIN_PROPS" -cp "$LIBS/*" "$@"
 }
 
+kadmin() {  # KafkaAdmin.java: compiled once per machine and version of the file when a JDK is there (the
+  # source launcher compiles on every run: seconds of CPU per call, which the fault suite makes often)
+  local classes; classes="$(dirname "$LIBS")/admin-$(sha1sum "$CONF/KafkaAdmin.java" | cut -c1-12)"
+  local javac="${JAVA_HOME:+$JAVA_HOME/bin/}javac"
+  if [[ ! -f $classes/KafkaAdmin.class ]] && command -v "$javac" >/dev/null; then
+    local tmp; tmp="$(mktemp -d "$classes.XXXXXX")"
+    if "$javac" -nowarn -d "$tmp" -cp "$LIBS/*" "$CONF/KafkaAdmin.java" >/dev/null 2>&1; then
+      mv -T "$tmp" "$classes" 2>/dev/null || rm -rf "$tmp"  # another run compiled it meanwhile
+    else
+      rm -rf "$tmp"
+    fi
+  fi
+  local main=("$CONF/KafkaAdmin.java")
+  [[ -f $classes/KafkaAdmin.class ]] && main=(-cp "$classes:$LIBS/*" KafkaAdmin)
+  kjava -Dtrialroute.admin.brokers="$NODES" "${main[@]}" "$@"
+}
+
 jaas() { echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$SCRAM_USER\" password=\"$SCRAM_PASSWORD\";"; }
 
 render() {  # the node's server.properties for this run, and the admin tool's client properties
@@ -201,7 +218,7 @@ start() {
   # creates the topics (with the cluster's default.replication.factor).
   local topics=()
   while read -r t; do [[ -z $t || $t == \#* ]] || topics+=("$t" "$t.dlq"); done <"$CONF/topics.txt"
-  kjava -Dtrialroute.admin.brokers="$NODES" "$CONF/KafkaAdmin.java" ensure "$BOOTSTRAP" 60 6 "${topics[@]}" \
+  kadmin ensure "$BOOTSTRAP" 60 6 "${topics[@]}" \
     || fail "the broker did not answer on $BOOTSTRAP, or the topics could not be created (it is still running)"
   if [[ $NODES == 1 ]]; then echo "kafka.sh: running (pid $(<"$PIDFILE")) on $BOOTSTRAP, log $LOG"
   else echo "kafka.sh: $NODES nodes running on $BOOTSTRAP, logs $RUN/node-*/kafka.log"; fi
@@ -213,7 +230,7 @@ start_node() {  # a cluster's node again (after kill or stop), back in sync befo
   fetch
   launch
   listening
-  kjava "$CONF/KafkaAdmin.java" replicated "$BOOTSTRAP" 120 "$NODES" \
+  kadmin replicated "$BOOTSTRAP" 120 "$NODES" \
     || fail "node $NODE did not rejoin, or its replicas did not catch up within 120 s (it is still running)"
   echo "kafka.sh: node $NODE running (pid $(<"$PIDFILE")) on 127.0.0.1:$NODE_PORT, in sync"
 }
@@ -277,7 +294,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  topics) any_running; kjava "$CONF/KafkaAdmin.java" list "$BOOTSTRAP" ;;
+  topics) any_running; kadmin list "$BOOTSTRAP" ;;
   bootstrap) echo "$BOOTSTRAP" ;;
   libs) fetch >&2 && echo "$LIBS" ;;  # for the Kafka image of scripts/test-deploy.sh
   kill) cluster_only kill; kill_node "${2:?kill NODE_ID}" ;;
@@ -286,6 +303,6 @@ case "${1:-}" in
     cluster_only restart-node; node "${2:?restart-node NODE_ID}"
     pid="$(signal_stop)"; [[ -z $pid ]] || reap "$pid"
     start_node "$2" ;;
-  controller) cluster_only controller; any_running; kjava "$CONF/KafkaAdmin.java" controller "$BOOTSTRAP" ;;
+  controller) cluster_only controller; any_running; kadmin controller "$BOOTSTRAP" ;;
   *) echo "usage: $0 start|stop|status|topics|bootstrap|libs|kill ID|start-node ID|restart-node ID|controller" >&2; exit 2 ;;
 esac

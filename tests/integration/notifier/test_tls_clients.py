@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Response
+from pydantic import SecretStr
 
 from services.notifier.config import NotifierSettings
 from services.notifier.mail import DeliveryError, Email, Mailer
@@ -37,7 +38,10 @@ def pki(tmp_path: Path) -> Pki:
 def trusting(pki: Pki | None, **settings: Any) -> NotifierSettings:
     """Notifier settings with ``TLS_CA_FILE`` set to ``pki``'s CA, or unset (public roots only)."""
     return NotifierSettings(
-        environment="test", tls=TlsSettings(ca_file=str(pki.ca_file) if pki else None), **settings
+        environment="test",
+        client_secret=SecretStr("tls-probe"),
+        tls=TlsSettings(ca_file=str(pki.ca_file) if pki else None),
+        **settings,
     )
 
 

@@ -210,7 +210,11 @@ start() {
     node "$i"
     if running; then check_port; else launch; launched+=("$i"); fi
   done
-  if ((${#launched[@]} == 0)); then echo "kafka.sh: already running on $BOOTSTRAP"; return 0; fi
+  if ((${#launched[@]} == 0)); then
+    if [[ $NODES == 1 ]]; then echo "kafka.sh: already running (pid $(<"$PIDFILE")) on $BOOTSTRAP"
+    else echo "kafka.sh: already running on $BOOTSTRAP"; fi
+    return 0
+  fi
   # A cluster's node listens only once the quorum has a leader, i.e. once most voters run: all are
   # launched before waiting for any.
   for i in "${launched[@]}"; do node "$i"; listening; done

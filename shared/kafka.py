@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
 
@@ -117,19 +118,36 @@ def all_topics() -> list[str]:
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] | None = None) -> None:
-    """Create missing topics (by default every event topic and its dead-letter topic) as configured."""
+    """Create missing topics (by default every event topic and its dead-letter topic) as configured,
+    with as many replicas as the cluster's ``default.replication.factor`` (1 on a single broker, 3 on
+    a cluster: a topic with fewer than ``min.insync.replicas`` would refuse every ``acks=all`` write)."""
     wanted = {kafka.topic(n) for n in (names if names is not None else all_topics())}
     admin = new_admin(kafka)
     await admin.start()
     try:
         missing = wanted - set(await admin.list_topics())
         if missing:
+            replicas = await default_replication_factor(admin)
             await admin.create_topics(
-                [NewTopic(name=n, num_partitions=kafka.partitions, replication_factor=1) for n in missing]
+                [
+                    NewTopic(name=n, num_partitions=kafka.partitions, replication_factor=replicas)
+                    for n in missing
+                ]
             )
             await _until_led(admin, sorted(missing))
     finally:
         await admin.close()
+
+
+async def default_replication_factor(admin: AIOKafkaAdminClient) -> int:
+    """The cluster's ``default.replication.factor``, read from a broker: the CreateTopics versions
+    aiokafka speaks (up to 3) cannot ask for the broker's default (-1, from version 4)."""
+    broker = (await admin.describe_cluster())["brokers"][0]["node_id"]
+    name = "default.replication.factor"
+    resource = ConfigResource(ConfigResourceType.BROKER, str(broker), configs={name: None})
+    (response,) = await admin.describe_configs([resource])
+    entries = response.to_object()["resources"][0]["config_entries"]
+    return next(int(e["config_value"]) for e in entries if e["config_names"] == name)
 
 
 async def delete_topics(kafka: KafkaSettings) -> None:

@@ -26,6 +26,7 @@ import aiosmtplib
 import jinja2
 
 from services.notifier.config import NotifierSettings
+from shared.tls import client_context
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _NAME = re.compile(r"^(?P<template>[a-z_]+)\.(?P<language>[a-z]{2,3})\.txt\.j2$")
@@ -216,6 +217,9 @@ class Mailer:
             username=s.smtp_username,
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
             timeout=s.smtp_timeout_s,
+            # The public roots and TLS_CA_FILE, as every HTTPS client of ours: a relay inside the
+            # deployment may carry a certificate of the internal CA.
+            tls_context=client_context(s.tls) if s.smtp_use_tls or s.smtp_starttls else None,
         )
         try:
             await client.connect()

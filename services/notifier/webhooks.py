@@ -47,6 +47,7 @@ from shared.events import ReferralStatusChanged, dead_letter_topic
 from shared.observability import metrics, redact, referral_context
 from shared.outbox import OutboxRecord, wake_relay
 from shared.retry import keep_working
+from shared.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,11 @@ class WebhookSender:
     def __init__(self, settings: NotifierSettings, *, resolver: Resolver = resolve) -> None:
         self.settings = settings
         self.resolver = resolver
-        self.http = httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        # The public roots and TLS_CA_FILE, as every HTTPS client of ours (an endpoint inside the
+        # deployment, or a clinic's behind the internal CA, must verify too).
+        self.http = httpx.AsyncClient(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, verify=client_context(settings.tls)
+        )
 
     async def send(self, url: str, signed: Signed) -> int:
         """The endpoint's status code (2xx); ``DeliveryFailed`` for anything else."""

@@ -1,6 +1,6 @@
 """Run a module (a service process) under a profiler; write the profile when SIGTERM or SIGINT stops it.
 
-pyinstrument (a sampling profiler, if installed: it is not a project dependency) is preferred: cProfile
+pyinstrument (a sampling profiler, in the dev extras) is preferred: cProfile
 counts every resumption of a coroutine as a call and charges awaits on C futures as the awaiting
 frame's own time, which misleads in an asyncio server. Either way the profile must be written from a
 signal handler: uvicorn re-raises the signal after its graceful shutdown, and the default handler

@@ -32,5 +32,6 @@ def event_loops(
         )
         loops.append(Loop("consumer", consumer.run))
     if "relay" in roles:
-        loops.append(Loop("relay", OutboxRelay(db, settings.kafka, service=service).run))
+        relay = OutboxRelay(db, settings.kafka, service=service, gather_s=settings.relay_gather_s)
+        loops.append(Loop("relay", relay.run))
     return loops

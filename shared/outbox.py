@@ -184,6 +184,7 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval_s: float | None = None,
         measure_interval_s: float = 5.0,
+        gather_s: float = 0.0,
     ) -> None:
         self.db = db
         self.kafka = kafka
@@ -193,6 +194,7 @@ class OutboxRelay:
         default_s = SAFETY_POLL_S if self.wakeup.enabled else SQLITE_POLL_S
         self.poll_interval_s = default_s if poll_interval_s is None else poll_interval_s
         self.measure_interval_s = measure_interval_s
+        self.gather_s = gather_s  # after a wake-up, wait this long for more commits (one pass, one batch)
         self._measured_at = float("-inf")
         self.producer = Producer(kafka, client_id=f"{service}-relay")
 
@@ -208,6 +210,8 @@ class OutboxRelay:
                     on_failure=self._failed,
                     wake=wake,
                     first_backoff_s=SQLITE_POLL_S,
+                    gather_s=self.gather_s,
+                    batch=self.batch_size,
                 )
         finally:
             await self.producer.drop()

@@ -158,12 +158,19 @@ async def keep_working(
     max_backoff_s: float = 5.0,
     wake: asyncio.Event | None = None,
     first_backoff_s: float | None = None,
+    gather_s: float = 0.0,
+    batch: int | None = None,
 ) -> None:
     """Run ``work`` in passes until ``stop``: again at once while it finds something to do (it returns
     how much it did), after ``idle_s`` when it found nothing, or as soon as ``wake`` is set (by a commit
     that gives it work: ``shared.wakeup``), and with backoff from ``first_backoff_s`` (default
     ``idle_s``) after a failure, which ``on_failure`` hears of (to log it, or to drop a client that may
-    be broken)."""
+    be broken).
+
+    With ``wake``, two things keep the passes few when work trickles in (one pass per commit is what
+    costs most at low rates): a wake-up after an idle wait is followed by ``gather_s`` more, so that the
+    commits of the next few milliseconds share the pass; and a pass that took fewer than ``batch`` (its
+    limit) is not followed by a pass of its own: whatever was committed after it looked woke it."""
 
     async def failed(state: RetryCallState) -> None:
         if state.outcome is not None and (error := state.outcome.exception()) is not None:
@@ -183,8 +190,14 @@ async def keep_working(
                     done = await work()
         except Exception:  # only when stopping: the loop ends below
             return
-        if done == 0:
-            await wait_any((stop,) if wake is None else (stop, wake), idle_s)
+        if wake is None:
+            if done == 0:
+                await wait_any((stop,), idle_s)
+            continue
+        if done == 0 or (batch is not None and done < batch and not wake.is_set()):
+            await wait_any((stop, wake), idle_s)
+            if wake.is_set() and gather_s > 0:
+                await wait_any((stop,), gather_s)
 
 
 def conflicts(attempts: int = 3) -> AsyncRetrying:

@@ -199,6 +199,13 @@ class ServiceSettings(Settings):
     audience: str = Field(default="", description="the 'aud' this service accepts; default its name")
     consumer_group: str = Field(default="", description="default: trialroute-<service>")
     max_body_bytes: int = 65_536
+    relay_gather_s: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="after a commit wakes the outbox relay, wait this long for more before publishing "
+        "(batches the events of a low rate at a small cost in latency; 0: publish at once)",
+    )
     migrate_on_start: bool | None = Field(
         default=None,
         description="bring the store to the code's revision at start-up; default: yes for a SQLite file "

@@ -102,21 +102,20 @@ class Commands:
             )
         current = all(data.revision > a.revision for a in assessments)  # the newest revision so far
         assessment = assess(inp, self.ruleset, self.study)
-        session.add(
-            store.AssessmentRow(
-                referral_id=referral_id,
-                revision=data.revision,
-                clinic_id=data.clinic_id,
-                referral_day=data.referral_day,
-                ruleset=assessment.ruleset_version,
-                decision=assessment.decision,
-                score=assessment.score,
-                routable=assessment.routable,
-                criteria=[c._asdict() for c in assessment.criteria],
-                input_hash=digest,
-                published=current,
-                source_event_id=source_event_id,
-            )
+        await store.add_assessment(
+            session,
+            referral_id=referral_id,
+            revision=data.revision,
+            clinic_id=data.clinic_id,
+            referral_day=data.referral_day,
+            ruleset=assessment.ruleset_version,
+            decision=assessment.decision,
+            score=assessment.score,
+            routable=assessment.routable,
+            criteria=[c._asdict() for c in assessment.criteria],
+            input_hash=digest,
+            published=current,
+            source_event_id=source_event_id,
         )
         if current:
             add_event(

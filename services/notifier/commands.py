@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,14 +47,17 @@ async def record_routings(
 ) -> None:
     """Site coordinator, patient and referrer; a referral routed again names the site it leaves. The
     routings before these are read with one query for the whole transaction: routed events of a
-    referral share a partition, so an earlier one is recorded, or earlier in ``items``."""
+    referral share a partition, so an earlier one is recorded, or earlier in ``items``. All their
+    notifications are written with one statement."""
     before = await store.routings(session, {envelope.referral_id for envelope, _ in items})
     last = {referral_id: routed[0].site for referral_id, routed in before.items()}
+    rows: list[dict[str, Any]] = []
     for envelope, data in items:
         previous = last.get(envelope.referral_id)
         previous_site = previous.name if previous and previous.code != data.site.code else None
-        _record(session, envelope, data, previous_site, message_id_domain)
+        rows += _planned(envelope, data, previous_site, message_id_domain)
         last[envelope.referral_id] = data.site
+    await store.add_planned(session, rows)
 
 
 async def record_site_decision(
@@ -61,7 +65,7 @@ async def record_site_decision(
 ) -> None:
     """The referrer hears of every site decision. The site's name is looked up at send time: this
     topic is not ordered with ``referral.routed``, so the routing may not be recorded yet."""
-    _record(session, envelope, data, None, message_id_domain)
+    await store.add_planned(session, _planned(envelope, data, None, message_id_domain))
 
 
 async def record_progress(
@@ -69,14 +73,14 @@ async def record_progress(
 ) -> None:
     """The referrer hears of the site's outcome (``domain.plan``: a step before it causes no email),
     once per event (the event id and role are the notification's key)."""
-    _record(session, envelope, data, None, message_id_domain)
+    await store.add_planned(session, _planned(envelope, data, None, message_id_domain))
 
 
 async def record_info_request(
     session: AsyncSession, envelope: Envelope, data: ReferralInfoRequestOpened, *, message_id_domain: str
 ) -> None:
     """The referrer is asked for the facts, once per request (the request's event id is the key)."""
-    _record(session, envelope, data, None, message_id_domain)
+    await store.add_planned(session, _planned(envelope, data, None, message_id_domain))
 
 
 async def retry(session: AsyncSession, notification_id: int) -> Notification:
@@ -89,12 +93,9 @@ async def retry(session: AsyncSession, notification_id: int) -> Notification:
     return row
 
 
-def _record(
-    session: AsyncSession, envelope: Envelope, data: EventData, site_name: str | None, domain: str
-) -> None:
+def _planned(envelope: Envelope, data: EventData, site_name: str | None, domain: str) -> list[dict[str, Any]]:
     planned = plan(data)
-    store.add_planned(
-        session,
+    return store.planned_rows(
         referral_id=envelope.referral_id,
         source_event_id=envelope.id,
         source_topic=envelope.type,
@@ -109,34 +110,42 @@ def _record(
 # --- webhooks ------------------------------------------------------------------------------------
 
 
-async def record_status_change(
-    session: AsyncSession, envelope: Envelope, data: ReferralStatusChanged
+async def record_status_changes(
+    session: AsyncSession, items: list[tuple[Envelope, ReferralStatusChanged]]
 ) -> None:
     """One pending delivery per endpoint of the clinic that wants this type; the dispatcher sends them.
     The body is fixed here (ids, statuses, reasons and times: no patient identity), so every attempt
-    and replay sends, and signs, the same bytes under the same ``webhook-id``."""
+    and replay sends, and signs, the same bytes under the same ``webhook-id``. The clinics' endpoints
+    are read once for the transaction's status changes (most clinics have none)."""
+    endpoints = await store.endpoints(session, {data.clinic_id for _, data in items})
     now = datetime.now(UTC)
-    body = delivery_body(envelope.referral_id, data)
-    source = envelope.model_dump_json()
-    for endpoint in await store.endpoints(session, data.clinic_id):
-        if endpoint.event_types and data.source_event_type not in endpoint.event_types:
+    for envelope, data in items:
+        wanted = [
+            endpoint
+            for endpoint in endpoints.get(data.clinic_id, [])
+            if not endpoint.event_types or data.source_event_type in endpoint.event_types
+        ]
+        if not wanted:
             continue
-        session.add(
-            WebhookDelivery(
-                endpoint_id=endpoint.id,
-                clinic_id=data.clinic_id,
-                referral_id=envelope.referral_id,
-                source_event_id=envelope.id,
-                event_type=data.source_event_type,
-                payload=body,
-                source=source,
-                window_started_at=now,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-                traceparent=tracing.current_traceparent(),
+        body = delivery_body(envelope.referral_id, data)
+        source = envelope.model_dump_json()
+        for endpoint in wanted:
+            session.add(
+                WebhookDelivery(
+                    endpoint_id=endpoint.id,
+                    clinic_id=data.clinic_id,
+                    referral_id=envelope.referral_id,
+                    source_event_id=envelope.id,
+                    event_type=data.source_event_type,
+                    payload=body,
+                    source=source,
+                    window_started_at=now,
+                    next_attempt_at=now,
+                    created_at=now,
+                    updated_at=now,
+                    traceparent=tracing.current_traceparent(),
+                )
             )
-        )
 
 
 def delivery_body(referral_id: uuid.UUID, data: ReferralStatusChanged) -> str:

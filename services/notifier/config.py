@@ -56,6 +56,13 @@ class NotifierSettings(ServiceSettings):
     lease_s: float = Field(default=120.0, gt=0, description="how long a claimed notification is ours")
     dispatch_interval_s: float = Field(default=1.0, gt=0, description="poll period when idle")
     dispatch_batch: int = Field(default=20, ge=1)
+    dispatch_gather_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="after a commit wakes the dispatcher, wait this long for more due emails before a pass "
+        "(one contact read and one recording for several referrals; 0: dispatch at once)",
+    )
 
     # Webhooks (clinics' endpoints; services/notifier/webhooks.py).
     webhook_timeout_s: float = Field(default=5.0, gt=0, description="one delivery's HTTP timeout")

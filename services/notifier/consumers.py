@@ -22,7 +22,7 @@ from shared.handlers import Handlers
 
 def handlers(message_id_domain: str) -> Handlers:
     """Routings together (one read of the routings before them), site decisions, the site's steps and
-    information requests one by one; each status change as the webhook deliveries it causes."""
+    information requests one by one; status changes together, as the webhook deliveries they cause."""
 
     async def on_routed(session: AsyncSession, items: list[tuple[Envelope, ReferralRouted]]) -> None:
         await commands.record_routings(session, items, message_id_domain=message_id_domain)
@@ -39,9 +39,9 @@ def handlers(message_id_domain: str) -> Handlers:
         await commands.record_info_request(session, envelope, data, message_id_domain=message_id_domain)
 
     async def on_status_changed(
-        session: AsyncSession, envelope: Envelope, data: ReferralStatusChanged
+        session: AsyncSession, items: list[tuple[Envelope, ReferralStatusChanged]]
     ) -> None:
-        await commands.record_status_change(session, envelope, data)
+        await commands.record_status_changes(session, items)
 
     return (
         Handlers()
@@ -49,5 +49,5 @@ def handlers(message_id_domain: str) -> Handlers:
         .on(ReferralSiteDecided, on_site_decided)
         .on(ReferralProgressed, on_progressed)
         .on(ReferralInfoRequestOpened, on_info_request)
-        .on(ReferralStatusChanged, on_status_changed)
+        .together([ReferralStatusChanged], on_status_changed)
     )

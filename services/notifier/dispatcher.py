@@ -157,6 +157,8 @@ class Dispatcher:
                 idle_s=self.settings.dispatch_interval_s,
                 on_failure=_pass_failed,
                 wake=wake,
+                gather_s=self.settings.dispatch_gather_s,
+                batch=self.settings.dispatch_batch,
             )
 
     async def dispatch_once(self) -> int:

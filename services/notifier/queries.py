@@ -33,7 +33,7 @@ class Queries:
     async def endpoints(self, clinic_id: str) -> EndpointList:
         """The clinic's endpoints (never their secrets)."""
         async with self.db.session() as session:
-            rows = await store.endpoints(session, clinic_id)
+            rows = (await store.endpoints(session, [clinic_id])).get(clinic_id, [])
         return EndpointList(endpoints=[EndpointPublic.of(r) for r in rows])
 
     async def deliveries(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    insert,
     or_,
     select,
     update,
@@ -139,8 +140,7 @@ class WebhookDelivery(SQLModel, table=True):
 TABLES = tables(Notification, WebhookEndpoint, WebhookDelivery, OutboxRecord, ProcessedEvent)
 
 
-def add_planned(
-    session: AsyncSession,
+def planned_rows(
     *,
     referral_id: uuid.UUID,
     source_event_id: uuid.UUID,
@@ -150,29 +150,39 @@ def add_planned(
     message_ids: Sequence[str],
     previous_site: str | None,
     now: datetime,
-) -> None:
-    """Record the notifications an event causes as pending, in the consumer's transaction (and its
-    trace, which each send continues); its commit wakes the dispatcher."""
-    if planned:
-        notify_on_commit(session, EMAILS_CHANNEL)
+) -> list[dict[str, Any]]:
+    """The pending notifications an event causes, as the rows ``add_planned`` writes (in the
+    handling's trace, which each send continues)."""
     traceparent = tracing.current_traceparent()
-    for item, mid in zip(planned, message_ids, strict=True):
-        session.add(
-            Notification(
-                referral_id=referral_id,
-                source_event_id=source_event_id,
-                source_topic=source_topic,
-                recipient_role=item.role,
-                template=item.template.value,
-                message_id=mid,
-                source=source,
-                previous_site=previous_site,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-                traceparent=traceparent,
-            )
-        )
+    return [
+        {
+            "referral_id": referral_id,
+            "source_event_id": source_event_id,
+            "source_topic": source_topic,
+            "recipient_role": item.role,
+            "template": item.template.value,
+            "state": State.PENDING.value,
+            "attempts": 0,
+            "message_id": mid,
+            "source": source,
+            "previous_site": previous_site,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "traceparent": traceparent,
+        }
+        for item, mid in zip(planned, message_ids, strict=True)
+    ]
+
+
+async def add_planned(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Record pending notifications (``planned_rows``) in the consumer's transaction, all in one cached
+    INSERT rather than as ORM objects (the notifier's largest write per referral); its commit wakes the
+    dispatcher."""
+    if not rows:
+        return
+    notify_on_commit(session, EMAILS_CHANNEL)
+    await session.execute(insert(table_of(Notification)), list(rows))
 
 
 async def routings(
@@ -327,14 +337,20 @@ async def retry_failed(session: AsyncSession, notification_id: int, now: datetim
 # --- webhooks ------------------------------------------------------------------------------------
 
 
-async def endpoints(session: AsyncSession, clinic_id: str) -> Sequence[WebhookEndpoint]:
-    """The clinic's endpoints (not deleted), oldest first."""
+async def endpoints(session: AsyncSession, clinic_ids: Collection[str]) -> dict[str, list[WebhookEndpoint]]:
+    """The clinics' endpoints (not deleted), oldest first; a clinic with none is not in the dict. One
+    query for a transaction's status changes, whatever their clinics."""
     query = (
         select(WebhookEndpoint)
-        .where(col(WebhookEndpoint.clinic_id) == clinic_id, col(WebhookEndpoint.deleted_at).is_(None))
+        .where(
+            col(WebhookEndpoint.clinic_id).in_(list(clinic_ids)), col(WebhookEndpoint.deleted_at).is_(None)
+        )
         .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
     )
-    return (await session.execute(query)).scalars().all()
+    found: dict[str, list[WebhookEndpoint]] = {}
+    for endpoint in (await session.execute(query)).scalars():
+        found.setdefault(endpoint.clinic_id, []).append(endpoint)
+    return found
 
 
 async def get_endpoint(

@@ -62,11 +62,14 @@ def screening_of(referral: store.ReferralRecord) -> ReferralScreened:
 Candidate = tuple[str, float]
 """A site code and the patient's distance to it in km."""
 
+Reserved = tuple[str, float, SiteRef]
+"""A site whose slot is taken, the patient's distance to it in km, and the site as events name it."""
 
-async def _reserve_first(session: AsyncSession, ranked: Sequence[Candidate]) -> Candidate | None:
+
+async def _reserve_first(session: AsyncSession, ranked: Sequence[Candidate]) -> Reserved | None:
     for code, km in ranked:
-        if await store.reserve_slot(session, code):
-            return code, km
+        if (site := await store.reserve_slot(session, code)) is not None:
+            return code, km, site
     return None
 
 
@@ -76,7 +79,7 @@ async def reserve_nearest(
     lon: float,
     declined: Collection[str],
     index: SiteIndex | None,
-) -> Candidate | None:
+) -> Reserved | None:
     """Fast path: the index's nearest sites, filtered by what the database says has room now.
 
     The nearest candidate with room is the nearest site with room overall, as every nearer site is among
@@ -95,7 +98,7 @@ async def reserve_from_database(
     lon: float,
     declined: Collection[str],
     within: Collection[str] | None = None,
-) -> Candidate | None:
+) -> Reserved | None:
     """Authoritative path: every site the database says has room, nearest first."""
     sites = [s for s in await store.sites_with_room(session, within) if s.code not in declined]
     views = [SiteView(s.code, s.latitude, s.longitude, s.status, s.capacity, s.open_count) for s in sites]
@@ -150,39 +153,48 @@ async def assign(
     referral: store.ReferralRecord,
     site_code: str,
     km: float,
+    site: SiteRef | None = None,
     *,
     rank: int,
     trace: str | None,
 ) -> store.Assignment:
-    """Record the routing to a site whose slot is already reserved, and publish ``referral.routed``."""
+    """Record the routing to a site whose slot is already reserved, and publish ``referral.routed``
+    (``site``: as the reservation returned it, else read)."""
     assignment = store.Assignment(
         referral_id=referral.referral_id, site_code=site_code, rank=rank, distance_km=round(km, 1)
     )
     session.add(assignment)
     referral.state, referral.reason = ReferralState.ROUTED, None
     await session.flush()
-    await publish_routed(session, referral, assignment, trace)
+    await publish_routed(session, referral, assignment, trace, site)
     log.info("referral routed", extra={"site": site_code, "rank": rank})
     return assignment
 
 
 async def publish_routed(
-    session: AsyncSession, referral: store.ReferralRecord, assignment: store.Assignment, trace: str | None
+    session: AsyncSession,
+    referral: store.ReferralRecord,
+    assignment: store.Assignment,
+    trace: str | None,
+    site: SiteRef | None = None,
 ) -> None:
-    site = await store.get_site(session, assignment.site_code)
-    assert site is not None
+    """Publish ``referral.routed`` for the assignment; ``site`` when the caller has it, else read."""
+    if site is None:
+        stored = await store.get_site(session, assignment.site_code)
+        assert stored is not None
+        site = SiteRef(
+            code=stored.code,
+            name=stored.name,
+            city=stored.city,
+            coordinator_email=stored.coordinator_email,
+            phone=stored.phone,
+        )
     screened = screening_of(referral)
     verdicts = [(c.id, c.verdict, c.reason) for c in screened.criteria]
     routed = ReferralRouted(
         clinic_id=referral.clinic_id,
         revision=screened.revision,
-        site=SiteRef(
-            code=site.code,
-            name=site.name,
-            city=site.city,
-            coordinator_email=site.coordinator_email,
-            phone=site.phone,
-        ),
+        site=site,
         distance_km=assignment.distance_km,
         rank=assignment.rank,
         decision=screened.decision,

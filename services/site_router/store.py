@@ -36,6 +36,7 @@ from sqlmodel import Field, SQLModel, col
 
 from services.site_router.domain import ACTIVE_ASSIGNMENT_STATES, AssignmentState, ReferralState
 from shared.consumer import ProcessedEvent
+from shared.events import SiteRef
 from shared.outbox import OutboxRecord
 from shared.ratelimit import RateHit
 from shared.store import BIGINT, bigint_pk, tables, timestamp, utcnow
@@ -253,8 +254,9 @@ async def insert_referral(session: AsyncSession, record: ReferralRecord) -> Refe
 # --- slots ----------------------------------------------------------------------------------------------
 
 
-async def reserve_slot(session: AsyncSession, code: str) -> bool:
-    """Take one of the site's slots if it is recruiting and has one free; the database decides."""
+async def reserve_slot(session: AsyncSession, code: str) -> SiteRef | None:
+    """Take one of the site's slots if it is recruiting and has one free; the database decides. The
+    site as ``referral.routed`` names it comes back with the slot (no second read of the site)."""
     result = await session.execute(
         update(Site)
         .where(
@@ -263,9 +265,17 @@ async def reserve_slot(session: AsyncSession, code: str) -> bool:
             col(Site.status) == "recruiting",
         )
         .values(open_count=Site.open_count + 1, updated_at=utcnow())
+        .returning(
+            col(Site.code), col(Site.name), col(Site.city), col(Site.coordinator_email), col(Site.phone)
+        )
         .execution_options(**_NO_SYNC)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    row = result.first()
+    if row is None:
+        return None
+    return SiteRef(
+        code=row.code, name=row.name, city=row.city, coordinator_email=row.coordinator_email, phone=row.phone
+    )
 
 
 async def free_slot(session: AsyncSession, code: str) -> None:

@@ -155,3 +155,48 @@ async def test_pause_ends_early_when_stopped() -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.01, stop.set)
     await asyncio.wait_for(pause(stop, 3600), timeout=2)
+
+
+async def test_keep_working_gathers_after_a_wake_up_and_skips_the_pass_a_partial_batch_needs_not() -> None:
+    """A partial pass is followed by none of its own (every later commit wakes the loop); a wake-up is
+    followed by ``gather_s`` before the pass, so that the commits just behind it share it."""
+    stop, wake = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    passes: list[float] = []
+
+    async def work() -> int:
+        passes.append(loop.time())
+        if len(passes) == 2:
+            stop.set()
+        return 3  # fewer than the batch of 10
+
+    async def commit_later() -> None:
+        await asyncio.sleep(0.3)
+        wake.set()
+
+    committed = asyncio.create_task(commit_later())
+    started = loop.time()
+    await asyncio.wait_for(
+        keep_working(stop, work, idle_s=3600, on_failure=lambda _e: None, wake=wake, gather_s=0.2, batch=10),
+        timeout=5,
+    )
+    await committed
+    assert len(passes) == 2
+    # The second pass came after the wake-up (0.3 s) and the gathering (0.2 s), not at once.
+    assert passes[1] - started >= 0.45
+
+
+async def test_keep_working_runs_again_at_once_after_a_full_batch() -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    done = [10, 10, 0]
+
+    async def work() -> int:
+        if len(done) == 1:
+            stop.set()
+        return done.pop(0)
+
+    await asyncio.wait_for(
+        keep_working(stop, work, idle_s=3600, on_failure=lambda _e: None, wake=wake, gather_s=3600, batch=10),
+        timeout=5,
+    )
+    assert done == []

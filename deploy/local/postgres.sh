@@ -133,7 +133,13 @@ crash() {  # SIGKILL, as a machine or OOM killer would: no shutdown checkpoint; 
   kill -9 "$pid" $children
   for _ in $(seq 120); do
     # shellcheck disable=SC2086
-    live "$pid" $children || { echo "postgres.sh: killed (pid $pid)"; return 0; }
+    if ! live "$pid" $children; then
+      # A dead postmaster no one reaps (a container's init may not) still answers kill -0, and its
+      # postmaster.pid would make pg_ctl and the next postmaster think it runs: gone with it. The next
+      # start finds the data dir not cleanly shut down and recovers from the WAL.
+      rm -f "$DATA/postmaster.pid"
+      echo "postgres.sh: killed (pid $pid)"; return 0
+    fi
     sleep 0.25
   done
   fail "the postmaster (pid $pid) or its processes outlived SIGKILL for 30 s"

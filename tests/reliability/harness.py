@@ -41,7 +41,8 @@ class LocalServers:
 
     Restarting through them is the only safe way: they stop exactly the server their pid file or data
     directory names, with the ports the environment gives them (``TRIALROUTE_PG_PORT``,
-    ``TRIALROUTE_KAFKA_PORT``), never another engineer's.
+    ``TRIALROUTE_KAFKA_PORT``, overridden by ``env``: :meth:`own` names the suite's own pair), never
+    another engineer's.
     """
 
     def __init__(

@@ -38,7 +38,8 @@ TAIL_S = 5.0
 """How long the load goes on after the last fault recovered: the last window has its load too."""
 SETTLE_S = 150.0
 """Generous: the backlog a fault leaves, plus the notifier's lease (40 s in tests) for the resend of
-an email whose outcome a crash lost."""
+an email whose outcome a crash lost; counted from the last referral that became final."""
+SETTLE_MAX_S = 900.0
 
 
 @dataclass
@@ -197,13 +198,20 @@ async def settle(
     watch: Watch,
 ) -> dict[str, str]:
     """Every referral's status once all accepted ones are final and the notifier has nothing pending or
-    sending (so no email, not even a resend after a lost outcome, is still to come); or at the deadline."""
-    deadline = time.monotonic() + SETTLE_S
+    sending (so no email, not even a resend after a lost outcome, is still to come); or once nothing
+    has moved for ``SETTLE_S`` (a long run's backlog on a busy machine takes longer than that, but keeps
+    moving), or at ``SETTLE_MAX_S``."""
+    began = time.monotonic()
+    deadline = began + SETTLE_S
     statuses: dict[str, str] = {}
-    while time.monotonic() < deadline and not watch.exits:
+    final = -1
+    while time.monotonic() < min(deadline, began + SETTLE_MAX_S) and not watch.exits:
         try:
             statuses = await referral_statuses(web, system, clinic)
-            if all(statuses.get(s.referral_id or "") == s.final_status for s in accepted):
+            done = sum(1 for s in accepted if statuses.get(s.referral_id or "") == s.final_status)
+            if done > final:  # progress: the backlog is being worked through
+                final, deadline = done, time.monotonic() + SETTLE_S
+            if done == len(accepted):
                 if not await notifications(web, system, ops, "pending", "sending"):
                     break
         except httpx.HTTPError:
@@ -245,7 +253,8 @@ async def notifications(
 
 
 async def mailbox(web: httpx.AsyncClient, system: Stack) -> list[dict[str, Any]]:
-    response = await web.get(f"{system.config.url('mail_http')}/api/messages", timeout=60)
+    # Every message, parsed anew on each call: thousands of them on a busy machine take minutes.
+    response = await web.get(f"{system.config.url('mail_http')}/api/messages", timeout=600)
     response.raise_for_status()
     return list(response.json())
 

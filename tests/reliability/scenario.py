@@ -64,17 +64,19 @@ async def run_scenario(
     gap_s: float,
     title: str,
     tail_s: float = TAIL_S,
+    patience_s: float = 120.0,
 ) -> Outcome:
     """The load and ``faults`` (``gap_s`` apart, or at their ``Fault.at``) at once, then every check;
     the report names ``title``. The load submits at least ``referrals``, and goes on until ``tail_s``
-    after the last fault recovered, so that every fault happens under load."""
+    after the last fault recovered, so that every fault happens under load; the clinic retries each
+    referral for ``patience_s`` (a referral it gave up on that intake stored shows as a problem)."""
     began = time.monotonic()
     clinic, ops = Client(system, "demo-clinic"), Client(system, "ops")
     async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200)) as web:
         sites = await raise_capacity(web, system, ops)
         before = set(await referral_statuses(web, system, clinic))
         clock = Clock()
-        load = Load(system, clinic, web, clock, plan(referrals), rate_per_s=rate_per_s)
+        load = Load(system, clinic, web, clock, plan(referrals), rate_per_s=rate_per_s, patience_s=patience_s)
         watch = Watch(system, ops, web, clock)
         stop, faults_over = asyncio.Event(), asyncio.Event()
         watchers = [asyncio.create_task(watch.processes(stop)), asyncio.create_task(watch.sites(stop))]

@@ -53,6 +53,8 @@ class Outcome:
     records: list[FaultRecord] = field(default_factory=list)
     stored: int = 0
     """Referrals intake stored for the clinic during the scenario (each accepted one exactly once)."""
+    arrivals: list[float] = field(default_factory=list)
+    """When each email arrived (seconds since the load began)."""
 
 
 async def run_scenario(
@@ -170,7 +172,7 @@ async def run_scenario(
         f"{len(stored)} referrals",
         *(f"PROBLEM: {p}" for p in problems),
     ]
-    return Outcome("\n".join(report), problems, rows, load, records, len(stored))
+    return Outcome("\n".join(report), problems, rows, load, records, len(stored), sorted_mail.arrivals)
 
 
 async def raise_capacity(web: httpx.AsyncClient, system: Stack, ops: Client) -> list[dict[str, Any]]:
@@ -289,11 +291,16 @@ def loop_crashes(system: Stack) -> list[str]:
     return found
 
 
-def quiet_windows(outcome: Outcome) -> list[str]:
-    """Fault windows in which no referral was accepted or no email arrived: the fault did not happen
-    under load, or the pipeline stood still through it and after."""
-    return [
-        f"{r.fault} (at {r.at:.0f} s): {r.accepted} accepted, {r.emails} emails"
-        for r in outcome.rows[1:-1]
-        if not r.accepted or not r.emails
-    ]
+def quiet_windows(outcome: Outcome, *, after_s: float = 25.0) -> list[str]:
+    """Faults that did not happen under load: no referral accepted in their window, or no email
+    arriving from their start until ``after_s`` after their recovery (a killed consumer stops its
+    stage until its group has rebalanced, which waits out the dead member's session: some seconds)."""
+    quiet = []
+    for row, record in zip(outcome.rows[1:-1], outcome.records, strict=True):
+        emails = sum(1 for t in outcome.arrivals if record.started <= t <= record.recovered + after_s)
+        if not row.accepted or not emails:
+            quiet.append(
+                f"{row.fault} (at {record.started:.0f} s): {row.accepted} accepted in its window, "
+                f"{emails} emails until {after_s:.0f} s after it recovered"
+            )
+    return quiet

@@ -1,5 +1,5 @@
 # Entry points; the scripts do the work (and can be run directly).
-.PHONY: bootstrap test run bench lint up down test-deploy
+.PHONY: bootstrap test run bench lint up down test-deploy chaos
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -15,6 +15,11 @@ run: bootstrap
 # Every benchmark with modest sizes (~4 minutes), then a summary table; see bench/README.md.
 bench:
 	scripts/bench.sh
+
+# Faults drawn at random from a seed (printed; TRIALROUTE_CHAOS_SEED replays it) for 10 minutes under
+# load, then the fault table; non-zero on any problem (~15 minutes): see docs/reliability.md.
+chaos:
+	scripts/chaos.sh
 
 # ruff and mypy (strict), as `make test` runs them first.
 lint:

@@ -135,10 +135,14 @@ class Principal:
 
 
 class IssuerUnavailable(ProblemError):
-    """The issuer's keys cannot be fetched and none are cached: no token can be checked (503)."""
+    """The issuer's keys cannot be fetched and none are cached: no token can be checked (503, with
+    Retry-After like a store outage: a client that retries the same request later gets through)."""
 
     status = 503
     title = "Service unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
 
 
 class TokenValidator:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A project-owned PostgreSQL instance for development and tests (no Docker, no system cluster):
 # initdb'd once into .run/postgres/data, listening on 127.0.0.1 only, trust auth, one database per service.
-# Usage: deploy/local/postgres.sh start|stop|status|url
+# Usage: deploy/local/postgres.sh start|stop|kill|status|url
+#   (kill: SIGKILL the postmaster and its processes, a crash: the next start runs crash recovery)
 # Env: TRIALROUTE_PG_PORT (25432), TRIALROUTE_PG_FAST=1 (fsync off: test instances only),
 #      PG_BIN (directory of pg_ctl and friends; default: the newest /usr/lib/postgresql/*/bin),
 #      TRIALROUTE_PG_DIR (where the instance lives; default .run/postgres: a second instance, say the TLS
@@ -114,13 +115,44 @@ stop() {
   echo "postgres.sh: stopped"
 }
 
+live() {  # any of these pids a live process (a zombie, dead but not yet reaped, does not count)
+  local p
+  for p in "$@"; do
+    [[ -r /proc/$p/stat && $(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) != Z ]] && return 0
+  done
+  return 1
+}
+
+crash() {  # SIGKILL, as a machine or OOM killer would: no shutdown checkpoint; start recovers from the WAL
+  if ! running; then echo "postgres.sh: not running"; return 0; fi
+  local pid children
+  pid="$(sed -n 1p "$DATA/postmaster.pid")"
+  # Its backends too, at once: orphans would hold the shared memory and block the next start.
+  children="$(pgrep -P "$pid" || true)"
+  # shellcheck disable=SC2086  # (the pids, one word each)
+  kill -9 "$pid" $children
+  for _ in $(seq 120); do
+    # shellcheck disable=SC2086
+    if ! live "$pid" $children; then
+      # A dead postmaster no one reaps (a container's init may not) still answers kill -0, and its
+      # postmaster.pid would make pg_ctl and the next postmaster think it runs: gone with it. The next
+      # start finds the data dir not cleanly shut down and recovers from the WAL.
+      rm -f "$DATA/postmaster.pid"
+      echo "postgres.sh: killed (pid $pid)"; return 0
+    fi
+    sleep 0.25
+  done
+  fail "the postmaster (pid $pid) or its processes outlived SIGKILL for 30 s"
+}
+
 locate
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  kill) crash ;;
   status)
     if running; then check_port; echo "postgres.sh: running on 127.0.0.1:$PORT"
     else echo "postgres.sh: stopped"; exit 3; fi ;;
   url) echo "postgresql://postgres@127.0.0.1:$PORT/postgres${SSL_CERT:+?sslmode=require}" ;;
-  *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|kill|status|url" >&2; exit 2 ;;
 esac

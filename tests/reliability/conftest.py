@@ -1,8 +1,9 @@
-"""The running system for the fault suite, on servers the suite may restart.
+"""The running system for the fault suite, on servers of the suite's own that it may restart and kill.
 
-The suite stops and starts PostgreSQL and Kafka, so it refuses servers it cannot restart itself: they
-must be the ones the ``deploy/local`` scripts run (this checkout's, or ``TRIALROUTE_DEPLOY_DIR``'s for
-a private pair started from a scratch copy), with the ports the environment names.
+The suite stops, restarts and SIGKILLs PostgreSQL and Kafka, so it runs its own pair (through the
+``deploy/local`` scripts, on the environment's ports plus 10, files under ``.run/faults``), never the
+shared ones other tests use. A test that crashes a server runs it durable: the PostgreSQL has fsync and
+synchronous commit on, and the fixture checks that it does.
 """
 
 from __future__ import annotations
@@ -14,39 +15,36 @@ import asyncpg
 import pytest
 
 from services.devstack.stack import Stack
-from tests.conftest import Servers
-from tests.reliability.harness import LocalServers
+from tests.reliability.harness import REPO, LocalServers
 from tests.support.system import running_system
 
-
-@pytest.fixture(scope="module")
-def local_servers(servers: Servers) -> LocalServers:
-    deploy_dir = LocalServers.configured_dir()
-    problem = LocalServers(deploy_dir).mismatch(servers.pg_admin_url, servers.kafka_bootstrap)
-    if problem:
-        # Not a skip: a fault suite that silently did not run would read as a pass.
-        pytest.fail(
-            f"the fault suite restarts PostgreSQL and Kafka through {deploy_dir}/*.sh and can only run "
-            f"on the servers those scripts run: {problem}. Run it through scripts/test.sh, or set "
-            "TRIALROUTE_DEPLOY_DIR, TRIALROUTE_PG_PORT and TRIALROUTE_KAFKA_PORT to match.",
-            pytrace=False,
-        )
-    return LocalServers(deploy_dir, pg_fast=asyncio.run(_fsync_off(servers.pg_admin_url)))
+RUN_DIR = REPO / ".run" / "faults"
 
 
-async def _fsync_off(pg_admin_url: str) -> bool:
+@pytest.fixture(scope="package")
+def local_servers() -> Iterator[LocalServers]:
+    """Started for the first test that needs them, stopped after the last (also on failure)."""
+    servers = LocalServers.own(RUN_DIR)
+    try:
+        servers.start()
+        durability = asyncio.run(_durability(servers.pg_admin_url()))
+        assert durability == {"fsync": "on", "synchronous_commit": "on"}, durability
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def _durability(pg_admin_url: str) -> dict[str, str]:
     conn = await asyncpg.connect(pg_admin_url)
     try:
-        return bool(await conn.fetchval("SHOW fsync") == "off")
+        return {name: str(await conn.fetchval(f"SHOW {name}")) for name in ("fsync", "synchronous_commit")}
     finally:
         await conn.close()
 
 
 @pytest.fixture(scope="module")
-def system(
-    servers: Servers, local_servers: LocalServers, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def system(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_system(
-        servers.pg_admin_url, servers.kafka_bootstrap, tmp_path_factory.mktemp("faults")
+        local_servers.pg_admin_url(), local_servers.kafka_bootstrap(), tmp_path_factory.mktemp("faults")
     ) as stack:
         yield stack

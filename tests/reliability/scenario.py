@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,7 +20,9 @@ from shared.events import TOPICS
 from tests.reliability.harness import (
     Clock,
     Fault,
+    FaultRecord,
     Load,
+    Row,
     Submission,
     Watch,
     account,
@@ -32,33 +34,59 @@ from tests.reliability.harness import (
 from tests.support.system import Client
 
 CAPACITY = 10_000  # site_router's maximum: far more than the load can fill
+TAIL_S = 5.0
+"""How long the load goes on after the last fault recovered: the last window has its load too."""
 SETTLE_S = 150.0
 """Generous: the backlog a fault leaves, plus the notifier's lease (40 s in tests) for the resend of
-an email whose outcome a crash lost."""
+an email whose outcome a crash lost; counted from the last referral that became final."""
+SETTLE_MAX_S = 900.0
 
 
 @dataclass
 class Outcome:
     report: str
     problems: list[str]
+    rows: list[Row] = field(default_factory=list)
+    """The fault table's rows (the last: the total)."""
+    load: Load | None = None
+    """The clinic's submissions and every answer it got."""
+    records: list[FaultRecord] = field(default_factory=list)
+    stored: int = 0
+    """Referrals intake stored for the clinic during the scenario (each accepted one exactly once)."""
+    arrivals: list[float] = field(default_factory=list)
+    """When each email arrived (seconds since the load began)."""
 
 
 async def run_scenario(
-    system: Stack, faults: list[Fault], *, referrals: int, rate_per_s: float, gap_s: float, title: str
+    system: Stack,
+    faults: list[Fault],
+    *,
+    referrals: int,
+    rate_per_s: float,
+    gap_s: float,
+    title: str,
+    tail_s: float = TAIL_S,
+    patience_s: float = 120.0,
 ) -> Outcome:
-    """The load and ``faults`` (``gap_s`` apart) at once, then every check; the report names ``title``."""
+    """The load and ``faults`` (``gap_s`` apart, or at their ``Fault.at``) at once, then every check;
+    the report names ``title``. The load submits at least ``referrals``, and goes on until ``tail_s``
+    after the last fault recovered, so that every fault happens under load; the clinic retries each
+    referral for ``patience_s`` (a referral it gave up on that intake stored shows as a problem)."""
     began = time.monotonic()
     clinic, ops = Client(system, "demo-clinic"), Client(system, "ops")
     async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200)) as web:
         sites = await raise_capacity(web, system, ops)
+        before = set(await referral_statuses(web, system, clinic))
         clock = Clock()
-        load = Load(system, clinic, web, clock, plan(referrals), rate_per_s=rate_per_s)
+        load = Load(system, clinic, web, clock, plan(referrals), rate_per_s=rate_per_s, patience_s=patience_s)
         watch = Watch(system, ops, web, clock)
-        stop = asyncio.Event()
+        stop, faults_over = asyncio.Event(), asyncio.Event()
         watchers = [asyncio.create_task(watch.processes(stop)), asyncio.create_task(watch.sites(stop))]
-        loading = asyncio.create_task(load.run())
+        loading = asyncio.create_task(load.run(until=faults_over))
         try:
             records = await run_faults(faults, watch, load, gap_s=gap_s)
+            await asyncio.sleep(tail_s)  # the load after the last recovery, part of the scenario
+            faults_over.set()
             await loading
             statuses = await settle(web, system, clinic, ops, load.accepted, watch)
             settled = clock.now()
@@ -75,8 +103,9 @@ async def run_scenario(
     accepted = load.accepted
     coordinator_addresses = {s["coordinator_email"].lower() for s in sites}
     sorted_mail = sort_mail(messages, accepted, coordinator_addresses, clock)
-    rows = account(records, accepted, statuses, sorted_mail)
+    rows = account(records, accepted, statuses, sorted_mail, load.answers)
     total = rows[-1]
+    stored = {referral for referral in statuses if referral not in before}
     refused = [f"#{s.index}: {s.refused}" for s in load.submissions if s.refused]
     unanswered = [s for s in load.submissions if s.referral_id is None and not s.refused]
     routed = sum(1 for status in statuses.values() if status in ("routed", "notified"))
@@ -113,6 +142,15 @@ async def run_scenario(
         f"notification failed: {n['recipient_role']} of {n['referral_id']}: {n['last_error']}" for n in failed
     ]
     problems += [f"{name} not ready after the faults: {detail}" for name, detail in unready.items()]
+    if len(stored) != len(accepted) or stored != {s.referral_id for s in accepted}:
+        problems.append(f"intake stored {len(stored)} referrals for {len(accepted)} accepted ones")
+    errors = [a for a in load.answers if a.status is not None and a.status >= 500 and a.status != 503]
+    unhinted = [a for a in load.answers if a.status == 503 and not a.retry_after]
+    if errors or unhinted:
+        problems.append(
+            f"intake answered {len(errors)} 5xx other than 503 and {len(unhinted)} 503s without "
+            f"Retry-After: {[(round(a.at, 1), a.status) for a in (errors + unhinted)[:10]]}"
+        )
 
     report = [
         "",
@@ -121,16 +159,20 @@ async def run_scenario(
         f"{records[-1].recovered if records else 0.0:.0f} s, all settled at {settled:.0f} s, "
         f"took {time.monotonic() - began:.0f} s",
         table(rows),
-        "(a row's window runs from its fault's start to the next fault's start. accepted so far: 2xx "
-        "before the fault; completed, lost: referrals accepted in the window; duplicated: a second copy "
+        "(a row's window runs from its fault's start to the next fault's start, so faults that overlap "
+        "show a next start before their back s. accepted so far: 2xx before the fault; in window: 2xx "
+        "in the window; completed, lost: referrals accepted in the window; duplicated: a second copy "
         "with the same Message-ID, extra: any other surplus email, both by arrival; emails: all that "
-        "arrived in the window, i.e. work in flight)",
+        "arrived in the window, i.e. work in flight; 503s: intake's 503 + Retry-After answers, no "
+        "answer: attempts intake did not answer (down, reset, timeout), no token: attempts that "
+        "could not get a token from auth, all three in the window)",
         f"accepted {len(accepted)}, never answered 2xx {len(unanswered)}, refused {len(refused)}; "
         f"{sum(s.attempts for s in load.submissions) - len(load.submissions)} client retries; "
-        f"{len(messages)} emails; {held} slots held; {watch.site_polls} capacity polls",
+        f"{len(messages)} emails; {held} slots held; {watch.site_polls} capacity polls; intake stored "
+        f"{len(stored)} referrals",
         *(f"PROBLEM: {p}" for p in problems),
     ]
-    return Outcome("\n".join(report), problems)
+    return Outcome("\n".join(report), problems, rows, load, records, len(stored), sorted_mail.arrivals)
 
 
 async def raise_capacity(web: httpx.AsyncClient, system: Stack, ops: Client) -> list[dict[str, Any]]:
@@ -160,13 +202,20 @@ async def settle(
     watch: Watch,
 ) -> dict[str, str]:
     """Every referral's status once all accepted ones are final and the notifier has nothing pending or
-    sending (so no email, not even a resend after a lost outcome, is still to come); or at the deadline."""
-    deadline = time.monotonic() + SETTLE_S
+    sending (so no email, not even a resend after a lost outcome, is still to come); or once nothing
+    has moved for ``SETTLE_S`` (a long run's backlog on a busy machine takes longer than that, but keeps
+    moving), or at ``SETTLE_MAX_S``."""
+    began = time.monotonic()
+    deadline = began + SETTLE_S
     statuses: dict[str, str] = {}
-    while time.monotonic() < deadline and not watch.exits:
+    final = -1
+    while time.monotonic() < min(deadline, began + SETTLE_MAX_S) and not watch.exits:
         try:
             statuses = await referral_statuses(web, system, clinic)
-            if all(statuses.get(s.referral_id or "") == s.final_status for s in accepted):
+            done = sum(1 for s in accepted if statuses.get(s.referral_id or "") == s.final_status)
+            if done > final:  # progress: the backlog is being worked through
+                final, deadline = done, time.monotonic() + SETTLE_S
+            if done == len(accepted):
                 if not await notifications(web, system, ops, "pending", "sending"):
                     break
         except httpx.HTTPError:
@@ -208,7 +257,8 @@ async def notifications(
 
 
 async def mailbox(web: httpx.AsyncClient, system: Stack) -> list[dict[str, Any]]:
-    response = await web.get(f"{system.config.url('mail_http')}/api/messages", timeout=60)
+    # Every message, parsed anew on each call: thousands of them on a busy machine take minutes.
+    response = await web.get(f"{system.config.url('mail_http')}/api/messages", timeout=600)
     response.raise_for_status()
     return list(response.json())
 
@@ -239,3 +289,18 @@ def loop_crashes(system: Stack) -> list[str]:
                 if "background loop stopped" in line
             ]
     return found
+
+
+def quiet_windows(outcome: Outcome, *, after_s: float = 25.0) -> list[str]:
+    """Faults that did not happen under load: no referral accepted in their window, or no email
+    arriving from their start until ``after_s`` after their recovery (a killed consumer stops its
+    stage until its group has rebalanced, which waits out the dead member's session: some seconds)."""
+    quiet = []
+    for row, record in zip(outcome.rows[1:-1], outcome.records, strict=True):
+        emails = sum(1 for t in outcome.arrivals if record.started <= t <= record.recovered + after_s)
+        if not row.accepted or not emails:
+            quiet.append(
+                f"{row.fault} (at {record.started:.0f} s): {row.accepted} accepted in its window, "
+                f"{emails} emails until {after_s:.0f} s after it recovered"
+            )
+    return quiet

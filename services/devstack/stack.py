@@ -221,11 +221,16 @@ class Stack:
         return env | c.service_env.get(service, {})
 
     def web_clients(self) -> list[dict[str, Any]]:
-        """The portals (public clients, PKCE), each with the exact callback URLs of its pages."""
+        """The portals (public clients, PKCE), each with the exact callback URLs of its pages; only
+        those of the services this stack runs (a benchmark may run auth and intake alone)."""
         c = self.config
         clients: list[dict[str, Any]] = []
         for client_id, prefix in PAGE_PREFIXES.items():
-            served_by = [s for s in PAGE_SERVICES if PORTAL_CLIENTS.get(s, "ops-console") == client_id]
+            served_by = [
+                s for s in PAGE_SERVICES if PORTAL_CLIENTS.get(s, "ops-console") == client_id and s in c.ports
+            ]
+            if not served_by:
+                continue
             clients.append(
                 {
                     "client_id": client_id,
@@ -235,7 +240,9 @@ class Stack:
                     "scopes": [Scope.SITE_REFERRALS.value, Scope.SITE_CONTACT.value, Scope.OPS.value],
                 }
             )
-        return [*clients, insights_web_client(c.url("insights"))]
+        if "insights" in c.ports:
+            clients.append(insights_web_client(c.url("insights")))
+        return clients
 
     async def seed_people(self) -> list[DemoPerson]:
         """The demo people, each with the demo password (the same at every start)."""

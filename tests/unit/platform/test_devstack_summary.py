@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from services.devstack.run import summary
@@ -31,3 +32,16 @@ def test_the_demo_sends_its_coordinators_to_the_portal_for_the_referrals_left_ro
     assert "http://127.0.0.1:8003/portal/" in hint
     assert "coordinator.dfci@demo.trialroute.example, coordinator.wcm@demo.trialroute.example" in hint
     assert portal_hint({"x": {"status": "not_routed", "site": None}}, "u") == ""
+
+
+def test_a_stack_of_auth_and_intake_alone_configures_auth_with_no_page_clients(tmp_path: Path) -> None:
+    """The intake benchmark runs auth and intake only: auth's web clients name no service it lacks."""
+    config = StackConfig(run_dir=tmp_path, ports={"auth": 18000, "intake": 18001})
+    clients = json.loads(Stack(config).service_env("auth")["AUTH_WEB_CLIENTS"])
+    uris = [uri for c in clients for uri in c["redirect_uris"]]
+    assert all(uri.startswith(("http://127.0.0.1:18000/", "http://127.0.0.1:18001/")) for uri in uris), uris
+    assert "insights-web" not in {c["client_id"] for c in clients}
+
+    whole = json.loads(Stack(StackConfig(run_dir=tmp_path)).service_env("auth")["AUTH_WEB_CLIENTS"])
+    assert {c["client_id"] for c in whole} >= {"insights-web"}
+    assert all(uri.startswith("http://127.0.0.1:") for c in whole for uri in c["redirect_uris"])

@@ -25,7 +25,7 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -325,14 +325,12 @@ class ConsumerLoop:
     ) -> contextlib.AbstractContextManager[Any]:
         """One span for a handler that takes several events at once: the child of their one trace, or
         linked to each of theirs when they come from several."""
-        parents = [traces.get(envelope.id) for envelope, _ in items]
-        contexts = [get_current_span(p).get_span_context() for p in parents if p is not None]
-        single = len(items) == 1 or len({c.trace_id for c in contexts}) == 1
+        parent, links = tracing.batch_parent([traces.get(envelope.id) for envelope, _ in items])
         return tracing.tracer(self.service).start_as_current_span(
             f"{items[0][0].type} process" if len(items) == 1 else "events process",
-            context=parents[0] if single else Context(),
+            context=parent,
             kind=SpanKind.CONSUMER,
-            links=[] if single else [Link(c) for c in contexts],
+            links=links,
             attributes={
                 "messaging.system": "kafka",
                 "messaging.operation.type": "process",

@@ -221,6 +221,18 @@ def context_of(traceparent: str | None) -> Context | None:
     return propagate.extract({TRACEPARENT: traceparent})
 
 
+def batch_parent(parents: Sequence[Context | None]) -> tuple[Context, list[Link]]:
+    """Where a span for work done for several traces at once belongs: the child of their one trace, or
+    a root span linked to each of theirs when they come from several (OpenTelemetry's way for batches,
+    so that no trace claims work done for the others)."""
+    contexts = [trace.get_current_span(p).get_span_context() for p in parents if p is not None]
+    contexts = [c for c in contexts if c.is_valid]
+    if len({c.trace_id for c in contexts}) <= 1:
+        first = next((p for p in parents if p is not None), None)
+        return (first if first is not None else Context()), []
+    return Context(), [Link(c) for c in contexts]
+
+
 def context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> Context | None:
     """The trace context a Kafka record's headers carry, if any."""
     carrier: Mapping[str, str] = {

@@ -99,19 +99,32 @@ class BatchContacts:
     with the batch. Nothing outlives the batch: contact details are PHI and the notifier does not keep
     them. A failed read fails every row that needed it; each is tried again later."""
 
-    def __init__(self, client: ContactsClient, referral_ids: Collection[uuid.UUID]) -> None:
+    def __init__(self, client: ContactsClient, rows: Collection[Notification]) -> None:
         self.client = client
-        self.referral_ids = referral_ids
+        self.referral_ids = {row.referral_id for row in rows}
+        self.traces = [tracing.context_of(row.traceparent) for row in rows]
         self._read: asyncio.Task[dict[uuid.UUID, Contact]] | None = None
 
     async def fetch(self, referral_id: uuid.UUID) -> Contact:
         if self._read is None:
-            self._read = asyncio.create_task(self.client.fetch(self.referral_ids))
+            self._read = asyncio.create_task(self._read_all())
         # Shielded: one row's delivery timing out must not cancel the read its siblings await.
         contact = (await asyncio.shield(self._read)).get(referral_id)
         if contact is None:
             raise DeliveryError("intake has no such referral")
         return contact
+
+    async def _read_all(self) -> dict[uuid.UUID, Contact]:
+        """The one read, in a span of its own: the child of the rows' trace, or linked to each of
+        theirs when the batch gathered several referrals (the read belongs to no one referral)."""
+        parent, links = tracing.batch_parent(self.traces)
+        with tracing.tracer(SERVICE).start_as_current_span(
+            "contacts read",
+            context=parent,
+            links=links,
+            attributes={"trialroute.referral_count": len(self.referral_ids)},
+        ):
+            return await self.client.fetch(self.referral_ids)
 
     def close(self) -> None:
         """Drop the batch's read (cancelled if still running, its failure collected)."""
@@ -174,7 +187,7 @@ class Dispatcher:
             )
         if not rows:
             return 0
-        needing = {r.referral_id for r in rows if needs_contact(cast(RecipientRole, r.recipient_role))}
+        needing = [r for r in rows if needs_contact(cast(RecipientRole, r.recipient_role))]
         contacts = BatchContacts(self.contacts, needing)
         pending = {asyncio.ensure_future(self._attempt(row, contacts)) for row in rows}
         try:

@@ -96,3 +96,22 @@ def test_log_lines_carry_the_trace_in_progress(exported: InMemorySpanExporter) -
     with tracing.tracer("unit").start_as_current_span("work") as span:
         _ContextAndPhiFilter().filter(record)
     assert record.trace_id == format(span.get_span_context().trace_id, "032x")
+
+
+def test_work_for_one_trace_is_its_child_and_work_for_several_is_linked_to_each() -> None:
+    one = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    same = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    parent, links = tracing.batch_parent([tracing.context_of(one), None, tracing.context_of(same)])
+    assert links == []
+    assert f"{tracing.trace.get_current_span(parent).get_span_context().trace_id:032x}" == one.split("-")[1]
+
+    parent, links = tracing.batch_parent([tracing.context_of(one), tracing.context_of(other)])
+    assert not tracing.trace.get_current_span(parent).get_span_context().is_valid, "a root of its own"
+    assert sorted(f"{link.context.trace_id:032x}" for link in links) == sorted(
+        [one.split("-")[1], other.split("-")[1]]
+    )
+
+    parent, links = tracing.batch_parent([None])
+    assert links == [] and not tracing.trace.get_current_span(parent).get_span_context().is_valid

@@ -83,6 +83,7 @@ class ConsumerLoop:
         first_backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         transaction_max: int = 50,
+        gather_ms: int = 0,
         dead_letters: DeadLetterSink | None = None,
         lag_interval_s: float = 10.0,
     ) -> None:
@@ -95,6 +96,7 @@ class ConsumerLoop:
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self.transaction_max = transaction_max
+        self.gather_ms = gather_ms
         self.dead_letters = dead_letters or DeadLetters(kafka, service=service, consumer=group_id)
         self.assigned: set[TopicPartition] = set()
         self.lag_interval_s = lag_interval_s
@@ -106,7 +108,9 @@ class ConsumerLoop:
         """Consume until ``stop`` is set; a broker outage restarts the client after a pause."""
         lag: asyncio.Task[None] | None = None
         while not stop.is_set():
-            consumer = new_consumer(self.kafka, group_id=self.group_id, topics=self.handlers.topics)
+            consumer = new_consumer(
+                self.kafka, group_id=self.group_id, topics=self.handlers.topics, gather_ms=self.gather_ms
+            )
             try:
                 await consumer.start()
                 lag = asyncio.create_task(self._measure_lag(consumer, stop), name="consumer-lag")

@@ -99,8 +99,17 @@ class Producer:
         await self.drop()
 
 
-def new_consumer(kafka: KafkaSettings, *, group_id: str, topics: Iterable[str]) -> AIOKafkaConsumer:
-    """A group member that never commits on its own: offsets move only after the handling commit."""
+GATHER_MIN_BYTES = 1 << 20
+"""What a gathering consumer asks the broker to wait for: more than a low rate brings in
+``gather_ms``, so the wait is what ends each fetch; a burst ends it sooner."""
+
+
+def new_consumer(
+    kafka: KafkaSettings, *, group_id: str, topics: Iterable[str], gather_ms: int = 0
+) -> AIOKafkaConsumer:
+    """A group member that never commits on its own: offsets move only after the handling commit.
+    With ``gather_ms`` the broker holds each fetch until that long has passed or a MiB is there."""
+    gathering = {"fetch_min_bytes": GATHER_MIN_BYTES, "fetch_max_wait_ms": gather_ms} if gather_ms else {}
     return AIOKafkaConsumer(
         *(kafka.topic(t) for t in topics),
         **connection(kafka),
@@ -110,6 +119,7 @@ def new_consumer(kafka: KafkaSettings, *, group_id: str, topics: Iterable[str]) 
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=200,
+        **gathering,
     )
 
 

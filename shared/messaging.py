@@ -28,7 +28,12 @@ def event_loops(
     loops: list[Loop] = []
     if handlers is not None and "consumer" in roles:
         consumer = ConsumerLoop(
-            db, settings.kafka, service=service, group_id=consumer_group(settings, service), handlers=handlers
+            db,
+            settings.kafka,
+            service=service,
+            group_id=consumer_group(settings, service),
+            handlers=handlers,
+            gather_ms=settings.consumer_gather_ms,
         )
         loops.append(Loop("consumer", consumer.run))
     if "relay" in roles:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
@@ -19,6 +20,7 @@ from shared.consumer import ConsumerLoop, ProcessedEvent
 from shared.db import Database
 from shared.events import Envelope, ReferralWithdrawn
 from shared.handlers import Handlers, PoisonMessage
+from shared.kafka import connection
 from shared.outbox import OutboxRecord, OutboxRelay, add_event, backlog
 from shared.settings import KafkaSettings
 from shared.store import tables
@@ -184,6 +186,46 @@ async def test_records_of_one_poll_are_handled_in_one_transaction(db: Database, 
     async with db.session() as session:
         processed = (await session.execute(select(func.count()).select_from(ProcessedEvent))).scalar_one()
     assert processed == 20
+
+
+@pytest.mark.parametrize("gather_ms", [0, 3_000])
+async def test_a_gathering_consumer_takes_records_that_arrive_apart_in_few_transactions(
+    db: Database, kafka: KafkaSettings, gather_ms: int
+) -> None:
+    loop = ConsumerLoop(
+        db,
+        kafka,
+        service="test",
+        group_id=f"gather-{gather_ms}",
+        handlers=Handlers().on(ReferralWithdrawn, record_handling),
+        gather_ms=gather_ms,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+
+    async def owns_all() -> bool:
+        return len(loop.assigned) == 6
+
+    await eventually(owns_all, within=60, what="the member to own the partitions")
+    events = [withdrawn() for _ in range(8)]
+    producer = AIOKafkaProducer(**connection(kafka))
+    await producer.start()
+    try:
+        for envelope in events:  # ~0.2 s apart: within a window of 3 s, at most one boundary falls
+            await producer.send_and_wait(
+                kafka.topic("referral.withdrawn"), envelope.to_bytes(), str(envelope.referral_id).encode()
+            )
+            await asyncio.sleep(0.2)
+    finally:
+        await producer.stop()
+    await eventually(lambda: _handled_at_least(db, len(events)), what="every event handled")
+    stop.set()
+    await task
+    transactions = {r.transaction for r in await handled_rows(db)}
+    if gather_ms:
+        assert len(transactions) <= 2, transactions
+    else:
+        assert len(transactions) > 2, transactions  # taken as they come
 
 
 async def test_a_together_handler_gets_the_new_events_of_a_transaction_in_one_call(

@@ -11,8 +11,11 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy import event
 
 from services.auth.config import AuthSettings
+from services.eligibility.config import EligibilitySettings
+from services.insights.config import InsightsSettings
 from services.intake.config import IntakeSettings
 from services.notifier.config import NotifierSettings
+from services.site_router.config import SiteRouterSettings
 from shared.db import CONNECT_TIMEOUT_S, Database, connect_options
 from shared.kafka import connection
 from shared.settings import KafkaSettings, ServiceSettings
@@ -224,3 +227,15 @@ def test_production_on_loopback_or_behind_a_named_proxy_may_be_plain() -> None:
         "database_url": "postgresql+asyncpg://p@127.0.0.1/x",
     }
     assert ServiceSettings(**local).environment == "production"  # type: ignore[arg-type]
+
+
+def test_only_consumers_off_the_path_to_the_emails_gather_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert InsightsSettings().consumer_gather_ms == 500
+    assert IntakeSettings().consumer_gather_ms == 200
+    for on_the_path in (EligibilitySettings, SiteRouterSettings, NotifierSettings):
+        assert on_the_path().consumer_gather_ms == 0, on_the_path
+    monkeypatch.setenv("INSIGHTS_CONSUMER_GATHER_MS", "0")
+    assert InsightsSettings().consumer_gather_ms == 0
+    monkeypatch.setenv("INTAKE_CONSUMER_GATHER_MS", "9000")
+    with pytest.raises(ValidationError):
+        IntakeSettings()

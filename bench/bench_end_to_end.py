@@ -63,6 +63,8 @@ from tests.support.kafka import read_topic
 from tests.support.system import own_consumer_groups
 
 POSTAL_CODES = ("10021", "02215", "33612", "77030", "60611", "94143", "98109", "80045")
+ABROAD = (("SW1A 1AA", "GB"), ("10115", "DE"), ("H3Z 2Y7", "CA"), ("2000", "AU"), ("28001", "ES"))
+"""Patients outside the US (``--countries``): the site router loads a country's postal codes on first use."""
 SITE_DOMAIN = "@sites.example.org"
 CAPACITY = 10_000
 MAX_IN_FLIGHT = 64
@@ -161,8 +163,18 @@ class Submitted:
     posted_at: float
 
 
-def bodies(count: int, rng: random.Random) -> list[dict[str, Any]]:
-    return [sample_referral(postal_code=rng.choice(POSTAL_CODES)) for _ in range(count)]
+def bodies(count: int, rng: random.Random, countries: int = 1) -> list[dict[str, Any]]:
+    """Referrals from US postal codes; with ``countries`` > 1, every tenth from one of the first
+    ``countries - 1`` other countries of ``ABROAD`` (routed to the nearest site all the same)."""
+    abroad = ABROAD[: max(0, countries - 1)]
+    out = []
+    for _ in range(count):
+        if abroad and rng.random() < 0.1:
+            postal_code, country = rng.choice(abroad)
+            out.append(sample_referral(postal_code=postal_code, country=country))
+        else:
+            out.append(sample_referral(postal_code=rng.choice(POSTAL_CODES)))
+    return out
 
 
 async def token(http: httpx.AsyncClient, stack: Stack, client_id: str, audience: str) -> dict[str, str]:
@@ -342,7 +354,9 @@ async def measure(stack: BenchStack, args: argparse.Namespace, summary: Summary)
         print(f"\nthroughput: {args.referrals} referrals, {args.concurrency} concurrent POSTs")
         before, machine0 = cpu_snapshot(stack), MachineCpu.now()
         t0 = time.time()
-        sent = await burst(http, intake, headers, bodies(args.referrals, rng), args.concurrency)
+        sent = await burst(
+            http, intake, headers, bodies(args.referrals, rng, args.countries), args.concurrency
+        )
         posted = time.time() - t0
         patients, sites = await until_delivered(mail, sent, stall_s=args.stall_s, what="throughput")
         last = max([*patients.values(), *sites.values()], default=time.time())
@@ -517,6 +531,13 @@ def main(argv: list[str] | None = None) -> None:
         "--sustainable-seconds", type=float, default=15, help="then at half the sustained rate (0: skip)"
     )
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--countries",
+        type=int,
+        default=1,
+        choices=range(1, len(ABROAD) + 2),
+        help="patients' countries in the throughput run (1: the US only)",
+    )
     parser.add_argument("--stall-s", type=float, default=60, help="give up after this long without an email")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", nargs="*", default=[], choices=SERVICES, help="services to profile")

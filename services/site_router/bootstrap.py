@@ -63,8 +63,12 @@ def build(
         portal_routers = [sign_in_router(sign_in), pages.router]
 
     async def warm_geocoder() -> None:
-        """Load the postal-code tables before traffic, so no request or event pays for it."""
-        await asyncio.to_thread(geocoder.warm, settings.warm_countries or None)
+        """Build the compact postal-code tables before traffic (a child process, once per data snapshot),
+        so that a country's first lookup only reads its file; load only the countries configured to be:
+        the others load on first use, and a country never used costs no memory."""
+        await asyncio.to_thread(geocoder.prepare)
+        if settings.warm_countries:
+            await asyncio.to_thread(geocoder.warm, settings.warm_countries)
 
     return ServiceSpec(
         name=SERVICE,

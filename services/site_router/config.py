@@ -25,7 +25,8 @@ class SiteRouterSettings(ServiceSettings):
     )
     warm_countries: list[str] = Field(
         default_factory=list,
-        description="countries whose postal-code tables load at start-up; empty: every shipped country",
+        description="countries whose postal-code tables load at start-up; empty (the default): none, each "
+        "country's loads on its first lookup",
     )
     index_refresh_s: float = Field(
         default=5.0,

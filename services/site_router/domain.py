@@ -1,35 +1,43 @@
 """Which site gets a referral: pure logic over a snapshot of the sites, no I/O.
 
 The nearest recruiting site with free capacity, by great-circle distance, that the referral has not been
-declined by. The store reserves the slot atomically; this module only proposes the site. With thousands of
-sites one routing must stay well under a millisecond, so `SiteIndex` keeps the sites as unit vectors in
-numpy arrays and ranks them all in one vectorised pass by straight-line (chord) distance through the
-Earth: it orders sites exactly as great-circle distance does, costs no trigonometry per site (about an
-eighth of haversine's time), and converts to the great-circle km only for the sites it returns.
+declined by. The store reserves the slot atomically; this module only proposes the site. `SiteIndex` keeps
+the sites as unit vectors and ranks them by straight-line (chord) distance through the Earth: it orders
+sites exactly as great-circle distance does, costs no trigonometry per site (about an eighth of
+haversine's time), and converts to great-circle km only for the sites it returns. A trial's handful of
+sites is ranked in plain Python; from `ARRAY_INDEX_MIN_SITES` on, in one vectorised numpy pass
+(`site_arrays.py`; with thousands of sites one routing must stay well under a millisecond), so that a
+process that never holds that many sites never imports numpy (~11 MB resident).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, NamedTuple
 
 from shared.events import OUTCOME_STEPS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from services.site_router.site_arrays import SiteArrays
 
 EARTH_RADIUS_KM = 6371.0088
 """IUGG mean Earth radius; a sphere of this radius is within about 0.5% of the ellipsoid."""
 
 KM_PER_MILE = 1.609344
 
-FloatArray = npt.NDArray[np.float64]
-
 NEAREST_CANDIDATES = 16
 """Sites the in-memory index proposes per routing; the database says which of them has room."""
+
+ARRAY_INDEX_MIN_SITES = 64
+"""From this many sites `SiteIndex` ranks with numpy (plain Python is faster below about 50 sites, numpy
+far faster with thousands); below it, plain Python, and numpy is never imported."""
 
 
 # --- great-circle distances ----------------------------------------------------------------------------
@@ -44,8 +52,10 @@ def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
-def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLike) -> FloatArray:
-    """Haversine distances in km from one point to many, vectorised (routing ranks thousands of sites)."""
+def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Haversine distances in km from one point to many, vectorised (numpy is imported on first use)."""
+    import numpy as np
+
     lats_rad = np.radians(np.asarray(lats, dtype=np.float64))
     lons_rad = np.radians(np.asarray(lons, dtype=np.float64))
     lat_rad = math.radians(lat)
@@ -53,7 +63,7 @@ def distances_km(lat: float, lon: float, lats: npt.ArrayLike, lons: npt.ArrayLik
         np.sin((lats_rad - lat_rad) / 2) ** 2
         + math.cos(lat_rad) * np.cos(lats_rad) * np.sin((lons_rad - math.radians(lon)) / 2) ** 2
     )
-    distances: FloatArray = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+    distances: npt.NDArray[np.float64] = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
     return distances
 
 
@@ -112,22 +122,28 @@ class NearbySite:
     miles: float
 
 
-def _unit_vector(lat: float, lon: float) -> tuple[float, float, float]:
+def unit_vector(lat: float, lon: float) -> tuple[float, float, float]:
     phi, lam = math.radians(lat), math.radians(lon)
     return math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)
 
 
-def _km_from_chord_sq(chord_sq: FloatArray) -> FloatArray:
+def check_coordinates(lat: float, lon: float) -> None:
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN included: it would rank first
+        raise ValueError(f"patient coordinates ({lat}, {lon}) out of range")
+
+
+def _km_from_chord_sq(chord_sq: float) -> float:
     """Great-circle km from squared chord length on the unit sphere: central angle = 2 asin(chord / 2)."""
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(np.sqrt(chord_sq) / 2, 1.0))
+    return 2 * EARTH_RADIUS_KM * math.asin(min(math.sqrt(chord_sq) / 2, 1.0))
 
 
 class SiteIndex:
-    """The sites as numpy arrays, for ranking them all at once.
+    """The sites, for ranking them all at once.
 
     Build it once per change of the site list (new site, moved site); `update` refreshes one site's status
     or counts in place, as every routing and decision changes `open_count`. Sites are held in code order,
     so that equal distances resolve to the lowest code: the same site on every replica and every replay.
+    With `ARRAY_INDEX_MIN_SITES` sites or more, `site_arrays.SiteArrays` answers every query, the same way.
     """
 
     def __init__(self, sites: Iterable[SiteView]) -> None:
@@ -135,10 +151,12 @@ class SiteIndex:
         self._position = {site.code: i for i, site in enumerate(self._sites)}
         if len(self._position) != len(self._sites):
             raise ValueError("site codes must be unique")
-        xyz = np.array([_unit_vector(site.lat, site.lon) for site in self._sites], dtype=np.float64)
-        self._xyz: FloatArray = np.ascontiguousarray(xyz.reshape(-1, 3).T)  # rows x, y, z: one pass each
-        self._recruiting = np.array([site.recruiting for site in self._sites], dtype=bool)
-        self._has_room = np.array([site.has_room for site in self._sites], dtype=bool)
+        self._xyz = [unit_vector(site.lat, site.lon) for site in self._sites]
+        self._arrays: SiteArrays | None = None
+        if len(self._sites) >= ARRAY_INDEX_MIN_SITES:
+            from services.site_router.site_arrays import SiteArrays
+
+            self._arrays = SiteArrays(self._sites)
 
     def __len__(self) -> int:
         return len(self._sites)
@@ -147,34 +165,42 @@ class SiteIndex:
     def sites(self) -> Sequence[SiteView]:
         return tuple(self._sites)
 
+    @property
+    def vectorised(self) -> bool:
+        """Whether numpy ranks the sites (`ARRAY_INDEX_MIN_SITES` or more)."""
+        return self._arrays is not None
+
     def update(self, site: SiteView) -> None:
         """Replace a known site's row; an unknown code needs a new index (KeyError)."""
         i = self._position[site.code]
         self._sites[i] = site
-        self._xyz[:, i] = _unit_vector(site.lat, site.lon)
-        self._recruiting[i] = site.recruiting
-        self._has_room[i] = site.has_room
+        self._xyz[i] = unit_vector(site.lat, site.lon)
+        if self._arrays is not None:
+            self._arrays.update(i, site)
 
-    def distances_km(self, lat: float, lon: float) -> FloatArray:
+    def distances_km(self, lat: float, lon: float) -> list[float]:
         """Great-circle km from the point to every site, in index (code) order."""
-        return _km_from_chord_sq(self._chord_sq(lat, lon))
+        if self._arrays is not None:
+            return self._arrays.distances_km(lat, lon)
+        return [_km_from_chord_sq(chord_sq) for chord_sq in self._chord_sq(lat, lon)]
 
     def choose(self, lat: float, lon: float, declined: Collection[str] = ()) -> RankedSite | None:
         """The nearest site with room that has not declined; None sends the referral to the waitlist."""
-        if not self._sites:
-            return None
-        masked = np.where(self._has_room, self._chord_sq(lat, lon), np.inf)
-        masked[self._positions(declined)] = np.inf
-        best = int(np.argmin(masked))  # first minimum = lowest code among equals
-        if math.isinf(masked[best]):
-            return None
-        return RankedSite(self._sites[best], float(_km_from_chord_sq(masked[best])))
+        if self._arrays is not None:
+            return self._arrays.choose(lat, lon, self._positions(declined))
+        skip = set(self._positions(declined))
+        best, best_sq = -1, math.inf
+        for i, chord_sq in enumerate(self._chord_sq(lat, lon)):
+            if chord_sq < best_sq and self._sites[i].has_room and i not in skip:  # first = lowest code
+                best, best_sq = i, chord_sq
+        return None if best < 0 else RankedSite(self._sites[best], _km_from_chord_sq(best_sq))
 
     def rank(self, lat: float, lon: float, exclude_codes: Collection[str] = ()) -> list[RankedSite]:
         """Every site but the excluded, nearest first, whatever its status (ties by code)."""
-        keep = np.ones(len(self._sites), dtype=bool)
-        keep[self._positions(exclude_codes)] = False
-        return self._ordered(self._chord_sq(lat, lon), np.flatnonzero(keep))
+        if self._arrays is not None:
+            return self._arrays.rank(lat, lon, self._positions(exclude_codes))
+        skip = set(self._positions(exclude_codes))
+        return self._ordered(self._chord_sq(lat, lon), [i for i in range(len(self._sites)) if i not in skip])
 
     def nearest(
         self, lat: float, lon: float, count: int, exclude_codes: Collection[str] = ()
@@ -183,45 +209,38 @@ class SiteIndex:
         then checks for room (this copy's counts may be stale, its order is not)."""
         if count <= 0 or not self._sites:
             return []
-        chord_sq = self._chord_sq(lat, lon)  # a fresh array: excluded sites are pushed to infinity in it
-        chord_sq[self._positions(exclude_codes)] = np.inf
-        if count < len(self._sites):
-            # The `count` nearest plus any tied with the last of them, so that ties still go by code.
-            bound = chord_sq[np.argpartition(chord_sq, count - 1)[:count]].max()
-            candidates = np.flatnonzero(chord_sq <= bound)
-        else:
-            candidates = np.flatnonzero(np.isfinite(chord_sq))
-        return self._ordered(chord_sq, candidates[np.isfinite(chord_sq[candidates])])[:count]
+        if self._arrays is not None:
+            return self._arrays.nearest(lat, lon, count, self._positions(exclude_codes))
+        skip = set(self._positions(exclude_codes))
+        chord_sq = self._chord_sq(lat, lon)
+        nearest = heapq.nsmallest(  # as sorted()[:count]: stable, ties stay in code order
+            count, (i for i in range(len(self._sites)) if i not in skip), key=chord_sq.__getitem__
+        )
+        return [RankedSite(self._sites[i], _km_from_chord_sq(chord_sq[i])) for i in nearest]
 
     def nearby(self, lat: float, lon: float, limit: int = 10) -> list[NearbySite]:
         """Recruiting sites nearest first, full or not: the public finder shows where the trial runs."""
         if limit <= 0:
             return []
+        if self._arrays is not None:
+            return self._arrays.nearby(lat, lon, limit)
         chord_sq = self._chord_sq(lat, lon)
-        candidates = np.flatnonzero(self._recruiting)
-        if limit < len(candidates):
-            # Keep the `limit` nearest plus any tied with the last of them, so ties still go by code.
-            nearest = np.argpartition(chord_sq[candidates], limit - 1)[:limit]
-            candidates = candidates[chord_sq[candidates] <= chord_sq[candidates[nearest]].max()]
-        ranked = self._ordered(chord_sq, candidates)[:limit]
-        return [NearbySite(site, km, km_to_miles(km)) for site, km in ranked]
+        recruiting = [i for i, site in enumerate(self._sites) if site.recruiting]
+        return [
+            NearbySite(site, km, km_to_miles(km)) for site, km in self._ordered(chord_sq, recruiting)[:limit]
+        ]
 
-    def _chord_sq(self, lat: float, lon: float) -> FloatArray:
-        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN included: it would rank first
-            raise ValueError(f"patient coordinates ({lat}, {lon}) out of range")
-        x, y, z = _unit_vector(lat, lon)
-        chord_sq: FloatArray = (self._xyz[0] - x) ** 2 + (self._xyz[1] - y) ** 2 + (self._xyz[2] - z) ** 2
-        return chord_sq
+    def _chord_sq(self, lat: float, lon: float) -> list[float]:
+        check_coordinates(lat, lon)
+        x, y, z = unit_vector(lat, lon)
+        return [(a - x) * (a - x) + (b - y) * (b - y) + (c - z) * (c - z) for a, b, c in self._xyz]
 
     def _positions(self, codes: Collection[str]) -> list[int]:
         return [self._position[code] for code in codes if code in self._position]
 
-    def _ordered(self, chord_sq: FloatArray, candidates: npt.NDArray[np.intp]) -> list[RankedSite]:
-        order = candidates[np.argsort(chord_sq[candidates], kind="stable")]
-        return [
-            RankedSite(self._sites[i], float(km))
-            for i, km in zip(order, _km_from_chord_sq(chord_sq[order]), strict=True)
-        ]
+    def _ordered(self, chord_sq: list[float], candidates: list[int]) -> list[RankedSite]:
+        order = sorted(candidates, key=chord_sq.__getitem__)  # stable: ties stay in code order
+        return [RankedSite(self._sites[i], _km_from_chord_sq(chord_sq[i])) for i in order]
 
 
 def _as_index(sites: SiteIndex | Iterable[SiteView]) -> SiteIndex:

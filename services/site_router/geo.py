@@ -5,11 +5,12 @@ pgeocode downloads a country's table the first time it is asked for it; here its
 shipped file instead, so no lookup can reach the network. Only pgeocode's loading step is replaced: the
 per-postal-code index is pgeocode's own.
 
-Each country's index is loaded once and kept compactly: pgeocode builds it (a pandas frame), then only
-each code's coordinates, place names and region are kept, in a dict, and pgeocode's frames (the whole
-GeoNames table among them) are dropped; a lookup is then a dict lookup, as pgeocode's query is an
-exact match on the normalised code. pandas and pgeocode are imported when the first table loads, so a
-process that never geocodes (the command line, the supervisor) never imports them.
+A country's index is loaded on its first lookup (a referral or a site in that country), once, and kept
+compactly (`_Table`: codes as sorted integers, coordinates as float arrays, place names as one UTF-8 blob;
+about 40 bytes a code, against some 250 as a dict of tuples); pgeocode's frames (the whole GeoNames table
+among them) are dropped. A lookup is a binary search, as pgeocode's query is an exact match on the
+normalised code. pandas and pgeocode are imported only where the index is built (in a child process when
+there is an index directory, as in the service), so a process that only geocodes never imports them.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import hashlib
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +37,9 @@ if TYPE_CHECKING:
 
 SHIPPED_DATA_DIR = Path(__file__).with_name("geonames")
 
-_LOOKUP_CACHE_SIZE = 100_000
-"""Distinct (country, postal code) pairs kept in memory: a few MB at most, more than a trial ever sees."""
+_LOOKUP_CACHE_SIZE = 4096
+"""Distinct (country, postal code) lookups kept as `Location`s (about 1 MB when full): a table lookup costs
+a few microseconds, so the cache only spares repeated codes their `Location`."""
 
 
 class GeoError(Exception):
@@ -210,6 +215,125 @@ def _compact_index(frame: pd.DataFrame) -> dict[str, _Entry]:
     return table
 
 
+_KEY_BYTES = 8
+"""A postal code is kept as the big-endian integer of its UTF-8 bytes padded to this many: integer order is
+the codes' byte order, so a sorted `array` of them is searched in C. The shipped codes have 2 to 5."""
+_NO_REGION = 0xFFFF
+_HEADER = struct.Struct("<4sIII")  # magic, codes, place-name bytes, region-name bytes
+_MAGIC = b"TRG1"
+_FORMATS = (("keys", "Q"), ("latitudes", "d"), ("longitudes", "d"), ("place_ends", "I"), ("region_of", "H"))
+
+
+def _key(code: str) -> int | None:
+    """A postal code's integer key; None for one longer than any table holds."""
+    raw = code.encode()
+    return int.from_bytes(raw.ljust(_KEY_BYTES, b"\0"), "big") if len(raw) <= _KEY_BYTES else None
+
+
+class _Table:
+    """One country's index, compactly: parallel arrays in code order (integer keys, latitudes, longitudes,
+    where each place name ends in one UTF-8 blob, the region's number in a short list of names).
+
+    It holds exactly the entries of `_compact_index` (the dict it replaced in memory): `get` returns the same
+    tuple. Read-only once built, so threads share it without a lock.
+    """
+
+    __slots__ = ("keys", "latitudes", "longitudes", "place_ends", "places", "region_of", "regions")
+
+    def __init__(
+        self,
+        keys: array[int],
+        latitudes: array[float],
+        longitudes: array[float],
+        place_ends: array[int],
+        places: bytes,
+        region_of: array[int],
+        regions: list[str],
+    ) -> None:
+        self.keys, self.latitudes, self.longitudes = keys, latitudes, longitudes
+        self.place_ends, self.places = place_ends, places
+        self.region_of, self.regions = region_of, regions
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def from_entries(cls, entries: Mapping[str, _Entry]) -> _Table:
+        rows = []
+        for code in entries:
+            key = _key(code)
+            if key is None or not code or code.endswith("\0"):
+                raise ValueError(f"postal code {code!r} does not fit a table key")
+            rows.append((key, code))
+        rows.sort()
+        regions = sorted({region for *_, region in entries.values() if region is not None})
+        number = {region: i for i, region in enumerate(regions)}
+        places = bytearray()
+        place_ends, region_of = array("I"), array("H")
+        latitudes, longitudes = array("d"), array("d")
+        for _, code in rows:
+            latitude, longitude, place, region = entries[code]
+            latitudes.append(latitude)
+            longitudes.append(longitude)
+            places += place.encode()
+            place_ends.append(len(places))
+            region_of.append(_NO_REGION if region is None else number[region])
+        if len(regions) >= _NO_REGION:
+            raise ValueError("too many regions for a table")
+        keys = array("Q", (key for key, _ in rows))
+        return cls(keys, latitudes, longitudes, place_ends, bytes(places), region_of, regions)
+
+    def get(self, code: str) -> _Entry | None:
+        raw = code.encode()
+        if len(raw) > _KEY_BYTES:
+            return None
+        key = int.from_bytes(raw, "big") << (8 * (_KEY_BYTES - len(raw)))  # `_key`, inlined: a hot path
+        keys = self.keys
+        i = bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            return None
+        ends, region = self.place_ends, self.region_of[i]
+        return (
+            self.latitudes[i],
+            self.longitudes[i],
+            self.places[ends[i - 1] if i else 0 : ends[i]].decode(),
+            None if region == _NO_REGION else self.regions[region],
+        )
+
+    def to_bytes(self) -> bytes:
+        """The table as a file: a header, the arrays (little-endian), the place names, the region names."""
+        regions = "\n".join(self.regions).encode()
+        parts = [_HEADER.pack(_MAGIC, len(self), len(self.places), len(regions))]
+        for name, _ in _FORMATS:
+            column = array(getattr(self, name).typecode, getattr(self, name))
+            if sys.byteorder == "big":
+                column.byteswap()
+            parts.append(column.tobytes())
+        return b"".join([*parts, self.places, regions])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _Table:
+        magic, count, places_size, regions_size = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise ValueError("not a compact postal-code table")
+        view, at = memoryview(data), _HEADER.size
+        columns: dict[str, array[Any]] = {}
+        for name, typecode in _FORMATS:
+            column = array(typecode)
+            size = count * column.itemsize
+            column.frombytes(view[at : at + size])
+            if sys.byteorder == "big":
+                column.byteswap()
+            columns[name] = column
+            at += size
+        places = bytes(view[at : at + places_size])
+        regions_text = bytes(view[at + places_size : at + places_size + regions_size]).decode()
+        if at + places_size + regions_size != len(data):
+            raise ValueError("truncated or oversized compact postal-code table")
+        regions = [sys.intern(region) for region in regions_text.split("\n")] if regions_text else []
+        return cls(places=places, regions=regions, **columns)
+
+
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -217,25 +341,36 @@ def _file_digest(path: Path) -> str:
 class Geocoder:
     """Postal code and country to a `Location`, from the shipped GeoNames tables only.
 
-    A country's table is loaded on its first lookup (`warm` loads them up front, e.g. at start-up, so that
-    no request pays for it). Lookups, unknown codes included, are cached in memory: a pgeocode query
-    merges over the whole country table and costs milliseconds.
+    A country's table is loaded on its first lookup, once even when several threads ask at the same time
+    (`warm` loads some up front). Lookups, unknown codes included, are cached in memory.
 
-    `index_dir` (e.g. under `.run/`) keeps pgeocode's per-code index between runs; it is keyed by the data
-    file's digest, so a new snapshot never reads a stale index. Without it the index is rebuilt per process.
+    `index_dir` (e.g. under `.run/`) keeps pgeocode's per-code index and the compact table built from it
+    between runs (`prepare` builds them all, without loading any); it is keyed by the data file's digest,
+    so a new snapshot never reads a stale index. Without it the index is rebuilt per process.
     """
 
     def __init__(self, data_dir: Path = SHIPPED_DATA_DIR, index_dir: Path | None = None) -> None:
         shipped = ((path.name.removesuffix(".txt.gz"), path) for path in data_dir.glob("??.txt.gz"))
         self._files = {country: path for country, path in shipped if country.isalpha() and country.isupper()}
         self._index_dir = index_dir
-        self._tables: dict[str, dict[str, _Entry]] = {}
+        self._tables: dict[str, _Table] = {}
         self._load_lock = threading.Lock()
         self._lookup = functools.lru_cache(maxsize=_LOOKUP_CACHE_SIZE)(self._query)
 
     @property
     def supported_countries(self) -> tuple[str, ...]:
         return tuple(sorted(self._files))
+
+    @property
+    def loaded_countries(self) -> tuple[str, ...]:
+        """The countries whose table is in memory: those looked up (or warmed) so far."""
+        return tuple(sorted(self._tables))
+
+    def prepare(self) -> None:
+        """Build every country's compact table in the index directory now (one child process, nothing
+        when they exist), so that no first lookup waits for pgeocode; none is loaded into memory."""
+        with self._load_lock:
+            self._build_compact(list(self.supported_countries))
 
     def warm(self, countries: Iterable[str] | None = None) -> None:
         """Load countries' tables now rather than on their first lookup."""
@@ -279,8 +414,8 @@ class Geocoder:
             region=region,
         )
 
-    def _table(self, country: str) -> dict[str, _Entry]:
-        """The country's index, loaded on first use through pgeocode and kept as a dict."""
+    def _table(self, country: str) -> _Table:
+        """The country's table, loaded on its first use; a thread that finds it loading waits for it."""
         table = self._tables.get(country)
         if table is not None:
             return table
@@ -289,33 +424,24 @@ class Geocoder:
                 self._tables[country] = self._load(country)
             return self._tables[country]
 
-    def _load(self, country: str) -> dict[str, _Entry]:
+    def _load(self, country: str) -> _Table:
         """Without an index directory, through pgeocode in this process; with one, from the compact
-        index kept there (built once, by pgeocode in a child process: this one never imports pandas)."""
+        table kept there (built once, by pgeocode in a child process: this one never imports pandas)."""
         index_dir = self._index_dir_for(country)
         if index_dir is None:
-            return _compact_index(_shipped_nominatim()(country, self._files[country], None)._data_frame)
-        compact = index_dir / f"{country}-compact.json"
+            frame = _shipped_nominatim()(country, self._files[country], None)._data_frame
+            return _Table.from_entries(_compact_index(frame))
+        compact = index_dir / _compact_name(country)
         if not compact.exists():
             self._build_compact([country])
-        rows: dict[str, list[Any]] = json.loads(compact.read_bytes())
-        regions: dict[str, str] = {}
-        return {
-            sys.intern(code): (
-                lat,
-                lon,
-                place,
-                None if region is None else regions.setdefault(region, region),
-            )
-            for code, (lat, lon, place, region) in rows.items()
-        }
+        return _Table.from_bytes(compact.read_bytes())
 
     def _build_compact(self, countries: list[str]) -> None:
-        """Write the compact index of each country that has none yet, in one child process."""
+        """Write the compact table of each country that has none yet, in one child process."""
         jobs = []
         for country in countries:
             index_dir = self._index_dir_for(country)
-            if index_dir is not None and not (index_dir / f"{country}-compact.json").exists():
+            if index_dir is not None and not (index_dir / _compact_name(country)).exists():
                 jobs.append([country, str(self._files[country]), str(index_dir)])
         if jobs:
             child = [sys.executable, "-m", "services.site_router.geo", json.dumps(jobs)]
@@ -329,13 +455,18 @@ class Geocoder:
         return path
 
 
+def _compact_name(country: str) -> str:
+    """The compact table's file name (the format's version in it: an older build's file is not read)."""
+    return f"{country}-compact-{_MAGIC.decode().lower()}.bin"
+
+
 def _write_compact(country: str, source: Path, index_dir: Path) -> None:
     """Build a country's index with pgeocode (its own index file kept in ``index_dir`` too) and write
-    the compact form beside it, published with an atomic rename."""
-    table = _compact_index(_shipped_nominatim()(country, source, index_dir)._data_frame)
-    with tempfile.NamedTemporaryFile("w", dir=index_dir, prefix=".compact-", delete=False) as out:
-        json.dump(table, out, separators=(",", ":"))
-    os.replace(out.name, index_dir / f"{country}-compact.json")
+    the compact table beside it, published with an atomic rename."""
+    table = _Table.from_entries(_compact_index(_shipped_nominatim()(country, source, index_dir)._data_frame))
+    with tempfile.NamedTemporaryFile("wb", dir=index_dir, prefix=".compact-", delete=False) as out:
+        out.write(table.to_bytes())
+    os.replace(out.name, index_dir / _compact_name(country))
 
 
 if __name__ == "__main__":  # the child of ``Geocoder._build_compact``: [[country, source, index dir], ...]

@@ -43,3 +43,16 @@ def test_the_site_router_geocodes_without_pandas_in_its_own_process() -> None:
         "g = Geocoder(index_dir=Path(tempfile.mkdtemp())); g.warm(['BE']); assert g.locate('1000', 'BE')"
     )
     assert _modules_after(statement) == set()
+
+
+def test_the_site_router_with_a_trials_few_sites_never_imports_numpy() -> None:
+    """The whole service (every role's modules) and its site index over the trial's sites rank without
+    numpy (~11 MB resident); only an index of `ARRAY_INDEX_MIN_SITES` sites or more imports it."""
+    sites = "[SiteView(f'S{i}', 40.0 + i / 10, -74.0, 'recruiting', 3, 0) for i in range(n)]"
+    statement = (
+        "import services.site_router.bootstrap; from services.site_router.domain import SiteIndex, SiteView, "
+        f"ARRAY_INDEX_MIN_SITES as n; n -= 1; assert SiteIndex({sites}).choose(40.0, -74.0).site.code == 'S0'"
+    )
+    assert _modules_after(statement) == set()
+    many = statement.replace("n -= 1", "n += 0")
+    assert _modules_after(many) == {"numpy"}

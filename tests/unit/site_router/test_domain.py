@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from services.site_router import domain
 from services.site_router.domain import (
     NearbySite,
     SiteIndex,
@@ -18,6 +19,14 @@ from services.site_router.domain import (
 )
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True, params=["python", "numpy"])
+def index_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both of the index's paths: plain Python (a trial's few sites) and numpy."""
+    monkeypatch.setattr(domain, "ARRAY_INDEX_MIN_SITES", 0 if request.param == "numpy" else 10**9)
+    return str(request.param)
+
 
 PATIENT = (40.7685, -73.9588)  # 10021, New York
 
@@ -180,3 +189,49 @@ def test_index_distances_are_great_circle_distances():
 def test_impossible_patient_coordinates_are_refused(lat, lon):
     with pytest.raises(ValueError, match="out of range"):
         choose_site(lat, lon, TRIAL_SITES)
+
+
+def test_the_index_takes_the_path_its_size_calls_for(index_kind):
+    assert SiteIndex(TRIAL_SITES).vectorised == (index_kind == "numpy")
+
+
+def test_both_paths_answer_alike_on_random_sites(monkeypatch):
+    """Same sites, same patients: the plain-Python and the numpy index give the same sites in the same
+    order (ties included: many sites share coordinates) and the same distances."""
+    rng = np.random.default_rng(19)
+    spots = [
+        (float(a), float(b)) for a, b in zip(rng.uniform(25, 60, 40), rng.uniform(-125, 20, 40), strict=True)
+    ]
+    sites = [
+        site(
+            f"S{i:03d}",
+            *spots[int(rng.integers(0, len(spots)))],
+            status=str(rng.choice(["recruiting", "paused", "closed"])),
+            capacity=int(rng.integers(0, 3)),
+            open_count=int(rng.integers(0, 3)),
+        )
+        for i in range(300)
+    ]
+    monkeypatch.setattr(domain, "ARRAY_INDEX_MIN_SITES", 10**9)
+    plain = SiteIndex(sites)
+    monkeypatch.setattr(domain, "ARRAY_INDEX_MIN_SITES", 0)
+    arrays = SiteIndex(sites)
+    assert (plain.vectorised, arrays.vectorised) == (False, True)
+
+    def same(a, b):
+        assert [entry[0].code for entry in a] == [entry[0].code for entry in b]
+        assert [entry[1] for entry in a] == pytest.approx([entry[1] for entry in b], rel=1e-12, abs=1e-9)
+
+    for lat, lon in [*spots[:10], *zip(rng.uniform(25, 60, 20), rng.uniform(-125, 20, 20), strict=True)]:
+        declined = {sites[i].code for i in rng.choice(len(sites), 30)}
+        first, second = plain.choose(lat, lon, declined), arrays.choose(lat, lon, declined)
+        same([first] if first else [], [second] if second else [])
+        same(plain.rank(lat, lon, declined), arrays.rank(lat, lon, declined))
+        for count in (1, 16, 299, 400):
+            same(plain.nearest(lat, lon, count, declined), arrays.nearest(lat, lon, count, declined))
+        for limit in (1, 5, 200):
+            same(
+                [(n.site, n.km) for n in plain.nearby(lat, lon, limit)],
+                [(n.site, n.km) for n in arrays.nearby(lat, lon, limit)],
+            )
+        assert plain.distances_km(lat, lon) == pytest.approx(arrays.distances_km(lat, lon), rel=1e-12)

@@ -40,7 +40,7 @@ from services.intake.domain import (
     still_lacking,
 )
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
-from services.intake.store import InformationRequest, Referral, TimelineEntry
+from services.intake.store import AnyReferral, InformationRequest, NewEntry, NewReferral, Referral
 from shared.auth import Principal
 from shared.db import Database
 from shared.events import (
@@ -103,7 +103,6 @@ class Commands:
 
         async def create(session: AsyncSession) -> ReferralReceipt:
             referral = _new_referral(payload, principal.client_id, clinic_id, study)
-            session.add(referral)
             snapshot = ReferralSubmitted(**_snapshot(referral))
             await self._emit(session, referral, snapshot, Status.RECEIVED, "submitted", trace)
             return _receipt(referral)
@@ -169,7 +168,7 @@ class Commands:
     async def _emit(
         self,
         session: AsyncSession,
-        referral: Referral,
+        referral: AnyReferral,
         data: EventData,
         status: Status,
         reason: str,
@@ -178,7 +177,7 @@ class Commands:
         """Queue the event and put the same fact, under the same id and time, on the timeline."""
         envelope = Envelope.wrap(data, producer=SERVICE, referral_id=referral.id, trace=trace)
         add_event(session, envelope)
-        entry = TimelineEntry(
+        entry = NewEntry(
             referral_id=referral.id,
             event_id=envelope.id,
             event_type=envelope.type,
@@ -193,12 +192,12 @@ class Commands:
 
 
 async def _publish_changes(
-    session: AsyncSession, changes: list[tuple[Referral, TimelineEntry, str | None]]
+    session: AsyncSession, changes: list[tuple[AnyReferral, NewEntry, str | None]]
 ) -> None:
-    """Number the new timeline entries in their clinics' change feeds and queue, for each, the
-    ``referral.status_changed`` the notifier delivers by webhook (after folding: it carries the status
-    the clinic now sees). Ids, statuses, reasons and times: no patient identity."""
-    await store.number_changes(session, [(referral, entry) for referral, entry, _ in changes])
+    """Number the new timeline entries in their clinics' change feeds, write them, and queue, for each,
+    the ``referral.status_changed`` the notifier delivers by webhook (after folding: it carries the
+    status the clinic now sees). Ids, statuses, reasons and times: no patient identity."""
+    await store.add_entries(session, [(referral, entry) for referral, entry, _ in changes])
     for referral, entry, trace in changes:
         assert entry.seq is not None and entry.referral_status is not None
         data = ReferralStatusChanged(
@@ -228,7 +227,7 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
     known = {entry.event_id for timeline in entries.values() for entry in timeline}
     known |= {r.source_event_id for found in requests.values() for r in found}
     touched: set[uuid.UUID] = set()
-    added: list[tuple[Referral, TimelineEntry, str | None]] = []
+    added: list[tuple[AnyReferral, NewEntry, str | None]] = []
     follow: list[tuple[Referral, Envelope, EventData]] = []
     for envelope, data in items:
         referral = referrals.get(envelope.referral_id)
@@ -246,7 +245,6 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
             continue
         follow.append((referral, envelope, data))
         entry = _entry(envelope, data)
-        session.add(entry)
         entries[referral.id].append(entry)
         added.append((referral, entry, envelope.trace))
         touched.add(referral.id)
@@ -262,7 +260,7 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
         await _publish_changes(session, added)
 
 
-Made = list[tuple[TimelineEntry, str | None]]
+Made = list[tuple[NewEntry, str | None]]
 """Timeline entries a command added (to number in the change feed), each with its trace."""
 
 
@@ -345,7 +343,7 @@ def _opened(
     request: InformationRequest,
     trace: str | None,
     at: datetime,
-) -> tuple[TimelineEntry, str | None]:
+) -> tuple[NewEntry, str | None]:
     session.add(request)
     requests.append(request)
     view = request.view()
@@ -363,7 +361,7 @@ def _closed(
     outcome: str,
     trace: str | None,
     at: datetime,
-) -> tuple[TimelineEntry, str | None]:
+) -> tuple[NewEntry, str | None]:
     request.state, request.outcome, request.closed_at = "closed", outcome, utcnow()
     if outcome != "cancelled":
         request.closed_by_revision = referral.revision
@@ -381,13 +379,13 @@ def _request_entry(
     reason: str,
     trace: str | None,
     at: datetime,
-) -> TimelineEntry:
+) -> NewEntry:
     """Queue the request's event and put it on the timeline (a notice: no status of its own), occurring
     ``at`` its cause, so that it follows the cause (recorded after it) in timeline order."""
     envelope = Envelope.wrap(event, producer=SERVICE, referral_id=referral.id, trace=trace)
     envelope = envelope.model_copy(update={"occurred_at": at})
     add_event(session, envelope)
-    entry = TimelineEntry(
+    return NewEntry(
         referral_id=referral.id,
         event_id=envelope.id,
         event_type=envelope.type,
@@ -398,8 +396,6 @@ def _request_entry(
         reason=reason,
         details={"information_request": view.model_dump(mode="json")},
     )
-    session.add(entry)
-    return entry
 
 
 def _aware(moment: datetime) -> datetime:
@@ -407,10 +403,10 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
+def _entry(envelope: Envelope, data: EventData) -> NewEntry:
     described = describe(data)
     occurred_at = _aware(envelope.occurred_at)
-    return TimelineEntry(
+    return NewEntry(
         referral_id=envelope.referral_id,
         event_id=envelope.id,
         event_type=envelope.type,
@@ -423,10 +419,10 @@ def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     )
 
 
-def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study: str) -> Referral:
+def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study: str) -> NewReferral:
     patient, referrer = payload.patient, payload.referrer
     now = utcnow()
-    return Referral(
+    return NewReferral(
         clinic_id=clinic_id,
         client_id=client_id,
         clinic_reference=payload.clinic_reference,
@@ -452,7 +448,7 @@ def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study
     )
 
 
-def _snapshot(referral: Referral) -> dict[str, Any]:
+def _snapshot(referral: AnyReferral) -> dict[str, Any]:
     """The fields of ``referral.submitted``/``referral.amended``: the age, never the birth date."""
     return {
         "clinic_id": referral.clinic_id,
@@ -479,7 +475,7 @@ async def _changeable(session: AsyncSession, referral_id: uuid.UUID, clinic_id: 
     return referral
 
 
-def _receipt(referral: Referral) -> ReferralReceipt:
+def _receipt(referral: AnyReferral) -> ReferralReceipt:
     return ReferralReceipt(
         id=referral.id,
         clinic_reference=referral.clinic_reference,

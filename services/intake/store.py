@@ -6,8 +6,10 @@ PostgreSQL and SQLite alike), so two concurrent submissions of one case cannot b
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -18,7 +20,8 @@ from sqlalchemy import (
     Index,
     Text,
     and_,
-    inspect,
+    bindparam,
+    insert,
     or_,
     select,
     text,
@@ -112,6 +115,81 @@ class TimelineEntry(SQLModel, table=True):
     seq: int | None = Field(default=None, sa_column=Column(BIGINT, nullable=True))
     referral_status: str | None = None
     referral_revision: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class NewReferral:
+    """A referral being submitted, before its row exists: every column of ``Referral``, with the same
+    defaults, as plain attributes, written by one cached INSERT (``record``). SQLModel's constructor sets
+    each field through the ORM's instrumentation, which cost more than the statement that writes them."""
+
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    clinic_id: str
+    client_id: str
+    clinic_reference: str
+    study: str
+    revision: int = 1
+    status: str = Status.RECEIVED.value
+    status_at: datetime | None = None
+    referral_day: date
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    given_name: str
+    family_name: str
+    date_of_birth: date
+    sex: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    preferred_language: str = "en"
+    postal_code: str
+    country: str
+    consent_to_contact: bool
+    referrer_name: str
+    referrer_email: str
+    referrer_phone: str | None = None
+    clinical: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] | None = None
+    site: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _REFERRAL_COLUMNS}
+
+
+@dataclass(slots=True, kw_only=True)
+class NewEntry:
+    """A timeline entry being recorded: ``TimelineEntry``'s columns but the id (taken at insert), as plain
+    attributes. A transaction's new entries are written together, once numbered, by one cached INSERT
+    (``add_entries``), not as ORM objects."""
+
+    referral_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    status: str | None = None
+    revision: int | None = None
+    occurred_at: datetime
+    recorded_at: datetime = field(default_factory=utcnow)
+    source: str
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    clinic_id: str | None = None
+    seq: int | None = None
+    referral_status: str | None = None
+    referral_revision: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _ENTRY_COLUMNS}
+
+
+AnyReferral = Referral | NewReferral
+"""A stored referral (read, possibly locked) or one being submitted."""
+AnyEntry = TimelineEntry | NewEntry
+"""A stored timeline entry or one being recorded in this transaction."""
+
+_REFERRAL_COLUMNS = tuple(table_of(Referral).c.keys())
+_ENTRY_COLUMNS = tuple(name for name in table_of(TimelineEntry).c.keys() if name != "id")
+_INSERT_REFERRAL = insert(table_of(Referral))
+_INSERT_ENTRY = insert(table_of(TimelineEntry))
+"""Built once: executed with every column's value, each compiles once and is taken from the cache."""
 
 
 class ClinicFeed(SQLModel, table=True):
@@ -270,32 +348,35 @@ async def get_referrals(
     return {referral.id: referral for referral in (await session.execute(query)).scalars()}
 
 
-async def timelines(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[TimelineEntry]]:
-    """Each referral's entries in order of occurrence, ties in order of recording."""
+async def timelines(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[AnyEntry]]:
+    """Each referral's entries in order of occurrence, ties in order of recording (a list the caller
+    extends with the entries it records)."""
     query = (
         select(TimelineEntry)
         .where(col(TimelineEntry.referral_id).in_(ids))
         .order_by(col(TimelineEntry.occurred_at), col(TimelineEntry.id))
     )
-    found: dict[uuid.UUID, list[TimelineEntry]] = {referral_id: [] for referral_id in ids}
+    found: dict[uuid.UUID, list[AnyEntry]] = {referral_id: [] for referral_id in ids}
     for entry in (await session.execute(query)).scalars():
         found[entry.referral_id].append(entry)
     return found
 
 
-async def record(session: AsyncSession, referral: Referral, entry: TimelineEntry) -> None:
-    """Add a timeline entry and re-derive the referral's status, decision and site from all entries."""
-    # A referral not yet written has no other entry: folding this one alone lets the commit write the
-    # row once with its final state, with no read-back of the timeline.
-    entries = [] if inspect(referral).pending else list(await timeline(session, referral.id))
-    session.add(entry)
-    fold(referral, [*entries, entry])
+async def record(session: AsyncSession, referral: AnyReferral, entry: NewEntry) -> None:
+    """Re-derive the referral's status, decision and site from all its entries and the new ``entry``
+    (written by ``add_entries`` once numbered). A new referral has no other entry: folding this one alone
+    writes its row once, with its final state, and reads nothing back."""
+    if isinstance(referral, NewReferral):
+        fold(referral, [entry])
+        await session.execute(_INSERT_REFERRAL, referral.row())
+        return
+    fold(referral, [*await timeline(session, referral.id), entry])
 
 
-def fold(referral: Referral, entries: Sequence[TimelineEntry]) -> None:
+def fold(referral: AnyReferral, entries: Sequence[AnyEntry]) -> None:
     """Set the referral's status, decision and site from its whole timeline: the stored entries in the
     order ``timeline`` reads them, then the new ones in the order they were added (which is also the
-    order their ids will take), so nothing needs flushing first."""
+    order their ids will take), so nothing needs writing first."""
     facts = [
         Fact(
             event_type=e.event_type,
@@ -339,9 +420,21 @@ async def list_referrals(
     return (await session.execute(query)).scalars().all()
 
 
-async def number_changes(session: AsyncSession, changes: Sequence[tuple[Referral, TimelineEntry]]) -> None:
-    """Give new timeline entries their places in their clinics' change feeds, in the order given, and
-    stamp each with its referral's status and revision as they now stand (call after folding).
+@functools.cache
+def _feed_upsert(dialect: str) -> Any:
+    """Move a clinic's feed by ``:count`` positions and return the last: built once per dialect."""
+    table = table_of(ClinicFeed)
+    values: dict[str, Any] = {"clinic_id": bindparam("clinic_id"), "last_seq": bindparam("count")}
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(values)
+    moved = {"last_seq": table.c.last_seq + statement.excluded.last_seq}
+    upsert = statement.on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
+    return upsert.returning(table.c.last_seq)
+
+
+async def add_entries(session: AsyncSession, changes: Sequence[tuple[AnyReferral, NewEntry]]) -> None:
+    """Give new timeline entries their places in their clinics' change feeds, in the order given, stamp
+    each with its referral's status and revision as they now stand (call after folding), and write them
+    all, in that order, with one INSERT.
 
     Positions come from the clinic's ``ClinicFeed`` row, moved by one upsert per clinic (clinics in
     sorted order, after the referral locks every writer takes first: one lock order, no deadlock). The
@@ -349,29 +442,22 @@ async def number_changes(session: AsyncSession, changes: Sequence[tuple[Referral
     another (SQLite: its single writer does that): positions appear in the order they were handed out.
     A cursor over them never skips an entry that commits late, which one over the timeline's id could
     (ids are taken at insert and committed in any order)."""
-    by_clinic: dict[str, list[tuple[Referral, TimelineEntry]]] = {}
+    if not changes:
+        return
+    by_clinic: dict[str, list[tuple[AnyReferral, NewEntry]]] = {}
     for referral, entry in changes:
         by_clinic.setdefault(referral.clinic_id, []).append((referral, entry))
-    dialect = session.get_bind().dialect.name
-    table = table_of(ClinicFeed)
+    upsert = _feed_upsert(session.get_bind().dialect.name)
     for clinic_id in sorted(by_clinic):
         entries = by_clinic[clinic_id]
-        moved = {"last_seq": table.c.last_seq + len(entries)}
-        statement = (
-            postgresql.insert(table).on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
-            if dialect == "postgresql"
-            else sqlite.insert(table).on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
-        )
-        with session.no_autoflush:  # the new rows are written once, numbered, at commit
-            result = await session.execute(
-                statement.values(clinic_id=clinic_id, last_seq=len(entries)).returning(table.c.last_seq)
-            )
+        result = await session.execute(upsert, {"clinic_id": clinic_id, "count": len(entries)})
         last = int(result.scalar_one())
         for offset, (referral, entry) in enumerate(entries):
             entry.clinic_id = clinic_id
             entry.seq = last - len(entries) + 1 + offset
             entry.referral_status = referral.status
             entry.referral_revision = referral.revision
+    await session.execute(_INSERT_ENTRY, [entry.row() for _, entry in changes])
 
 
 async def changes(

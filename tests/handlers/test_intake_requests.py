@@ -41,7 +41,7 @@ async def amended(harness: HandlerHarness, rid: uuid.UUID, at: Any, **clinical: 
         assert referral is not None
         referral.revision += 1
         referral.clinical = {**referral.clinical, **clinical}
-        entry = store.TimelineEntry(
+        entry = store.NewEntry(
             referral_id=rid,
             event_id=uuid.uuid4(),
             event_type="referral.amended",
@@ -52,7 +52,7 @@ async def amended(harness: HandlerHarness, rid: uuid.UUID, at: Any, **clinical: 
             reason="amended",
         )
         await store.record(session, referral, entry)
-        await store.number_changes(session, [(referral, entry)])
+        await store.add_entries(session, [(referral, entry)])
 
 
 async def requests(harness: HandlerHarness, rid: uuid.UUID) -> list[store.InformationRequest]:

@@ -219,13 +219,12 @@ async def _publish_changes(
 
 async def record_status_events(session: AsyncSession, items: list[tuple[Envelope, EventData]]) -> None:
     """Record status events of other services on their referrals' timelines: the referrals are locked
-    and their timelines read once for all of them, and each touched referral is folded once."""
+    and their timelines read once for all of them, and each touched referral is folded once. Their
+    information requests are read only for referrals whose events may open or close one."""
     ids = sorted({envelope.referral_id for envelope, _ in items})
     referrals = await store.get_referrals(session, ids, lock=True)
     entries = await store.timelines(session, list(referrals))
-    requests = await store.information_requests(session, list(referrals))
     known = {entry.event_id for timeline in entries.values() for entry in timeline}
-    known |= {r.source_event_id for found in requests.values() for r in found}
     touched: set[uuid.UUID] = set()
     added: list[tuple[AnyReferral, NewEntry, str | None]] = []
     follow: list[tuple[Referral, Envelope, EventData]] = []
@@ -240,10 +239,9 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
         if envelope.id in known:
             continue  # already on the timeline (e.g. replayed under another consumer group)
         known.add(envelope.id)
-        if isinstance(data, ReferralInfoRequested):
-            follow.append((referral, envelope, data))  # on the timeline as the request it opens
-            continue
         follow.append((referral, envelope, data))
+        if isinstance(data, ReferralInfoRequested):
+            continue  # on the timeline as the request it opens
         entry = _entry(envelope, data)
         entries[referral.id].append(entry)
         added.append((referral, entry, envelope.trace))
@@ -252,12 +250,29 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
             log.info("status event recorded", extra={"event_type": envelope.type})
     for referral_id in touched:
         store.fold(referrals[referral_id], entries[referral_id])
+    asking = sorted({referral.id for referral, _, data in follow if _may_change_requests(referral, data)})
+    requests = await store.information_requests(session, asking) if asking else {}
     for referral, envelope, data in follow:
-        made = _follow_requests(session, referral, requests[referral.id], envelope, data)
+        found = requests.setdefault(referral.id, [])
+        if isinstance(data, ReferralInfoRequested) and any(r.source_event_id == envelope.id for r in found):
+            continue  # its request is open already (e.g. replayed under another consumer group)
+        made = _follow_requests(session, referral, found, envelope, data)
         entries[referral.id].extend(entry for entry, _ in made)
         added.extend((referral, entry, trace) for entry, trace in made)
     if added:
         await _publish_changes(session, added)
+
+
+def _may_change_requests(referral: Referral, data: EventData) -> bool:
+    """Whether ``_follow_requests`` may need the referral's stored requests for this event (after
+    folding): a site's question (a replay must not open it twice), a screening of the current revision
+    after an amendment (it closes the older revisions' requests), or any event once the referral can no
+    longer be amended (it cancels the open ones). Otherwise an event can at most open a new request."""
+    if isinstance(data, ReferralInfoRequested):
+        return True
+    if isinstance(data, ReferralScreened) and data.revision == referral.revision and referral.revision > 1:
+        return True
+    return Status(referral.status) in REQUESTS_END
 
 
 Made = list[tuple[NewEntry, str | None]]

@@ -535,6 +535,53 @@ async def information_requests(
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """What the notifier is given of a referral (``contacts``): its patient's and referrer's contact."""
+
+    id: uuid.UUID
+    status: str
+    given_name: str
+    family_name: str
+    email: str | None
+    preferred_language: str
+    consent_to_contact: bool
+    referrer_name: str
+    referrer_email: str
+
+
+_CONTACTS = (
+    select(*(table_of(Referral).c[name] for name in Contact.__dataclass_fields__))
+    .where(col(Referral.id).in_(_IDS))
+    .order_by(col(Referral.id))
+)
+_INSERT_CONTACT_READ = insert(table_of(ContactAccess))
+
+
+async def contacts(
+    session: AsyncSession, referral_ids: Sequence[uuid.UUID], *, client_id: str, subject: str | None
+) -> list[Contact]:
+    """The contacts of those of the referrals that exist, in id order, each read logged (who read it:
+    ``client_id``, ``subject``) in the same transaction. Plain columns and one INSERT for the log: no
+    ORM object, and neither the clinical block nor the decision is read."""
+    found = [Contact(*row) for row in await session.execute(_CONTACTS, {"ids": list(referral_ids)})]
+    if found:
+        now = utcnow()
+        reads = [
+            {
+                "referral_id": contact.id,
+                "client_id": client_id,
+                "subject": subject,
+                "user": None,
+                "site_code": None,
+                "accessed_at": now,
+            }
+            for contact in found
+        ]
+        await session.execute(_INSERT_CONTACT_READ, reads)
+    return found
+
+
 async def contact_reads(
     session: AsyncSession,
     *,

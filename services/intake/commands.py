@@ -255,7 +255,7 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
     for referral, envelope, data in follow:
         found = requests.setdefault(referral.id, [])
         if isinstance(data, ReferralInfoRequested) and any(r.source_event_id == envelope.id for r in found):
-            continue  # its request is open already (e.g. replayed under another consumer group)
+            continue  # its request was opened already (e.g. replayed under another consumer group)
         made = _follow_requests(session, referral, found, envelope, data)
         entries[referral.id].extend(entry for entry, _ in made)
         added.extend((referral, entry, trace) for entry, trace in made)

@@ -92,7 +92,7 @@ class TimelineEntry(SQLModel, table=True):
     """One state change or notice, stamped with when it occurred and which service said so.
 
     ``seq`` is the entry's position in its clinic's change feed (``GET /v1/changes``), numbered by
-    ``number_changes`` in the transaction that records it; with it the entry keeps the referral's
+    ``add_entries`` in the transaction that records it; with it the entry keeps the referral's
     status and revision as they stood once it was recorded (what the clinic saw then)."""
 
     __tablename__ = "timeline"

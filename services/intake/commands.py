@@ -40,7 +40,7 @@ from services.intake.domain import (
     still_lacking,
 )
 from services.intake.schemas import AmendmentCreate, ReferralCreate, ReferralReceipt, WithdrawalCreate
-from services.intake.store import InformationRequest, Referral, TimelineEntry
+from services.intake.store import AnyReferral, InformationRequest, NewEntry, NewReferral, Referral
 from shared.auth import Principal
 from shared.db import Database
 from shared.events import (
@@ -103,7 +103,6 @@ class Commands:
 
         async def create(session: AsyncSession) -> ReferralReceipt:
             referral = _new_referral(payload, principal.client_id, clinic_id, study)
-            session.add(referral)
             snapshot = ReferralSubmitted(**_snapshot(referral))
             await self._emit(session, referral, snapshot, Status.RECEIVED, "submitted", trace)
             return _receipt(referral)
@@ -169,7 +168,7 @@ class Commands:
     async def _emit(
         self,
         session: AsyncSession,
-        referral: Referral,
+        referral: AnyReferral,
         data: EventData,
         status: Status,
         reason: str,
@@ -178,7 +177,7 @@ class Commands:
         """Queue the event and put the same fact, under the same id and time, on the timeline."""
         envelope = Envelope.wrap(data, producer=SERVICE, referral_id=referral.id, trace=trace)
         add_event(session, envelope)
-        entry = TimelineEntry(
+        entry = NewEntry(
             referral_id=referral.id,
             event_id=envelope.id,
             event_type=envelope.type,
@@ -193,12 +192,12 @@ class Commands:
 
 
 async def _publish_changes(
-    session: AsyncSession, changes: list[tuple[Referral, TimelineEntry, str | None]]
+    session: AsyncSession, changes: list[tuple[AnyReferral, NewEntry, str | None]]
 ) -> None:
-    """Number the new timeline entries in their clinics' change feeds and queue, for each, the
-    ``referral.status_changed`` the notifier delivers by webhook (after folding: it carries the status
-    the clinic now sees). Ids, statuses, reasons and times: no patient identity."""
-    await store.number_changes(session, [(referral, entry) for referral, entry, _ in changes])
+    """Number the new timeline entries in their clinics' change feeds, write them, and queue, for each,
+    the ``referral.status_changed`` the notifier delivers by webhook (after folding: it carries the
+    status the clinic now sees). Ids, statuses, reasons and times: no patient identity."""
+    await store.add_entries(session, [(referral, entry) for referral, entry, _ in changes])
     for referral, entry, trace in changes:
         assert entry.seq is not None and entry.referral_status is not None
         data = ReferralStatusChanged(
@@ -220,15 +219,14 @@ async def _publish_changes(
 
 async def record_status_events(session: AsyncSession, items: list[tuple[Envelope, EventData]]) -> None:
     """Record status events of other services on their referrals' timelines: the referrals are locked
-    and their timelines read once for all of them, and each touched referral is folded once."""
+    and their timelines read once for all of them, and each touched referral is folded once. Their
+    information requests are read only for referrals whose events may open or close one."""
     ids = sorted({envelope.referral_id for envelope, _ in items})
     referrals = await store.get_referrals(session, ids, lock=True)
     entries = await store.timelines(session, list(referrals))
-    requests = await store.information_requests(session, list(referrals))
     known = {entry.event_id for timeline in entries.values() for entry in timeline}
-    known |= {r.source_event_id for found in requests.values() for r in found}
     touched: set[uuid.UUID] = set()
-    added: list[tuple[Referral, TimelineEntry, str | None]] = []
+    added: list[tuple[AnyReferral, NewEntry, str | None]] = []
     follow: list[tuple[Referral, Envelope, EventData]] = []
     for envelope, data in items:
         referral = referrals.get(envelope.referral_id)
@@ -241,12 +239,10 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
         if envelope.id in known:
             continue  # already on the timeline (e.g. replayed under another consumer group)
         known.add(envelope.id)
-        if isinstance(data, ReferralInfoRequested):
-            follow.append((referral, envelope, data))  # on the timeline as the request it opens
-            continue
         follow.append((referral, envelope, data))
+        if isinstance(data, ReferralInfoRequested):
+            continue  # on the timeline as the request it opens
         entry = _entry(envelope, data)
-        session.add(entry)
         entries[referral.id].append(entry)
         added.append((referral, entry, envelope.trace))
         touched.add(referral.id)
@@ -254,15 +250,32 @@ async def record_status_events(session: AsyncSession, items: list[tuple[Envelope
             log.info("status event recorded", extra={"event_type": envelope.type})
     for referral_id in touched:
         store.fold(referrals[referral_id], entries[referral_id])
+    asking = sorted({referral.id for referral, _, data in follow if _may_change_requests(referral, data)})
+    requests = await store.information_requests(session, asking) if asking else {}
     for referral, envelope, data in follow:
-        made = _follow_requests(session, referral, requests[referral.id], envelope, data)
+        found = requests.setdefault(referral.id, [])
+        if isinstance(data, ReferralInfoRequested) and any(r.source_event_id == envelope.id for r in found):
+            continue  # its request was opened already (e.g. replayed under another consumer group)
+        made = _follow_requests(session, referral, found, envelope, data)
         entries[referral.id].extend(entry for entry, _ in made)
         added.extend((referral, entry, trace) for entry, trace in made)
     if added:
         await _publish_changes(session, added)
 
 
-Made = list[tuple[TimelineEntry, str | None]]
+def _may_change_requests(referral: Referral, data: EventData) -> bool:
+    """Whether ``_follow_requests`` may need the referral's stored requests for this event (after
+    folding): a site's question (a replay must not open it twice), a screening of the current revision
+    after an amendment (it closes the older revisions' requests), or any event once the referral can no
+    longer be amended (it cancels the open ones). Otherwise an event can at most open a new request."""
+    if isinstance(data, ReferralInfoRequested):
+        return True
+    if isinstance(data, ReferralScreened) and data.revision == referral.revision and referral.revision > 1:
+        return True
+    return Status(referral.status) in REQUESTS_END
+
+
+Made = list[tuple[NewEntry, str | None]]
 """Timeline entries a command added (to number in the change feed), each with its trace."""
 
 
@@ -345,7 +358,7 @@ def _opened(
     request: InformationRequest,
     trace: str | None,
     at: datetime,
-) -> tuple[TimelineEntry, str | None]:
+) -> tuple[NewEntry, str | None]:
     session.add(request)
     requests.append(request)
     view = request.view()
@@ -363,7 +376,7 @@ def _closed(
     outcome: str,
     trace: str | None,
     at: datetime,
-) -> tuple[TimelineEntry, str | None]:
+) -> tuple[NewEntry, str | None]:
     request.state, request.outcome, request.closed_at = "closed", outcome, utcnow()
     if outcome != "cancelled":
         request.closed_by_revision = referral.revision
@@ -381,13 +394,13 @@ def _request_entry(
     reason: str,
     trace: str | None,
     at: datetime,
-) -> TimelineEntry:
+) -> NewEntry:
     """Queue the request's event and put it on the timeline (a notice: no status of its own), occurring
     ``at`` its cause, so that it follows the cause (recorded after it) in timeline order."""
     envelope = Envelope.wrap(event, producer=SERVICE, referral_id=referral.id, trace=trace)
     envelope = envelope.model_copy(update={"occurred_at": at})
     add_event(session, envelope)
-    entry = TimelineEntry(
+    return NewEntry(
         referral_id=referral.id,
         event_id=envelope.id,
         event_type=envelope.type,
@@ -398,8 +411,6 @@ def _request_entry(
         reason=reason,
         details={"information_request": view.model_dump(mode="json")},
     )
-    session.add(entry)
-    return entry
 
 
 def _aware(moment: datetime) -> datetime:
@@ -407,10 +418,10 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
+def _entry(envelope: Envelope, data: EventData) -> NewEntry:
     described = describe(data)
     occurred_at = _aware(envelope.occurred_at)
-    return TimelineEntry(
+    return NewEntry(
         referral_id=envelope.referral_id,
         event_id=envelope.id,
         event_type=envelope.type,
@@ -423,10 +434,10 @@ def _entry(envelope: Envelope, data: EventData) -> TimelineEntry:
     )
 
 
-def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study: str) -> Referral:
+def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study: str) -> NewReferral:
     patient, referrer = payload.patient, payload.referrer
     now = utcnow()
-    return Referral(
+    return NewReferral(
         clinic_id=clinic_id,
         client_id=client_id,
         clinic_reference=payload.clinic_reference,
@@ -452,7 +463,7 @@ def _new_referral(payload: ReferralCreate, client_id: str, clinic_id: str, study
     )
 
 
-def _snapshot(referral: Referral) -> dict[str, Any]:
+def _snapshot(referral: AnyReferral) -> dict[str, Any]:
     """The fields of ``referral.submitted``/``referral.amended``: the age, never the birth date."""
     return {
         "clinic_id": referral.clinic_id,
@@ -479,7 +490,7 @@ async def _changeable(session: AsyncSession, referral_id: uuid.UUID, clinic_id: 
     return referral
 
 
-def _receipt(referral: Referral) -> ReferralReceipt:
+def _receipt(referral: AnyReferral) -> ReferralReceipt:
     return ReferralReceipt(
         id=referral.id,
         clinic_reference=referral.clinic_reference,

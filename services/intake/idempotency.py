@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, delete, select, update
+from sqlalchemy import CursorResult, Result, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -23,7 +23,7 @@ from sqlmodel import col
 from services.intake.store import IdempotencyKey
 from shared.db import Database
 from shared.problems import Conflict, Unprocessable
-from shared.store import utcnow
+from shared.store import table_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,25 @@ class Outcome:
 
 
 Operation = Callable[[AsyncSession], Awaitable[Outcome]]
+
+_KEYS = table_of(IdempotencyKey)
+_CLAIM = insert(_KEYS)
+_COMPLETE = (
+    update(_KEYS)
+    .where(
+        _KEYS.c.client_id == bindparam("b_client_id"),
+        _KEYS.c.key == bindparam("b_key"),
+        _KEYS.c.lock_token == bindparam("b_token"),
+    )
+    .values(
+        state="done",
+        lock_token=None,
+        status_code=bindparam("b_status_code", type_=_KEYS.c.status_code.type),
+        response=bindparam("b_response", type_=_KEYS.c.response.type),
+    )
+)
+"""Every request with a key claims and completes it: both statements are built once (Core, cached),
+not as an ORM object and an ORM UPDATE per request."""
 
 
 class Idempotency:
@@ -77,18 +96,19 @@ class Idempotency:
             now = utcnow()
             try:
                 async with self.db.session() as session:
-                    session.add(
-                        IdempotencyKey(
-                            client_id=client_id,
-                            key=key,
-                            fingerprint=fingerprint,
-                            lock_token=token,
-                            locked_until=now + self.lock,
-                            created_at=now,
-                            expires_at=now + self.ttl,
-                        )
-                    )
-                    await session.flush()
+                    claim = {
+                        "client_id": client_id,
+                        "key": key,
+                        "fingerprint": fingerprint,
+                        "state": "in_flight",
+                        "lock_token": token,
+                        "locked_until": now + self.lock,
+                        "status_code": None,
+                        "response": None,
+                        "created_at": now,
+                        "expires_at": now + self.ttl,
+                    }
+                    await session.execute(_CLAIM, claim)
                 return None
             except IntegrityError:
                 pass  # the key exists: look at it
@@ -125,18 +145,14 @@ class Idempotency:
         self, session: AsyncSession, client_id: str, key: str, token: str, outcome: Outcome
     ) -> None:
         result = await session.execute(
-            update(IdempotencyKey)
-            .where(
-                col(IdempotencyKey.client_id) == client_id,
-                col(IdempotencyKey.key) == key,
-                col(IdempotencyKey.lock_token) == token,
-            )
-            .values(
-                state="done",
-                lock_token=None,
-                status_code=outcome.status_code,
-                response={"body": outcome.body, "headers": outcome.headers},
-            )
+            _COMPLETE,
+            {
+                "b_client_id": client_id,
+                "b_key": key,
+                "b_token": token,
+                "b_status_code": outcome.status_code,
+                "b_response": {"body": outcome.body, "headers": outcome.headers},
+            },
         )
         if _rowcount(result) != 1:
             # Another request took the key over (we overran the lock): undo our work, theirs stands.

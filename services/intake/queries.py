@@ -127,15 +127,13 @@ class Queries:
         if allowed and principal.client_id not in allowed:
             raise Forbidden("this client may not read contact details")
         async with self.db.session() as session:
-            referrals = list((await store.get_referrals(session, referral_ids)).values())
-            session.add_all(
-                ContactAccess(referral_id=r.id, client_id=principal.client_id, subject=principal.subject)
-                for r in referrals
+            found = await store.contacts(
+                session, referral_ids, client_id=principal.client_id, subject=principal.subject
             )
-        for referral in referrals:
-            with referral_context(referral.id):
+        for contact in found:
+            with referral_context(contact.id):
                 log.info("contact details read", extra={"client_id": principal.client_id})
-        return ContactList(items=[_contact(referral) for referral in referrals])
+        return ContactList(items=[_contact(contact) for contact in found])
 
     async def site_contact(self, principal: Principal, referral_id: uuid.UUID) -> SitePatientContact:
         """The patient's identity and contact for the coordinator of the site that accepted the referral
@@ -243,19 +241,19 @@ def decode_read_cursor(cursor: str) -> int:
     return int(number)
 
 
-def _contact(referral: Referral) -> ContactPublic:
-    consent = referral.consent_to_contact
+def _contact(contact: store.Contact) -> ContactPublic:
+    consent = contact.consent_to_contact
     return ContactPublic(
-        referral_id=referral.id,
-        status=Status(referral.status),
+        referral_id=contact.id,
+        status=Status(contact.status),
         patient=PatientContact(
-            given_name=referral.given_name,
-            family_name=referral.family_name,
-            email=referral.email if consent else None,
-            preferred_language=referral.preferred_language,
+            given_name=contact.given_name,
+            family_name=contact.family_name,
+            email=contact.email if consent else None,
+            preferred_language=contact.preferred_language,
             consent_to_contact=consent,
         ),
-        referrer=ReferrerContact(name=referral.referrer_name, email=referral.referrer_email),
+        referrer=ReferrerContact(name=contact.referrer_name, email=contact.referrer_email),
     )
 
 

@@ -6,19 +6,23 @@ PostgreSQL and SQLite alike), so two concurrent submissions of one case cannot b
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    BindParameter,
     Column,
     ForeignKey,
     Index,
     Text,
     and_,
-    inspect,
+    bindparam,
+    insert,
     or_,
     select,
     text,
@@ -88,7 +92,7 @@ class TimelineEntry(SQLModel, table=True):
     """One state change or notice, stamped with when it occurred and which service said so.
 
     ``seq`` is the entry's position in its clinic's change feed (``GET /v1/changes``), numbered by
-    ``number_changes`` in the transaction that records it; with it the entry keeps the referral's
+    ``add_entries`` in the transaction that records it; with it the entry keeps the referral's
     status and revision as they stood once it was recorded (what the clinic saw then)."""
 
     __tablename__ = "timeline"
@@ -112,6 +116,79 @@ class TimelineEntry(SQLModel, table=True):
     seq: int | None = Field(default=None, sa_column=Column(BIGINT, nullable=True))
     referral_status: str | None = None
     referral_revision: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class NewReferral:
+    """A referral being submitted, before its row exists: every column of ``Referral``, with the same
+    defaults, as plain attributes, written by one cached INSERT (``record``). SQLModel's constructor sets
+    each field through the ORM's instrumentation, which cost more than the statement that writes them."""
+
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    clinic_id: str
+    client_id: str
+    clinic_reference: str
+    study: str
+    revision: int = 1
+    status: str = Status.RECEIVED.value
+    status_at: datetime | None = None
+    referral_day: date
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    given_name: str
+    family_name: str
+    date_of_birth: date
+    sex: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    preferred_language: str = "en"
+    postal_code: str
+    country: str
+    consent_to_contact: bool
+    referrer_name: str
+    referrer_email: str
+    referrer_phone: str | None = None
+    clinical: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] | None = None
+    site: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _REFERRAL_COLUMNS}
+
+
+@dataclass(slots=True, kw_only=True)
+class NewEntry:
+    """A timeline entry being recorded: ``TimelineEntry``'s columns but the id (taken at insert), as plain
+    attributes. A transaction's new entries are written together, once numbered, by one cached INSERT
+    (``add_entries``), not as ORM objects."""
+
+    referral_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    status: str | None = None
+    revision: int | None = None
+    occurred_at: datetime
+    recorded_at: datetime = field(default_factory=utcnow)
+    source: str
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    clinic_id: str | None = None
+    seq: int | None = None
+    referral_status: str | None = None
+    referral_revision: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _ENTRY_COLUMNS}
+
+
+AnyReferral = Referral | NewReferral
+"""A stored referral (read, possibly locked) or one being submitted."""
+
+_REFERRAL_COLUMNS = tuple(table_of(Referral).c.keys())
+_ENTRY_COLUMNS = tuple(name for name in table_of(TimelineEntry).c.keys() if name != "id")
+_INSERT_REFERRAL = insert(table_of(Referral))
+_INSERT_ENTRY = insert(table_of(TimelineEntry))
+"""Built once: executed with every column's value, each compiles once and is taken from the cache."""
 
 
 class ClinicFeed(SQLModel, table=True):
@@ -259,43 +336,89 @@ async def timeline(session: AsyncSession, referral_id: uuid.UUID) -> Sequence[Ti
     return (await session.execute(query)).scalars().all()
 
 
+_IDS: BindParameter[uuid.UUID] = bindparam("ids", expanding=True)
+_REFERRALS = select(Referral).where(col(Referral.id).in_(_IDS)).order_by(col(Referral.id))
+_LOCK_REFERRALS = _REFERRALS.with_for_update()
+_TIMELINES = (
+    select(
+        col(TimelineEntry.referral_id),
+        col(TimelineEntry.event_id),
+        col(TimelineEntry.event_type),
+        col(TimelineEntry.occurred_at),
+        col(TimelineEntry.status),
+        col(TimelineEntry.revision),
+        col(TimelineEntry.details),
+    )
+    .where(col(TimelineEntry.referral_id).in_(_IDS))
+    .order_by(col(TimelineEntry.occurred_at), col(TimelineEntry.id))
+)
+"""Built once (a list of ids is one expanding parameter): building a statement per call cost more
+than running it."""
+
+
 async def get_referrals(
     session: AsyncSession, ids: Sequence[uuid.UUID], *, lock: bool = False
 ) -> dict[uuid.UUID, Referral]:
     """Those of the referrals ``ids`` that exist; ``lock`` takes them in id order (one order for every
     writer: no deadlock)."""
-    query = select(Referral).where(col(Referral.id).in_(ids)).order_by(col(Referral.id))
-    if lock:
-        query = query.with_for_update()
-    return {referral.id: referral for referral in (await session.execute(query)).scalars()}
+    result = await session.execute(_LOCK_REFERRALS if lock else _REFERRALS, {"ids": list(ids)})
+    return {referral.id: referral for referral in result.scalars()}
 
 
-async def timelines(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[TimelineEntry]]:
-    """Each referral's entries in order of occurrence, ties in order of recording."""
-    query = (
-        select(TimelineEntry)
-        .where(col(TimelineEntry.referral_id).in_(ids))
-        .order_by(col(TimelineEntry.occurred_at), col(TimelineEntry.id))
-    )
-    found: dict[uuid.UUID, list[TimelineEntry]] = {referral_id: [] for referral_id in ids}
-    for entry in (await session.execute(query)).scalars():
-        found[entry.referral_id].append(entry)
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """What folding and de-duplicating need of a stored timeline entry (``timelines``): read as plain
+    columns, which costs a fraction of loading ORM objects."""
+
+    event_id: uuid.UUID
+    event_type: str
+    occurred_at: datetime
+    status: str | None
+    revision: int | None
+    details: dict[str, Any]
+
+
+class Entry(Protocol):
+    """A timeline entry as ``fold`` reads it: stored (an ORM row or a ``StoredEntry``) or new."""
+
+    @property
+    def event_id(self) -> uuid.UUID: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def revision(self) -> int | None: ...
+    @property
+    def details(self) -> dict[str, Any]: ...
+
+
+async def timelines(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Entry]]:
+    """Each referral's entries in order of occurrence, ties in order of recording (lists the caller
+    extends with the entries it records)."""
+    found: dict[uuid.UUID, list[Entry]] = {referral_id: [] for referral_id in ids}
+    for referral_id, *values in await session.execute(_TIMELINES, {"ids": list(ids)}):
+        found[referral_id].append(StoredEntry(*values))
     return found
 
 
-async def record(session: AsyncSession, referral: Referral, entry: TimelineEntry) -> None:
-    """Add a timeline entry and re-derive the referral's status, decision and site from all entries."""
-    # A referral not yet written has no other entry: folding this one alone lets the commit write the
-    # row once with its final state, with no read-back of the timeline.
-    entries = [] if inspect(referral).pending else list(await timeline(session, referral.id))
-    session.add(entry)
-    fold(referral, [*entries, entry])
+async def record(session: AsyncSession, referral: AnyReferral, entry: NewEntry) -> None:
+    """Re-derive the referral's status, decision and site from all its entries and the new ``entry``
+    (written by ``add_entries`` once numbered). A new referral has no other entry: folding this one alone
+    writes its row once, with its final state, and reads nothing back."""
+    if isinstance(referral, NewReferral):
+        fold(referral, [entry])
+        await session.execute(_INSERT_REFERRAL, referral.row())
+        return
+    fold(referral, [*await timeline(session, referral.id), entry])
 
 
-def fold(referral: Referral, entries: Sequence[TimelineEntry]) -> None:
+def fold(referral: AnyReferral, entries: Sequence[Entry]) -> None:
     """Set the referral's status, decision and site from its whole timeline: the stored entries in the
     order ``timeline`` reads them, then the new ones in the order they were added (which is also the
-    order their ids will take), so nothing needs flushing first."""
+    order their ids will take), so nothing needs writing first."""
     facts = [
         Fact(
             event_type=e.event_type,
@@ -308,10 +431,15 @@ def fold(referral: Referral, entries: Sequence[TimelineEntry]) -> None:
         for seq, e in enumerate(entries)
     ]
     view = project(facts, referral.revision)
-    referral.status = view.status.value
-    referral.status_at = view.status_at
-    referral.decision = view.decision
-    referral.site = view.site
+    # Only what changed is set: each assignment to an ORM row goes through its instrumentation.
+    if referral.status != view.status.value:
+        referral.status = view.status.value
+    if referral.status_at != view.status_at:
+        referral.status_at = view.status_at
+    if referral.decision != view.decision:
+        referral.decision = view.decision
+    if referral.site != view.site:
+        referral.site = view.site
     referral.updated_at = utcnow()
 
 
@@ -339,9 +467,21 @@ async def list_referrals(
     return (await session.execute(query)).scalars().all()
 
 
-async def number_changes(session: AsyncSession, changes: Sequence[tuple[Referral, TimelineEntry]]) -> None:
-    """Give new timeline entries their places in their clinics' change feeds, in the order given, and
-    stamp each with its referral's status and revision as they now stand (call after folding).
+@functools.cache
+def _feed_upsert(dialect: str) -> Any:
+    """Move a clinic's feed by ``:count`` positions and return the last: built once per dialect."""
+    table = table_of(ClinicFeed)
+    values: dict[str, Any] = {"clinic_id": bindparam("clinic_id"), "last_seq": bindparam("count")}
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(values)
+    moved = {"last_seq": table.c.last_seq + statement.excluded.last_seq}
+    upsert = statement.on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
+    return upsert.returning(table.c.last_seq)
+
+
+async def add_entries(session: AsyncSession, changes: Sequence[tuple[AnyReferral, NewEntry]]) -> None:
+    """Give new timeline entries their places in their clinics' change feeds, in the order given, stamp
+    each with its referral's status and revision as they now stand (call after folding), and write them
+    all, in that order, with one INSERT.
 
     Positions come from the clinic's ``ClinicFeed`` row, moved by one upsert per clinic (clinics in
     sorted order, after the referral locks every writer takes first: one lock order, no deadlock). The
@@ -349,29 +489,22 @@ async def number_changes(session: AsyncSession, changes: Sequence[tuple[Referral
     another (SQLite: its single writer does that): positions appear in the order they were handed out.
     A cursor over them never skips an entry that commits late, which one over the timeline's id could
     (ids are taken at insert and committed in any order)."""
-    by_clinic: dict[str, list[tuple[Referral, TimelineEntry]]] = {}
+    if not changes:
+        return
+    by_clinic: dict[str, list[tuple[AnyReferral, NewEntry]]] = {}
     for referral, entry in changes:
         by_clinic.setdefault(referral.clinic_id, []).append((referral, entry))
-    dialect = session.get_bind().dialect.name
-    table = table_of(ClinicFeed)
+    upsert = _feed_upsert(session.get_bind().dialect.name)
     for clinic_id in sorted(by_clinic):
         entries = by_clinic[clinic_id]
-        moved = {"last_seq": table.c.last_seq + len(entries)}
-        statement = (
-            postgresql.insert(table).on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
-            if dialect == "postgresql"
-            else sqlite.insert(table).on_conflict_do_update(index_elements=[table.c.clinic_id], set_=moved)
-        )
-        with session.no_autoflush:  # the new rows are written once, numbered, at commit
-            result = await session.execute(
-                statement.values(clinic_id=clinic_id, last_seq=len(entries)).returning(table.c.last_seq)
-            )
+        result = await session.execute(upsert, {"clinic_id": clinic_id, "count": len(entries)})
         last = int(result.scalar_one())
         for offset, (referral, entry) in enumerate(entries):
             entry.clinic_id = clinic_id
             entry.seq = last - len(entries) + 1 + offset
             entry.referral_status = referral.status
             entry.referral_revision = referral.revision
+    await session.execute(_INSERT_ENTRY, [entry.row() for _, entry in changes])
 
 
 async def changes(
@@ -399,6 +532,53 @@ async def information_requests(
     found: dict[uuid.UUID, list[InformationRequest]] = {referral_id: [] for referral_id in referral_ids}
     for request in (await session.execute(query)).scalars():
         found[request.referral_id].append(request)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """What the notifier is given of a referral (``contacts``): its patient's and referrer's contact."""
+
+    id: uuid.UUID
+    status: str
+    given_name: str
+    family_name: str
+    email: str | None
+    preferred_language: str
+    consent_to_contact: bool
+    referrer_name: str
+    referrer_email: str
+
+
+_CONTACTS = (
+    select(*(table_of(Referral).c[name] for name in Contact.__dataclass_fields__))
+    .where(col(Referral.id).in_(_IDS))
+    .order_by(col(Referral.id))
+)
+_INSERT_CONTACT_READ = insert(table_of(ContactAccess))
+
+
+async def contacts(
+    session: AsyncSession, referral_ids: Sequence[uuid.UUID], *, client_id: str, subject: str | None
+) -> list[Contact]:
+    """The contacts of those of the referrals that exist, in id order, each read logged (who read it:
+    ``client_id``, ``subject``) in the same transaction. Plain columns and one INSERT for the log: no
+    ORM object, and neither the clinical block nor the decision is read."""
+    found = [Contact(*row) for row in await session.execute(_CONTACTS, {"ids": list(referral_ids)})]
+    if found:
+        now = utcnow()
+        reads = [
+            {
+                "referral_id": contact.id,
+                "client_id": client_id,
+                "subject": subject,
+                "user": None,
+                "site_code": None,
+                "accessed_at": now,
+            }
+            for contact in found
+        ]
+        await session.execute(_INSERT_CONTACT_READ, reads)
     return found
 
 

@@ -36,7 +36,7 @@ async def harness() -> AsyncIterator[HandlerHarness]:
 async def received(harness: HandlerHarness, *, revisions: int = 1, clinic_id: str = CLINIC) -> uuid.UUID:
     """A referral as intake stores it on submission (and on each amendment): the row and its
     ``received`` entries, one a minute before ``T`` per revision."""
-    referral = store.Referral(
+    referral = store.NewReferral(
         clinic_id=clinic_id,
         client_id="clinic-a-intake",
         clinic_reference=f"CLN-{uuid.uuid4().hex[:8]}",
@@ -53,10 +53,8 @@ async def received(harness: HandlerHarness, *, revisions: int = 1, clinic_id: st
         clinical=events.clinical(),
     )
     async with harness.db.session() as session:
-        session.add(referral)
         for revision in range(1, revisions + 1):
-            referral.revision = revision
-            entry = store.TimelineEntry(
+            entry = store.NewEntry(
                 referral_id=referral.id,
                 event_id=uuid.uuid4(),
                 event_type="referral.submitted" if revision == 1 else "referral.amended",
@@ -66,9 +64,14 @@ async def received(harness: HandlerHarness, *, revisions: int = 1, clinic_id: st
                 source="intake",
                 reason="submitted",
             )
-            await store.record(session, referral, entry)
-            await store.number_changes(session, [(referral, entry)])
-            await session.flush()
+            stored: store.AnyReferral = referral
+            if revision > 1:  # written by the first revision's record: amended as a stored referral
+                found = await store.get_referral(session, referral.id)
+                assert found is not None
+                found.revision = revision
+                stored = found
+            await store.record(session, stored, entry)
+            await store.add_entries(session, [(stored, entry)])
     return referral.id
 
 

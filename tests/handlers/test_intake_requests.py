@@ -10,10 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import delete, event
 
 from services.intake import store
 from services.intake.consumers import HANDLERS
 from services.intake.domain import Status
+from shared.consumer import ProcessedEvent
 from tests.handlers.test_intake import T, minutes, received
 from tests.support import builders, events
 from tests.support.events import CLINIC, envelope
@@ -41,7 +43,7 @@ async def amended(harness: HandlerHarness, rid: uuid.UUID, at: Any, **clinical: 
         assert referral is not None
         referral.revision += 1
         referral.clinical = {**referral.clinical, **clinical}
-        entry = store.TimelineEntry(
+        entry = store.NewEntry(
             referral_id=rid,
             event_id=uuid.uuid4(),
             event_type="referral.amended",
@@ -52,7 +54,7 @@ async def amended(harness: HandlerHarness, rid: uuid.UUID, at: Any, **clinical: 
             reason="amended",
         )
         await store.record(session, referral, entry)
-        await store.number_changes(session, [(referral, entry)])
+        await store.add_entries(session, [(referral, entry)])
 
 
 async def requests(harness: HandlerHarness, rid: uuid.UUID) -> list[store.InformationRequest]:
@@ -187,6 +189,51 @@ async def test_a_site_question_becomes_a_request_that_acceptance_cancels(harness
     assert [e.data["request"]["state"] for e in await harness.published("referral.info_request_closed")] == [
         "closed"
     ]
+
+
+async def test_a_site_question_replayed_under_another_consumer_group_opens_no_second_request(
+    harness: HandlerHarness,
+) -> None:
+    """The request itself knows its question (its source event id), as the timeline knows its events."""
+    rid = await received(harness)
+    question = envelope(rid, builders.info_requested(clinic_id=CLINIC), minutes(1))
+    await harness.deliver(question)
+    async with harness.db.session() as session:
+        await session.execute(delete(ProcessedEvent))
+    await harness.deliver(question, envelope(rid, events.screened(), minutes(2)))
+    [request] = await requests(harness, rid)
+    assert request.state == "open"
+    assert len(await harness.published("referral.info_request_opened")) == 1
+    assert harness.dead_letters.letters == []
+
+
+async def test_events_that_can_neither_open_nor_close_a_request_do_not_read_them(
+    harness: HandlerHarness,
+) -> None:
+    """Routings and notices of a referral the clinic can still amend: no read of its requests; once it
+    is accepted, they are read (and the open one cancelled)."""
+    rid = await received(harness)
+    await harness.deliver(envelope(rid, builders.info_requested(clinic_id=CLINIC), minutes(1)))
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sync_engine = harness.db.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", seen)
+    try:
+        await harness.deliver(
+            envelope(rid, events.screened(), minutes(2)),
+            envelope(rid, events.routed(), minutes(3)),
+            envelope(rid, events.notified(), minutes(4)),
+        )
+        assert not [s for s in statements if "FROM information_request" in s]
+        await harness.deliver(envelope(rid, events.site_decided("accepted"), minutes(5)))
+        assert [s for s in statements if "FROM information_request" in s]
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", seen)
+    [request] = await requests(harness, rid)
+    assert (request.state, request.outcome) == ("closed", "cancelled")
 
 
 async def test_a_question_about_another_clinics_referral_is_refused(harness: HandlerHarness) -> None:

@@ -163,12 +163,34 @@ class ReferralProgressed(EventData):
 
 
 class ReferralNotified(EventData):
+    """Version 1: one email went out (one event per email). The notifier now publishes version 2;
+    consumers keep accepting this one until no record of it can still be read (docs/events.md)."""
+
     event_type = "referral.notified"
 
     recipient_role: RecipientRole
     template: str
     message_id: str
     source_event_id: uuid.UUID
+
+
+class NotifiedEmail(EventData):
+    """One email sent about a referral: its recipient's role, never an address."""
+
+    recipient_role: RecipientRole
+    template: str
+    message_id: str = Field(description="the email's Message-ID")
+    source_event_id: uuid.UUID = Field(description="the id of the event that caused the email")
+
+
+class ReferralNotifiedV2(EventData):
+    """Version 2: the emails about one referral that the notifier recorded as sent in one transaction.
+    One event instead of one per email: fewer events, relay passes and consumptions per referral."""
+
+    event_type = "referral.notified"
+    event_version = 2
+
+    emails: list[NotifiedEmail] = Field(min_length=1, description="the emails sent, in the order recorded")
 
 
 class ReferralInfoRequested(EventData):
@@ -265,6 +287,7 @@ EVENTS: tuple[type[EventData], ...] = (
     ReferralSiteDecided,
     ReferralProgressed,
     ReferralNotified,
+    ReferralNotifiedV2,
     ReferralStatusChanged,
     ReferralInfoRequested,
     ReferralInfoRequestOpened,
@@ -280,6 +303,7 @@ STATUS_EVENTS: tuple[type[EventData], ...] = (
     ReferralWaitlisted,
     ReferralUnroutable,
     ReferralNotified,
+    ReferralNotifiedV2,
     ReferralSiteDecided,
     ReferralProgressed,
 )

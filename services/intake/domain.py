@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -21,7 +21,9 @@ from shared.criteria_fields import CRITERION_FIELDS, settling_fields
 from shared.events import (
     CriterionVerdict,
     EventData,
+    NotifiedEmail,
     ReferralNotified,
+    ReferralNotifiedV2,
     ReferralProgressed,
     ReferralRouted,
     ReferralScreened,
@@ -213,6 +215,13 @@ def describe(data: EventData) -> Described:
         }
         reason = f"{data.recipient_role} notified ({data.template})"
         return Described(Status.NOTIFIED, reason, None, {"notification": notification})
+    if isinstance(data, ReferralNotifiedV2):
+        # One entry for the emails of one event (version 1 made one per email).
+        sent = [
+            {"recipient_role": e.recipient_role, "template": e.template, "message_id": e.message_id}
+            for e in data.emails
+        ]
+        return Described(Status.NOTIFIED, notified_reason(data.emails), None, {"notifications": sent})
     if isinstance(data, ReferralSiteDecided):
         details = {"site_code": data.site_code, "decision": data.decision, "enrolled": data.enrolled}
         reason = data.reason or f"site {data.site_code} {data.decision}"
@@ -222,6 +231,21 @@ def describe(data: EventData) -> Described:
             Status(data.step), progress_reason(data), None, {"progress": data.model_dump(mode="json")}
         )
     raise TypeError(f"not a status event: {type(data).__name__}")
+
+
+def notified_reason(emails: Sequence[NotifiedEmail]) -> str:
+    """Who was emailed, in words for the clinic's timeline: roles and templates, never an address."""
+    roles = [e.recipient_role for e in emails]
+    who = roles[0] if len(roles) == 1 else f"{', '.join(roles[:-1])} and {roles[-1]}"
+    return f"{who} notified ({', '.join(e.template for e in emails)})"
+
+
+def sent_emails(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """The emails a ``referral.notified`` entry records: one (version 1's ``notification``) or several
+    (version 2's ``notifications``)."""
+    if "notifications" in details:
+        return list(details["notifications"])
+    return [details["notification"]] if "notification" in details else []
 
 
 def progress_reason(data: ReferralProgressed) -> str:

@@ -20,6 +20,7 @@ from services.intake.domain import (
     decode_cursor,
     encode_change_cursor,
     encode_cursor,
+    sent_emails,
 )
 from services.intake.schemas import (
     ChangeItem,
@@ -292,9 +293,10 @@ def _public(
     referral: Referral, entries: Sequence[TimelineEntry], requests: Sequence[InformationRequest]
 ) -> ReferralPublic:
     notifications = [
-        NotificationPublic(at=e.occurred_at, **e.details["notification"])
+        NotificationPublic(at=e.occurred_at, **sent)
         for e in entries
-        if e.event_type == "referral.notified" and "notification" in e.details
+        if e.event_type == "referral.notified"
+        for sent in sent_emails(e.details)
     ]
     return ReferralPublic(
         **_summary(referral).model_dump(),

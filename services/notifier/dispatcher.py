@@ -3,9 +3,10 @@
 Per batch: claim due notifications (``sending``, under a lease, in a short transaction), then deliver
 them concurrently: fetch the contact details they need from intake (once per referral in the batch),
 render, send over SMTP. Outcomes are recorded as they come in, those that arrive together in one
-transaction: ``sent`` with the ``referral.notified`` event, ``skipped`` with the reason, back to
-``pending`` with a later ``next_attempt_at``, or ``failed`` with a dead letter. An outcome waits at most
-``RECORD_GATHER_S`` for others to join it; if the shared transaction fails, each is recorded on its own.
+transaction: ``sent`` (with one ``referral.notified`` version 2 per referral of that transaction,
+listing its emails), ``skipped`` with the reason, back to ``pending`` with a later ``next_attempt_at``,
+or ``failed`` with a dead letter. An outcome waits at most ``RECORD_GATHER_S`` for others to join it;
+if the shared transaction fails, each is recorded on its own (then each email has its own event).
 No transaction is open while the network is used.
 
 Exactly once: a row is claimed by one dispatcher at a time (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,9 +50,10 @@ from shared.dead_letters import DeadLetter, FailedNotification
 from shared.events import (
     Envelope,
     EventData,
+    NotifiedEmail,
     RecipientRole,
     ReferralInfoRequestOpened,
-    ReferralNotified,
+    ReferralNotifiedV2,
     ReferralProgressed,
     ReferralRouted,
     ReferralSiteDecided,
@@ -322,16 +324,19 @@ class Dispatcher:
         """Write the outcomes in ``session`` and return the ids of the rows still ours; nothing is
         written for a row whose lease was lost (it belongs to another pass, which records its own)."""
         ours = await store.finish(session, [(a.row, self._outcome(a, now)) for a in attempts], now=now)
+        sent: dict[uuid.UUID, list[Attempt]] = {}
         for attempt in attempts:
             row, outcome = attempt.row, attempt.outcome
             if row.id not in ours:
                 continue
             if isinstance(outcome, Delivered):
-                assert attempt.envelope is not None
-                add_event(session, notified_event(row, attempt.envelope), traceparent=attempt.traceparent)
+                sent.setdefault(row.referral_id, []).append(attempt)
             elif isinstance(outcome, DeliveryError) and self._gives_up(row, outcome):
                 session.add(self._dead_letter(row, _error_text(outcome), now))
                 wake_relay(session, SERVICE)
+        for emails in sent.values():
+            # One referral.notified per referral and transaction, in the trace of its first email.
+            add_event(session, notified_event(emails), traceparent=emails[0].traceparent)
         return ours
 
     def _outcome(self, attempt: Attempt, now: datetime) -> dict[str, Any]:
@@ -414,17 +419,26 @@ class Dispatcher:
         )
 
 
-def notified_event(row: Notification, source: Envelope) -> Envelope:
+def notified_event(sent: Sequence[Attempt]) -> Envelope:
+    """The ``referral.notified`` (version 2) of the emails about one referral recorded as sent in one
+    transaction: one event for all of them, in the trace of the first one's source event."""
+    first = sent[0]
+    assert first.envelope is not None and all(a.row.referral_id == first.row.referral_id for a in sent)
     return Envelope.wrap(
-        ReferralNotified(
-            recipient_role=cast(RecipientRole, row.recipient_role),
-            template=row.template,
-            message_id=row.message_id,
-            source_event_id=row.source_event_id,
+        ReferralNotifiedV2(
+            emails=[
+                NotifiedEmail(
+                    recipient_role=cast(RecipientRole, a.row.recipient_role),
+                    template=a.row.template,
+                    message_id=a.row.message_id,
+                    source_event_id=a.row.source_event_id,
+                )
+                for a in sent
+            ]
         ),
         producer=SERVICE,
-        referral_id=row.referral_id,
-        trace=source.trace,
+        referral_id=first.row.referral_id,
+        trace=first.envelope.trace,
     )
 
 

@@ -23,11 +23,13 @@ from shared.events import (
     Envelope,
     EventData,
     InformationRequestData,
+    NotifiedEmail,
     ReferralAmended,
     ReferralInfoRequestClosed,
     ReferralInfoRequested,
     ReferralInfoRequestOpened,
     ReferralNotified,
+    ReferralNotifiedV2,
     ReferralProgressed,
     ReferralRouted,
     ReferralScreened,
@@ -58,6 +60,7 @@ PRODUCERS: dict[type[EventData], str] = {
     ReferralSiteDecided: "site_router",
     ReferralProgressed: "site_router",
     ReferralNotified: "notifier",
+    ReferralNotifiedV2: "notifier",
     ReferralStatusChanged: "intake",
     ReferralInfoRequested: "site_router",
     ReferralInfoRequestOpened: "intake",
@@ -265,6 +268,31 @@ def notified(role: str = "site", template: str = "site_new_referral") -> Referra
         template=template,
         message_id=f"<{uuid.uuid4().hex}@trialroute>",
         source_event_id=uuid.uuid4(),
+    )
+
+
+ROUTING_EMAILS = (
+    ("site", "site_new_referral"),
+    ("patient", "patient_routed"),
+    ("referrer", "referrer_routed"),
+)
+"""(role, template) of the three emails a routing sends."""
+
+
+def notified_v2(*emails: tuple[str, str], source_event_id: uuid.UUID | None = None) -> ReferralNotifiedV2:
+    """The ``referral.notified`` version 2 of emails (role, template) recorded together: those of a
+    routing unless given, each with a fresh Message-ID, all caused by one source event."""
+    source = source_event_id or uuid.uuid4()
+    return ReferralNotifiedV2(
+        emails=[
+            NotifiedEmail(
+                recipient_role=role,  # type: ignore[arg-type]
+                template=template,
+                message_id=f"<{uuid.uuid4().hex}@trialroute>",
+                source_event_id=source,
+            )
+            for role, template in (emails or ROUTING_EMAILS)
+        ]
     )
 
 

@@ -20,7 +20,7 @@ from tests.integration.intake.events import (
     waitlisted,
 )
 from tests.support import builders
-from tests.support.builders import DAY, REFERRER, clinical, notified
+from tests.support.builders import DAY, REFERRER, clinical, notified, notified_v2
 
 __all__ = [
     "CLINIC",
@@ -30,6 +30,7 @@ __all__ = [
     "clinical",
     "envelope",
     "notified",
+    "notified_v2",
     "progressed",
     "routed",
     "screened",

@@ -28,13 +28,13 @@ from shared.app import ServiceSpec
 from shared.app import create_app as create_service_app
 from shared.auth import Principal, Scope, TokenValidator, require
 from shared.db import Database
-from shared.events import Envelope, Referrer, SiteRef
+from shared.events import Envelope, NotifiedEmail, ReferralNotifiedV2, Referrer, SiteRef
 from shared.outbox import backlog
 from shared.settings import KafkaSettings
 from tests.support import builders
 from tests.support.auth import Issuer, http, issuer
 from tests.support.builders import wrap
-from tests.support.kafka import publish, topic_has, wait_consumed
+from tests.support.kafka import publish, read_topic, topic_has, wait_consumed
 from tests.support.servers import checking_tokens, serve_app
 from tests.support.smtp import SmtpServer, smtp_server
 from tests.support.stores import migrated
@@ -243,6 +243,13 @@ class Stack:
     async def topic_has(self, topic: str, count: int) -> bool:
         return await topic_has(self.kafka, topic, count)
 
+    async def notified(self) -> list[Notified]:
+        return await notified(self.kafka)
+
+    async def notified_emails(self, count: int) -> bool:
+        """Whether the ``referral.notified`` events on the topic list ``count`` emails (or more)."""
+        return sum(len(n.emails) for n in await self.notified()) >= count
+
     async def quiet(self, database_url: str | None = None) -> None:
         """The marker before asserting that nothing more happened: every ``referral.routed`` published
         so far handled (the notifier's group committed it) and every event the notifier recorded
@@ -326,6 +333,36 @@ async def settled(
 
     await eventually(check, within=within, what=f"{count} notifications in {sorted(states)}")
     return result
+
+
+@dataclass(frozen=True)
+class Notified:
+    """One ``referral.notified`` the notifier published: its envelope and the emails it lists."""
+
+    envelope: Envelope
+    emails: list[NotifiedEmail]
+
+    @property
+    def roles(self) -> list[str]:
+        return [e.recipient_role for e in self.emails]
+
+
+async def notified(kafka: KafkaSettings) -> list[Notified]:
+    """The ``referral.notified`` events on the topic, oldest first; the notifier publishes only version
+    2 (one event per referral per recording transaction, listing its emails)."""
+    found = []
+    for record in await read_topic(kafka, "referral.notified"):
+        envelope = Envelope.from_bytes(record.value or b"")
+        data = envelope.payload()
+        assert isinstance(data, ReferralNotifiedV2), f"a referral.notified of version {envelope.version}"
+        assert record.key == str(envelope.referral_id).encode(), "keyed by the referral id"
+        found.append(Notified(envelope, list(data.emails)))
+    return found
+
+
+def emails_of(events: list[Notified]) -> list[tuple[uuid.UUID, str, str]]:
+    """(referral, role, Message-ID) of every email the events list."""
+    return [(n.envelope.referral_id, e.recipient_role, e.message_id) for n in events for e in n.emails]
 
 
 async def _drained(db: Database) -> bool:

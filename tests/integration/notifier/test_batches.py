@@ -8,14 +8,16 @@ from collections import Counter
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier.bootstrap import contact_reader
 from services.notifier.commands import record_routings
 from services.notifier.dispatcher import Dispatcher
+from services.notifier.domain import message_id
 from services.notifier.mail import Email, Mailer, Templates
 from services.notifier.store import Notification
 from shared.db import Database
-from shared.events import ReferralRouted
+from shared.events import Envelope, ReferralNotifiedV2, ReferralRouted
 from shared.outbox import OutboxRecord
 from tests.integration.notifier.conftest import DFCI, REFERRER, WCM, Stack, assert_each_email_once, routed
 from tests.support.smtp import SmtpServer
@@ -72,6 +74,55 @@ async def test_one_contact_read_serves_every_referral_of_a_dispatch_batch(stack:
 
     assert [sorted(call) for call in stack.intake.calls] == [sorted(referrals)]
     assert_each_email_once(stack.smtp, 9)
+
+
+async def queued_notified(session: AsyncSession) -> list[tuple[Envelope, ReferralNotifiedV2]]:
+    """The ``referral.notified`` events in the notifier's outbox, oldest first (all version 2)."""
+    query = select(OutboxRecord).where(OutboxRecord.topic == "referral.notified").order_by(OutboxRecord.id)  # type: ignore[arg-type]
+    found = []
+    for record in (await session.execute(query)).scalars().all():
+        envelope = Envelope.model_validate_json(record.payload)
+        data = envelope.payload()
+        assert isinstance(data, ReferralNotifiedV2) and record.key == str(envelope.referral_id)
+        found.append((envelope, data))
+    return found
+
+
+async def test_a_batch_publishes_one_referral_notified_per_referral_listing_its_emails(stack: Stack) -> None:
+    settings = stack.make_settings()
+    referrals = [stack.referral(), stack.referral(), stack.referral(consent=False)]
+    traces = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01" for _ in referrals]
+    events = [routed(r).model_copy(update={"trace": t}) for r, t in zip(referrals, traces, strict=True)]
+    db = Database(stack.database_url)
+    contacts, tokens = contact_reader(settings)
+    mailer = Mailer(settings)
+    dispatcher = Dispatcher(db, settings, mailer=mailer, templates=Templates(), contacts=contacts)
+    dispatcher.record_gather_s = 30  # every outcome in one transaction, however slow the machine
+    try:
+        async with db.session() as session:
+            batch = [(event, event.payload()) for event in events]
+            await record_routings(session, batch, message_id_domain="trialroute.notifier")  # type: ignore[arg-type]
+        assert await dispatcher.dispatch_once() == 9
+        async with db.session() as session:
+            notified = await queued_notified(session)
+    finally:
+        await mailer.aclose()
+        await contacts.aclose()
+        await tokens.aclose()
+        await db.dispose()
+
+    assert_each_email_once(stack.smtp, 8)  # the third patient did not consent: skipped
+    by_referral = {envelope.referral_id: (envelope, data) for envelope, data in notified}
+    assert len(notified) == 3 and set(by_referral) == set(referrals), "one event per referral"
+    for event, trace in zip(events, traces, strict=True):
+        envelope, data = by_referral[event.referral_id]
+        assert (envelope.type, envelope.version, envelope.producer) == ("referral.notified", 2, "notifier")
+        assert envelope.trace == trace, "in the trace of the referral's own emails"
+        roles = ["site", "referrer"] if event.referral_id == referrals[2] else ["site", "patient", "referrer"]
+        assert sorted(e.recipient_role for e in data.emails) == sorted(roles)
+        assert {(e.recipient_role, e.message_id, e.source_event_id) for e in data.emails} == {
+            (role, message_id(event.id, role), event.id) for role in roles
+        }
 
 
 async def test_messages_go_over_reused_smtp_connections(stack: Stack) -> None:
@@ -142,11 +193,7 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
             await record_routings(session, [(event, data)], message_id_domain="trialroute.notifier")
         assert await dispatcher.dispatch_once() == 3
         async with db.session() as session:
-            notified = (
-                (await session.execute(select(OutboxRecord).where(OutboxRecord.topic == "referral.notified")))  # type: ignore[arg-type]
-                .scalars()
-                .all()
-            )
+            notified = await queued_notified(session)
     finally:
         await mailer.aclose()
         await contacts.aclose()
@@ -161,7 +208,11 @@ async def test_a_batch_records_its_outcomes_together_but_not_one_whose_lease_was
     }
     assert rows["referrer"].claim == "another-dispatcher" and rows["referrer"].sent_at is None
     assert rows["site"].updated_at == rows["patient"].updated_at, "recorded in one transaction"
-    assert len(notified) == 2, "no referral.notified for the row whose lease was lost"
+    [(envelope, data)] = notified  # one event for the two emails recorded together
+    assert envelope.referral_id == referral_id
+    assert sorted(e.recipient_role for e in data.emails) == ["patient", "site"], (
+        "no email in referral.notified for the row whose lease was lost"
+    )
     assert len(stack.smtp.messages) == 3
     assert len(stack.intake.reads) == 1
 

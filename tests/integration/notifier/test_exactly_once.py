@@ -18,10 +18,10 @@ from tests.integration.notifier.conftest import (
     DFCI,
     Stack,
     assert_each_email_once,
+    emails_of,
     routed,
     settled,
 )
-from tests.support.kafka import read_topic
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,9 @@ async def test_an_event_delivered_three_times_and_again_after_a_restart_emails_e
     assert_each_email_once(stack.smtp, 6)
     for role in ("site", "patient", "referrer"):
         assert message_id(event.id, role) in stack.smtp.by_message_id()
-    notified = await read_topic(stack.kafka, "referral.notified")
-    assert len(notified) == 6
+    sent = emails_of(await stack.notified())
+    assert len(sent) == 6 and len({mid for _, _, mid in sent}) == 6, "each email in referral.notified once"
+    assert {rid for rid, _, _ in sent} == {referral_id}
 
 
 async def test_an_smtp_outage_delays_the_emails_and_loses_none(stack: Stack) -> None:
@@ -115,12 +116,23 @@ async def test_several_notifier_instances_send_each_email_once(
     for referral_id in referrals:
         stack.intake.add(referral_id)
     settings = stack.make_settings(database_url=url, dispatch_batch=3)
+    events = {referral_id: routed(referral_id) for referral_id in referrals}
     async with stack.run_notifier(settings), stack.run_notifier(settings), stack.run_notifier(settings):
-        for referral_id in referrals:
-            await stack.publish(routed(referral_id), times=2)
+        for event in events.values():
+            await stack.publish(event, times=2)
         rows = await settled(url, 24, within=90)
         await stack.quiet(url)
 
     assert_each_email_once(stack.smtp, 24)
     assert Counter(r.state for r in rows) == {"sent": 24}
-    assert len(await read_topic(stack.kafka, "referral.notified")) == 24
+    published = await stack.notified()
+    sent = emails_of(published)
+    assert len(sent) == 24 and len({mid for _, _, mid in sent}) == 24, "each email in referral.notified once"
+    assert Counter(rid for rid, _, _ in sent) == dict.fromkeys(referrals, 3)
+    # One event per referral per recording transaction: whatever the batches, an event's emails are
+    # all of its envelope's referral, each named by its Message-ID.
+    for n in published:
+        source = events[n.envelope.referral_id].id
+        assert {(e.source_event_id, e.message_id) for e in n.emails} == {
+            (source, message_id(source, e.recipient_role)) for e in n.emails
+        }

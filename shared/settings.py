@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -186,6 +186,19 @@ class TracingSettings(Settings):
         return None
 
 
+GatherMs = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=5_000,
+        description="let a consumer's fetch wait up to this long for more records once some are there "
+        "(Kafka's fetch.max.wait.ms with a large fetch.min.bytes): fewer, larger transactions for a "
+        "consumer off the path to the emails, at that cost in freshness; 0: take records at once",
+    ),
+]
+"""``consumer_gather_ms``: a service that gathers by default sets only its default."""
+
+
 class ServiceSettings(Settings):
     """Settings every service has; subclasses set ``env_prefix`` and add their own fields."""
 
@@ -206,14 +219,7 @@ class ServiceSettings(Settings):
         description="after a commit wakes the outbox relay, wait this long for more before publishing "
         "(batches the events of a low rate at a small cost in latency; 0: publish at once)",
     )
-    consumer_gather_ms: int = Field(
-        default=0,
-        ge=0,
-        le=5_000,
-        description="let a consumer's fetch wait up to this long for more records once some are there "
-        "(Kafka's fetch.max.wait.ms with a large fetch.min.bytes): fewer, larger transactions for a "
-        "consumer off the path to the emails, at that cost in freshness; 0: take records at once",
-    )
+    consumer_gather_ms: GatherMs = 0
     migrate_on_start: bool | None = Field(
         default=None,
         description="bring the store to the code's revision at start-up; default: yes for a SQLite file "

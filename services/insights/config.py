@@ -5,20 +5,14 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import GatherMs, ServiceSettings
 
 
 class InsightsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INSIGHTS_", extra="ignore")
 
     port: int = 8005
-    consumer_gather_ms: int = Field(
-        default=500,
-        ge=0,
-        le=5_000,
-        description="a read model may lag half a second: each fetch gathers that long (fewer, larger "
-        "transactions; see ServiceSettings)",
-    )
+    consumer_gather_ms: GatherMs = 500  # a read model may lag half a second
     database_url: str = "sqlite+aiosqlite:///.run/data/insights.db"
     default_range_days: int = Field(
         default=30, ge=1, le=3660, description="the range shown when none is asked for: the last N days"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import GatherMs, ServiceSettings
 
 DEFAULT_STUDY = "UCART123-AMELI-01"
 
@@ -14,13 +14,7 @@ class IntakeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore")
 
     port: int = 8001
-    consumer_gather_ms: int = Field(
-        default=200,
-        ge=0,
-        le=5_000,
-        description="the other services' status events reach the timeline within this much more: each "
-        "fetch gathers that long (fewer, larger transactions; see ServiceSettings)",
-    )
+    consumer_gather_ms: GatherMs = 200  # status events reach the timeline up to this much later
     database_url: str = "sqlite+aiosqlite:///.run/data/intake.db"
     study_id: str = Field(default=DEFAULT_STUDY, description="the one study this deployment serves")
     idempotency_ttl_hours: int = Field(

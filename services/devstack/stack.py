@@ -351,6 +351,12 @@ _handed_out: set[int] = set()
 _random = random.SystemRandom()
 
 
+SERVER_PORT_BLOCKS = (range(25_000, 26_000), range(29_000, 30_000))
+"""Where the project's scripts put PostgreSQL and Kafka (25432, 29092, and the test suites' own servers,
+clusters and proxies at offsets from them): a service's port is never taken from these, or a broker
+started later would find its port held."""
+
+
 def free_port() -> int:
     """A loopback port free now, below the kernel's ephemeral range and never handed out before by this
     process. A port from ``bind(0)`` comes from the ephemeral range: released, it can be taken by an
@@ -359,7 +365,7 @@ def free_port() -> int:
     low, high = _below_ephemeral_range()
     for _ in range(1000):
         port = _random.randrange(low, high)
-        if port in _handed_out:
+        if port in _handed_out or any(port in block for block in SERVER_PORT_BLOCKS):
             continue
         with socket.socket() as sock:
             try:
